@@ -1,0 +1,1 @@
+//! The OCI container runtime agent. Nothing here yet.
