@@ -1,1 +1,99 @@
-fn main() {}
+//! `basalt`: builds, runs and ships basalt disk images.
+
+mod boot;
+mod image;
+mod inputs;
+mod modules;
+mod spec;
+mod tree;
+mod usr;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "basalt", version, about = "Build, run and ship basalt images")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fetch the pinned Debian packages into the cache ($BASALT_CACHE, default ~/.cache/basalt).
+    Fetch {
+        #[arg(long, default_value = "image/inputs.lock")]
+        lock: PathBuf,
+    },
+    /// Build a disk image from an image spec.
+    Build {
+        #[arg(long, default_value = "image/basalt.yaml")]
+        spec: PathBuf,
+        /// The lock file with the pinned inputs (default: inputs.lock next to the spec).
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        #[arg(long, short, default_value = "out/basalt.img")]
+        output: PathBuf,
+        /// Directory holding the static `init` binary (default: next to this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Boot an image in QEMU with OVMF; the serial console is this terminal (Ctrl-A X quits).
+    Run {
+        #[arg(default_value = "out/basalt.img")]
+        image: PathBuf,
+        /// Host port forwarded to the guest's ssh port.
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
+        #[arg(long, default_value_t = 1024)]
+        memory_mib: u32,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("basalt: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(0),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Fetch { lock } => inputs::fetch(&inputs::Lock::load(&lock)?, &inputs::cache_dir()),
+        Cmd::Build { spec, lock, output, bin_dir } => {
+            let lock = lock.unwrap_or_else(|| spec.parent().unwrap_or(std::path::Path::new(".")).join("inputs.lock"));
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?.parent().context("locating the basalt binary")?.to_path_buf(),
+            };
+            let r = image::build(&image::BuildOptions { spec_path: spec, lock_path: lock, output, bin_dir, epoch: source_date_epoch()? })?;
+            println!("built {} in {:.1} s", r.output.display(), r.seconds);
+            println!("  disk          {:>8.1} MiB (sparse)", r.disk_bytes as f64 / 1048576.0);
+            println!("  UKI           {:>8.1} MiB  EFI/Linux/{}", r.uki_bytes as f64 / 1048576.0, r.uki_name);
+            println!("  initramfs     {:>8.1} MiB", r.initramfs_bytes as f64 / 1048576.0);
+            println!("  /usr files    {:>8.1} MiB", r.usr_tree_bytes as f64 / 1048576.0);
+            println!("  /usr squashfs {:>8.1} MiB", r.usr_fs_bytes as f64 / 1048576.0);
+            println!("  USR-A used    {:>8.1} MiB  verity root {}", r.usr_slot_used_bytes as f64 / 1048576.0, r.verity_root_hash);
+            Ok(())
+        }
+        Cmd::Run { image, ssh_port, memory_mib } => {
+            let state = tempfile::Builder::new().prefix("basalt-run-").tempdir()?;
+            let mut cfg = basalt_vm::VmConfig::new(&image, state.path());
+            cfg.ssh_port = ssh_port;
+            cfg.memory_mib = memory_mib;
+            cfg.prepare()?;
+            let accel = basalt_vm::detect_accel();
+            eprintln!("basalt: booting {} ({accel:?}; ssh on 127.0.0.1:{ssh_port}; Ctrl-A X quits)", image.display());
+            let status = cfg.command(accel).args(["-serial", "mon:stdio"]).status().context("starting qemu-system-x86_64 (install qemu-system-x86)")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+}

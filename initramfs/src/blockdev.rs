@@ -1,0 +1,53 @@
+//! Finding partitions without udev: whole disks from /sys/class/block, their
+//! GPT read directly, partitions matched by PARTUUID.
+
+use basalt_disk::{Gpt, Guid, Partition};
+use std::fs;
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Whole disk, e.g. `vda`.
+    pub disk: String,
+    pub gpt: Gpt,
+    pub partition: Partition,
+}
+
+/// The kernel's device name of partition `number` on `disk` (vda3, nvme0n1p3).
+pub fn partition_dev(disk: &str, number: u32) -> Option<String> {
+    let dir = Path::new("/sys/class/block").join(disk);
+    for entry in fs::read_dir(&dir).ok()?.flatten() {
+        let p = entry.path().join("partition");
+        if fs::read_to_string(&p).ok().and_then(|s| s.trim().parse::<u32>().ok()) == Some(number) {
+            return Some(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    None
+}
+
+pub fn whole_disks() -> Vec<String> {
+    let mut disks: Vec<String> = fs::read_dir("/sys/class/block")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| !e.path().join("partition").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("dm-") && !n.starts_with("sr"))
+                .collect()
+        })
+        .unwrap_or_default();
+    disks.sort();
+    disks
+}
+
+/// Looks through every disk's GPT for a partition with this unique GUID.
+pub fn find_partuuid(guid: &Guid) -> Option<Found> {
+    for disk in whole_disks() {
+        let Ok(mut f) = fs::File::open(format!("/dev/{disk}")) else { continue };
+        let Ok(gpt) = Gpt::read(&mut f) else { continue };
+        if let Some(p) = gpt.partitions.iter().find(|p| p.guid == *guid) {
+            let partition = p.clone();
+            return Some(Found { disk, gpt, partition });
+        }
+    }
+    None
+}

@@ -1,0 +1,73 @@
+//! Thin, checked wrappers over the system calls init needs.
+
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in paths")
+}
+
+fn check(rc: libc::c_int, what: impl FnOnce() -> String) -> io::Result<()> {
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{}: {e}", what())));
+    }
+    Ok(())
+}
+
+pub fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+    let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, if data.is_empty() { std::ptr::null() } else { d.as_ptr().cast() }) };
+    check(rc, || format!("mount {src} on {target} ({fstype})"))
+}
+
+pub fn move_mount(src: &str, target: &str) -> io::Result<()> {
+    mount(src, target, "", libc::MS_MOVE, "")
+}
+
+pub fn chroot(path: &str) -> io::Result<()> {
+    let p = cstr(path);
+    check(unsafe { libc::chroot(p.as_ptr()) }, || format!("chroot {path}"))
+}
+
+/// Loads a kernel module from a file; an already loaded module is fine.
+pub fn load_module(path: &Path) -> io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    use std::os::fd::AsRawFd;
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), 0) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(io::Error::new(e.kind(), format!("loading {}: {e}", path.display())));
+        }
+    }
+    Ok(())
+}
+
+pub fn sync() {
+    unsafe { libc::sync() };
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Halt {
+    Reboot,
+    PowerOff,
+}
+
+/// Ends the machine. Callers sync and unmount first.
+pub fn halt(how: Halt) -> ! {
+    let cmd = match how {
+        Halt::Reboot => libc::RB_AUTOBOOT,
+        Halt::PowerOff => libc::RB_POWER_OFF,
+    };
+    unsafe { libc::reboot(cmd) };
+    // reboot(2) only returns on error; PID 1 must not exit.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}

@@ -1,0 +1,118 @@
+//! How basalt boots an image in QEMU: OVMF firmware (code read-only, a private
+//! copy of the variable store), the image behind a qcow2 overlay so the
+//! original stays untouched, virtio disk and network, user networking with a
+//! forwarded ssh port. `basalt run` and the end-to-end tests share it.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// KVM only when it actually works: /dev/kvm can exist yet refuse to create
+/// a VM (nested or restricted hosts), so try KVM_CREATE_VM.
+pub fn detect_accel() -> Accel {
+    if std::env::var("BASALT_ACCEL").as_deref() == Ok("tcg") {
+        return Accel::Tcg;
+    }
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    let fd = unsafe { libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Accel::Tcg;
+    }
+    let ok = unsafe { libc::ioctl(fd, KVM_GET_API_VERSION, 0) } == 12 && {
+        let vm = unsafe { libc::ioctl(fd, KVM_CREATE_VM, 0) };
+        if vm >= 0 {
+            unsafe { libc::close(vm) };
+        }
+        vm >= 0
+    };
+    unsafe { libc::close(fd) };
+    if ok {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The disk image (raw); it is opened read-only behind an overlay.
+    pub image: PathBuf,
+    /// Directory for the overlay, the firmware variables and sockets.
+    pub state_dir: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Host port forwarded to the guest's port 22 (0: none).
+    pub ssh_port: u16,
+    /// Grow the overlay to this many bytes (a larger disk than the image).
+    pub disk_bytes: Option<u64>,
+    /// Use the image itself as the disk, not an overlay (it will be written).
+    pub direct: bool,
+}
+
+impl VmConfig {
+    pub fn new(image: &Path, state_dir: &Path) -> VmConfig {
+        VmConfig { image: image.to_owned(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, disk_bytes: None, direct: false }
+    }
+
+    pub fn overlay_path(&self) -> PathBuf {
+        self.state_dir.join("disk.qcow2")
+    }
+
+    /// Creates the overlay and the firmware variable store.
+    pub fn prepare(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        for f in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(f).exists() {
+                bail!("{f} is missing; install Debian's ovmf package (make deps)");
+            }
+        }
+        std::fs::copy(OVMF_VARS, self.state_dir.join("OVMF_VARS.fd")).context("copying OVMF variables")?;
+        if self.direct {
+            return Ok(());
+        }
+        let image = std::fs::canonicalize(&self.image).with_context(|| format!("image {}", self.image.display()))?;
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(self.overlay_path());
+        if let Some(bytes) = self.disk_bytes {
+            cmd.arg(bytes.to_string());
+        }
+        let out = cmd.output().context("running qemu-img (install qemu-utils)")?;
+        if !out.status.success() {
+            bail!("qemu-img create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The QEMU command, without the serial and monitor wiring (callers add it).
+    pub fn command(&self, accel: Accel) -> Command {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-machine", "q35", "-nodefaults", "-no-user-config", "-display", "none"]);
+        match accel {
+            Accel::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => c.args(["-accel", "tcg", "-cpu", "max"]),
+        };
+        c.args(["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()]);
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", self.state_dir.join("OVMF_VARS.fd").display()));
+        let (disk, format) = if self.direct { (self.image.clone(), "raw") } else { (self.overlay_path(), "qcow2") };
+        c.arg("-drive").arg(format!("if=none,id=disk0,format={format},file={}", disk.display()));
+        c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+        let mut net = "user,id=net0".to_string();
+        if self.ssh_port != 0 {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port));
+        }
+        c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
+        c.args(["-device", "virtio-rng-pci"]);
+        c
+    }
+}
