@@ -1,1 +1,11 @@
-//! cloud-config: user data from the places a machine finds it, applied safely. Nothing here yet.
+//! cloud-config: user data from the places a machine finds it, applied safely.
+
+pub mod config;
+pub mod multipart;
+pub mod report;
+pub mod userdata;
+pub mod yaml;
+pub mod validate;
+
+pub use report::{Problem, Report, Severity};
+pub use validate::{parse_user_data, validate, UserData};
