@@ -9,3 +9,6 @@ pub mod validate;
 
 pub use report::{Problem, Report, Severity};
 pub use validate::{parse_user_data, validate, UserData};
+pub mod apply;
+pub mod metadata;
+pub mod supervisor;

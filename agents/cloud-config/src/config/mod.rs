@@ -103,7 +103,11 @@ fn parse_root(root: &Node, report: &mut Report) -> CloudConfig {
     config.ssh_authorized_keys = user::ssh_keys(&fields, "ssh_authorized_keys", report);
     if let Some(node) = fields.get("hostname") {
         if let Some(hostname) = fields.string("hostname", report) {
-            if valid_hostname(&hostname) {
+            // `$private_ipv4` and friends are filled in later; check the rest.
+            let checked = ["$public_ipv4", "$private_ipv4", "$public_ipv6", "$private_ipv6", "$hostname"]
+                .iter()
+                .fold(hostname.clone(), |text, name| text.replace(name, "x"));
+            if valid_hostname(&checked) {
                 config.hostname = Some(hostname);
             } else {
                 report.error(

@@ -1,0 +1,125 @@
+//! `coreos.units`: unit files, drop-ins, masks and enablement written the way
+//! systemd lays them out, which is what basalt's supervisor reads.
+
+use super::root::Root;
+use super::Log;
+use crate::config::Unit;
+
+const ETC_UNITS: &str = "/etc/systemd/system";
+const RUN_UNITS: &str = "/run/systemd/system";
+/// Where an image's own units may already be, for `enable` without `content`.
+const VENDOR_UNITS: &[&str] = &["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+
+/// Writes every unit; returns whether anything on disk changed (so the
+/// supervisor must re-read its units).
+pub fn write_units(root: &Root, units: &[Unit], log: &mut Log) -> bool {
+    let mut changed = false;
+    for unit in units {
+        let base = if unit.runtime { RUN_UNITS } else { ETC_UNITS };
+        let unit_path = format!("{base}/{}", unit.name);
+        if unit.mask {
+            if unit.content.is_some() || unit.enable {
+                log.fail(format!("unit {}: masked, so its content and enable were not applied", unit.name));
+            }
+            changed |= log.outcome(format!("masked {}", unit.name), root.ensure_symlink(&unit_path, "/dev/null"));
+            continue;
+        }
+        if let Some(content) = &unit.content {
+            changed |= log.outcome(format!("wrote unit {unit_path}"), root.write(&unit_path, content.as_bytes(), 0o644, 0, 0));
+        } else if std::fs::read_link(root.path(&unit_path)).is_ok_and(|target| target.as_os_str() == "/dev/null") {
+            // Declared again without mask: unmask.
+            changed |= log.outcome(format!("unmasked {}", unit.name), root.remove(&unit_path));
+        }
+        for drop_in in &unit.drop_ins {
+            let path = format!("{base}/{}.d/{}", unit.name, drop_in.name);
+            changed |= log.outcome(format!("wrote drop-in {path}"), root.write(&path, drop_in.content.as_bytes(), 0o644, 0, 0));
+        }
+        if unit.enable {
+            changed |= enable(root, unit, log);
+        }
+    }
+    changed
+}
+
+/// Links the unit into each `WantedBy=`/`RequiredBy=` target of its
+/// `[Install]` section, as `systemctl enable` would.
+fn enable(root: &Root, unit: &Unit, log: &mut Log) -> bool {
+    let template = template_name(&unit.name);
+    let found = VENDOR_UNITS.iter().flat_map(|dir| {
+        [format!("{dir}/{}", unit.name)].into_iter().chain(template.clone().map(|t| format!("{dir}/{t}")))
+    });
+    let located = match &unit.content {
+        Some(content) => Some((format!("{}/{}", if unit.runtime { RUN_UNITS } else { ETC_UNITS }, unit.name), content.clone())),
+        None => found.into_iter().find_map(|path| root.read_to_string(&path).map(|content| (path, content))),
+    };
+    let Some((unit_path, content)) = located else {
+        log.fail(format!("unit {}: enable: no content given and no unit file of that name in the image", unit.name));
+        return false;
+    };
+    let targets = install_targets(&content);
+    if targets.is_empty() {
+        log.fail(format!("unit {}: enable: its [Install] section has no WantedBy= or RequiredBy=", unit.name));
+        return false;
+    }
+    let mut changed = false;
+    for (kind, target) in targets {
+        let link = format!("{ETC_UNITS}/{target}.{kind}/{}", unit.name);
+        changed |= log.outcome(format!("enabled {} in {target}", unit.name), root.ensure_symlink(&link, &unit_path));
+    }
+    changed
+}
+
+/// `foo@bar.service` → `foo@.service`.
+fn template_name(name: &str) -> Option<String> {
+    let (stem, suffix) = name.rsplit_once('.')?;
+    let (prefix, instance) = stem.split_once('@')?;
+    (!instance.is_empty()).then(|| format!("{prefix}@.{suffix}"))
+}
+
+/// (`wants` or `requires`, target) pairs from a unit's `[Install]` section.
+pub fn install_targets(content: &str) -> Vec<(&'static str, String)> {
+    let mut targets = Vec::new();
+    let mut in_install = false;
+    for line in content.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+            continue;
+        }
+        if !in_install {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let kind = match key.trim() {
+            "WantedBy" => "wants",
+            "RequiredBy" => "requires",
+            _ => continue,
+        };
+        for target in value.split_whitespace() {
+            if !targets.iter().any(|(k, t)| *k == kind && t == target) {
+                targets.push((kind, target.to_string()));
+            }
+        }
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_sections_name_their_targets() {
+        let content = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target default.target\nRequiredBy=web.target\n";
+        assert_eq!(
+            install_targets(content),
+            [("wants", "multi-user.target".to_string()), ("wants", "default.target".to_string()), ("requires", "web.target".to_string())]
+        );
+        assert!(install_targets("[Service]\nWantedBy=x.target\n").is_empty());
+    }
+
+    #[test]
+    fn template_names() {
+        assert_eq!(template_name("sinatra@1.service").as_deref(), Some("sinatra@.service"));
+        assert_eq!(template_name("etcd.service"), None);
+    }
+}
