@@ -1,17 +1,27 @@
 //! The node's versioned key/value store: the etcd v2 keys API with its
-//! semantics (`tree`), kept durable by an embedded engine (`engine`), served
-//! over HTTP (`http`), with confd-style templates (`template`), a reboot lock
+//! semantics (`tree`), kept durable by an embedded engine (`engine`), run by
+//! a writer thread with group commit (`service`), served over HTTP (`http`,
+//! `server`), with confd-style templates (`template`), a reboot lock
 //! (`reboot_lock`) and a client (`client`).
 
+pub mod config;
+pub mod engine;
 pub mod error;
 pub mod event;
+pub mod form;
 pub mod history;
+pub mod http;
+pub mod reboot_lock;
 pub mod request;
+pub mod server;
+pub mod service;
+pub mod template;
 pub mod timestamp;
 pub mod tree;
 
 pub use error::{ErrorCode, EtcdError};
 pub use event::{Action, Event, NodeView};
 pub use request::Mutation;
+pub use service::{Limits, Store, Watch};
 pub use timestamp::Timestamp;
 pub use tree::Tree;

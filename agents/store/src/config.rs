@@ -1,0 +1,119 @@
+//! `/etc/basalt/store.toml`: where the store keeps its data, where it
+//! listens, its limits and its templates. Every field has a default, so a
+//! missing file at the default path means "defaults".
+//!
+//! ```toml
+//! data_dir = "/var/lib/basalt/store"     # on ROOT
+//! listen = ["127.0.0.1:2379"]            # loopback only
+//! socket = "/run/basalt/store.sock"      # "" for none
+//! history = 1000                         # events kept for watches
+//! max_key_bytes = 4096
+//! max_value_bytes = 1048576
+//! templates_dir = "/etc/basalt/templates.d"
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/basalt/store.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: Vec<String>,
+    pub socket: PathBuf,
+    pub history: usize,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub templates_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: "/var/lib/basalt/store".into(),
+            listen: vec!["127.0.0.1:2379".into()],
+            socket: "/run/basalt/store.sock".into(),
+            history: crate::history::DEFAULT_CAPACITY,
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            templates_dir: "/etc/basalt/templates.d".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: listen address {addr:?} is not IP:PORT")]
+    BadAddress { path: PathBuf, addr: String },
+    #[error("{path}: listen address {addr} is not loopback; serving beyond this machine needs TLS client certificates, which this store does not offer yet: use 127.0.0.1 or [::1]")]
+    NotLoopback { path: PathBuf, addr: String },
+    #[error("{path}: {field} must be at least 1")]
+    Zero { path: PathBuf, field: &'static str },
+}
+
+impl Config {
+    /// Load `path`; a missing file is the defaults only when `optional`.
+    pub fn load(path: &Path, optional: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+        };
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        for addr in &self.listen {
+            let parsed: SocketAddr =
+                addr.parse().map_err(|_| ConfigError::BadAddress { path: path.into(), addr: addr.clone() })?;
+            if !parsed.ip().is_loopback() {
+                return Err(ConfigError::NotLoopback { path: path.into(), addr: addr.clone() });
+            }
+        }
+        for (field, v) in [("history", self.history), ("max_key_bytes", self.max_key_bytes), ("max_value_bytes", self.max_value_bytes)] {
+            if v == 0 {
+                return Err(ConfigError::Zero { path: path.into(), field });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let p = Path::new("store.toml");
+        assert_eq!(Config::parse("", p).unwrap(), Config::default());
+        let c = Config::parse("listen = [\"[::1]:4001\"]\nsocket = \"\"\nhistory = 50\n", p).unwrap();
+        assert_eq!((c.listen[0].as_str(), c.socket.as_os_str().is_empty(), c.history), ("[::1]:4001", true, 50));
+        assert_eq!(Config::load(Path::new("/nonexistent/store.toml"), true).unwrap(), Config::default());
+        assert!(Config::load(Path::new("/nonexistent/store.toml"), false).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_fix() {
+        let p = Path::new("/etc/basalt/store.toml");
+        let e = Config::parse("listen = [\"0.0.0.0:2379\"]", p).unwrap_err().to_string();
+        assert!(e.contains("/etc/basalt/store.toml") && e.contains("not loopback"), "{e}");
+        let e = Config::parse("lisen = []", p).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        assert!(Config::parse("history = 0", p).is_err());
+    }
+}
