@@ -4,6 +4,7 @@
 //! `server`), with confd-style templates (`template`), a reboot lock
 //! (`reboot_lock`) and a client (`client`).
 
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;
