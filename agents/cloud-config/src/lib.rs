@@ -1,6 +1,8 @@
 //! cloud-config: user data from the places a machine finds it, applied safely.
 
 pub mod config;
+pub mod datasource;
+pub mod http;
 pub mod multipart;
 pub mod report;
 pub mod userdata;
