@@ -92,6 +92,8 @@ pub fn parse(text: &str) -> (CloudConfig, Report) {
         return (CloudConfig::default(), report);
     }
     let config = parse_root(&root, &mut report);
+    // Reported in the order a reader meets them in the file.
+    report.problems.sort_by_key(|problem| problem.position.map(|position| (position.line, position.column)));
     (config, report)
 }
 
