@@ -79,10 +79,12 @@ impl Engine {
         let mut events = Vec::new();
         for entry in events_table.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
-            let event: Event = serde_json::from_slice(v.value()).map_err(|e| EngineError::Corrupt {
-                path: format!("event {}", k.value()),
-                why: e.to_string(),
-            })?;
+            // One flag byte (1: a TTL refresh), then the event's JSON.
+            let bytes = v.value();
+            let corrupt = |why: String| EngineError::Corrupt { path: format!("event {}", k.value()), why };
+            let (flag, json) = bytes.split_first().ok_or_else(|| corrupt("empty record".into()))?;
+            let mut event: Event = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
+            event.refresh = *flag == 1;
             events.push(event);
         }
         Ok(Tree::restore(index, nodes, events, self.history_capacity))
@@ -125,8 +127,9 @@ impl Engine {
             let mut table = txn.open_table(EVENTS).map_err(storage)?;
             let mut last = 0;
             for e in &events {
-                let json = serde_json::to_vec(e).map_err(storage)?;
-                table.insert(e.index(), json.as_slice()).map_err(storage)?;
+                let mut record = vec![u8::from(e.refresh)];
+                serde_json::to_writer(&mut record, e).map_err(storage)?;
+                table.insert(e.index(), record.as_slice()).map_err(storage)?;
                 last = last.max(e.index());
             }
             if last > self.history_capacity as u64 {

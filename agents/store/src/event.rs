@@ -65,8 +65,9 @@ pub struct Event {
     /// The store index when this answer was made (header `X-Etcd-Index`).
     #[serde(skip)]
     pub etcd_index: u64,
-    /// A TTL refresh: kept in the history but never shown to watchers.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// A TTL refresh: kept in the history but never shown to watchers, and
+    /// (as in etcd) never part of an answer.
+    #[serde(skip)]
     pub refresh: bool,
 }
 

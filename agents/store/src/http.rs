@@ -71,8 +71,48 @@ fn plain(status: StatusCode, text: &str) -> Response<ResponseBody> {
     r
 }
 
+/// Go's ServeMux path cleaning (etcd's router): `path.Clean`, keeping a
+/// trailing slash.
+fn go_clean_path(path: &str) -> String {
+    let p = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let mut clean = crate::tree::clean_path(&p);
+    if p.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
+}
+
+/// etcd's router answers an unclean path (`a//b`, `./`, `../`) with a
+/// permanent redirect to the clean one, and does nothing else.
+fn redirect_unclean(req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    let decoded = form::decode(req.uri().path(), false, "the path").ok()?;
+    let clean = go_clean_path(&decoded);
+    if clean == decoded {
+        return None;
+    }
+    let mut location = crate::client::encode(&clean, true);
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let get = req.method() == Method::GET;
+    let body = if get { format!("<a href=\"{location}\">Moved Permanently</a>.\n\n") } else { String::new() };
+    let mut r = Response::new(full(body));
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if get || req.method() == Method::HEAD {
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert("Location", v);
+    }
+    Some(r)
+}
+
 /// Serve one request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    if let Some(r) = redirect_unclean(&req) {
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     let response = if path == KEYS_PREFIX || path.starts_with("/v2/keys/") {
         match keys(&app, req).await {
@@ -123,7 +163,8 @@ fn invalid(field: &str, index: u64) -> EtcdError {
 
 async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<ResponseBody>, EtcdError> {
     let store = &app.store;
-    let index = store.index();
+    // Errors found while parsing the request carry index 0, as etcd's do.
+    let index = 0;
     let method = req.method().clone();
     if ![Method::GET, Method::HEAD, Method::PUT, Method::POST, Method::DELETE].contains(&method) {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");

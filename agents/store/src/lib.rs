@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod form;
+pub mod harness;
 pub mod history;
 pub mod http;
 pub mod reboot_lock;
