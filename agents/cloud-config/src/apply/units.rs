@@ -7,6 +7,8 @@ use crate::config::Unit;
 
 const ETC_UNITS: &str = "/etc/systemd/system";
 const RUN_UNITS: &str = "/run/systemd/system";
+const ETC_NETWORK: &str = "/etc/systemd/network";
+const RUN_NETWORK: &str = "/run/systemd/network";
 /// Where an image's own units may already be, for `enable` without `content`.
 const VENDOR_UNITS: &[&str] = &["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
 
@@ -15,6 +17,19 @@ const VENDOR_UNITS: &[&str] = &["/etc/systemd/system", "/run/systemd/system", "/
 pub fn write_units(root: &Root, units: &[Unit], log: &mut Log) -> bool {
     let mut changed = false;
     for unit in units {
+        if unit.is_networkd() {
+            // For the network service, not the supervisor: no reload needed.
+            let base = if unit.runtime { RUN_NETWORK } else { ETC_NETWORK };
+            if let Some(content) = &unit.content {
+                let path = format!("{base}/{}", unit.name);
+                log.outcome(format!("wrote network file {path}"), root.write(&path, content.as_bytes(), 0o644, 0, 0));
+            }
+            for drop_in in &unit.drop_ins {
+                let path = format!("{base}/{}.d/{}", unit.name, drop_in.name);
+                log.outcome(format!("wrote drop-in {path}"), root.write(&path, drop_in.content.as_bytes(), 0o644, 0, 0));
+            }
+            continue;
+        }
         let base = if unit.runtime { RUN_UNITS } else { ETC_UNITS };
         let unit_path = format!("{base}/{}", unit.name);
         if unit.mask {

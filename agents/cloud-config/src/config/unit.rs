@@ -54,8 +54,20 @@ pub struct Unit {
 
 const KNOWN: &[&str] = &["name", "content", "enable", "mask", "runtime", "command", "drop_ins"];
 
-const UNIT_SUFFIXES: &[&str] =
-    &["service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope"];
+const UNIT_SUFFIXES: &[&str] = &[
+    "service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope", "network",
+    "netdev", "link",
+];
+
+/// systemd-networkd files, which coreos-cloudinit also accepted under
+/// coreos.units (the usual way to give CoreOS a static address).
+pub const NETWORKD_SUFFIXES: &[&str] = &["network", "netdev", "link"];
+
+impl Unit {
+    pub fn is_networkd(&self) -> bool {
+        self.name.rsplit_once('.').is_some_and(|(_, suffix)| NETWORKD_SUFFIXES.contains(&suffix))
+    }
+}
 
 pub fn parse_unit(node: &Node, path: &str, report: &mut Report) -> Option<Unit> {
     clean(report, |report| {
@@ -110,13 +122,19 @@ pub fn parse_unit(node: &Node, path: &str, report: &mut Report) -> Option<Unit> 
                 }
             }
         }
+        let is_networkd = name.rsplit_once('.').is_some_and(|(_, suffix)| NETWORKD_SUFFIXES.contains(&suffix));
+        for key in ["command", "enable", "mask"] {
+            if let (true, Some(position)) = (is_networkd, fields.key_position(key)) {
+                report.warning(fields.key_path(key), Some(position), "networkd files are read by the network service, not run; ignored");
+            }
+        }
         Some(Unit {
             name,
             content: fields.string("content", report),
-            enable: fields.bool("enable", report).unwrap_or(false),
-            mask: fields.bool("mask", report).unwrap_or(false),
+            enable: fields.bool("enable", report).unwrap_or(false) && !is_networkd,
+            mask: fields.bool("mask", report).unwrap_or(false) && !is_networkd,
             runtime: fields.bool("runtime", report).unwrap_or(false),
-            command,
+            command: command.filter(|_| !is_networkd),
             drop_ins,
         })
     })
