@@ -1,1 +1,283 @@
+//! The end-to-end harness: boots a basalt image in QEMU under OVMF, keeps
+//! every byte of the serial console (in memory and in a log file that is kept
+//! when a test fails), runs commands on the console shell, and controls the
+//! VM through QMP (power off, reset). Boots fail on a kernel panic, an Oops,
+//! a dm-verity error or a basalt error unless the test expects them.
 
+pub mod image;
+
+use anyhow::{bail, Context, Result};
+use basalt_vm::VmConfig;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Console lines that mean the boot went wrong.
+/// (dm-verity reports a bad block as "data block N is corrupted".)
+pub const FAILURE_PATTERNS: &[&str] = &["Kernel panic", "Oops:", "BUG:", "is corrupted", "basalt: error"];
+
+/// The image `make test` built, or the one a test names.
+pub fn default_image() -> PathBuf {
+    match std::env::var_os("BASALT_IMAGE") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/basalt.img"),
+    }
+}
+
+pub fn require_image(path: &Path) -> Result<()> {
+    if !path.exists() {
+        bail!("{} does not exist: run `make test`, which builds the image first", path.display());
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Console {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+pub struct Vm {
+    name: String,
+    child: Child,
+    console: Arc<(Mutex<Console>, Condvar)>,
+    serial: UnixStream,
+    qmp: Option<BufReader<UnixStream>>,
+    /// Console offset up to which `wait_for` has consumed.
+    cursor: usize,
+    pub started: Instant,
+    _state: tempfile::TempDir,
+    log_path: PathBuf,
+    next_marker: u32,
+}
+
+fn connect(path: &Path, deadline: Instant) -> Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+impl Vm {
+    /// Boots `image` behind an overlay. `name` names the kept log.
+    pub fn boot(name: &str, image: &Path) -> Result<Vm> {
+        Self::boot_with(name, image, |_| {})
+    }
+
+    pub fn boot_with(name: &str, image: &Path, adjust: impl FnOnce(&mut VmConfig)) -> Result<Vm> {
+        require_image(image)?;
+        let state = tempfile::Builder::new().prefix("basalt-vm-").tempdir()?;
+        let mut cfg = VmConfig::new(image, state.path());
+        adjust(&mut cfg);
+        cfg.prepare()?;
+        let serial_sock = state.path().join("serial.sock");
+        let qmp_sock = state.path().join("qmp.sock");
+        let log_path = state.path().join("serial.log");
+        let mut cmd = cfg.command(basalt_vm::detect_accel());
+        // wait=on: QEMU does not start the guest before we listen, so no byte is lost.
+        cmd.arg("-chardev").arg(format!("socket,id=ser0,path={},server=on,wait=on,logfile={}", serial_sock.display(), log_path.display()));
+        cmd.args(["-serial", "chardev:ser0"]);
+        cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp_sock.display()));
+        cmd.stdin(std::process::Stdio::null());
+        cmd.stderr(std::fs::File::create(state.path().join("qemu.stderr"))?);
+        let child = cmd.spawn().context("starting qemu-system-x86_64 (install qemu-system-x86)")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let serial = connect(&serial_sock, deadline)?;
+        let started = Instant::now();
+        let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
+        let reader = serial.try_clone()?;
+        let sink = console.clone();
+        std::thread::spawn(move || pump(reader, sink));
+        let qmp = connect(&qmp_sock, deadline).ok().map(BufReader::new);
+        let mut vm = Vm { name: name.to_string(), child, console, serial, qmp, cursor: 0, started, _state: state, log_path, next_marker: 0 };
+        vm.qmp_handshake()?;
+        Ok(vm)
+    }
+
+    /// Everything the console has printed so far.
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&self.console.0.lock().unwrap().bytes).into_owned()
+    }
+
+    /// Waits until `pattern` appears after what earlier waits consumed.
+    /// Fails on a failure pattern, on QEMU exiting, or at the timeout.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String> {
+        self.wait_for_any(&[pattern], timeout, false).map(|(_, text)| text)
+    }
+
+    /// Waits for any of `patterns`; with `allow_failures`, failure patterns are
+    /// ordinary text (for tests that expect them). Returns which matched and
+    /// the text from the cursor up to the end of the match.
+    pub fn wait_for_any(&mut self, patterns: &[&str], timeout: Duration, allow_failures: bool) -> Result<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.console;
+        let mut console = lock.lock().unwrap();
+        loop {
+            let text = String::from_utf8_lossy(&console.bytes[self.cursor.min(console.bytes.len())..]).into_owned();
+            let first = patterns.iter().enumerate().filter_map(|(i, p)| text.find(p).map(|at| (at, i, p.len()))).min();
+            let failure = if allow_failures { None } else { FAILURE_PATTERNS.iter().filter_map(|p| text.find(p).map(|at| (at, *p))).min() };
+            match (first, failure) {
+                (Some((at, i, len)), f) if f.is_none_or(|(fat, _)| fat > at) => {
+                    // Lossy decoding can change lengths; find the match in the raw bytes.
+                    let raw = &console.bytes[self.cursor..];
+                    let needle = patterns[i].as_bytes();
+                    let raw_at = raw.windows(needle.len()).position(|w| w == needle).unwrap_or(at);
+                    self.cursor += raw_at + len;
+                    return Ok((i, text[..at + len].to_string()));
+                }
+                (_, Some((_, p))) => {
+                    let line = text.lines().find(|l| l.contains(p)).unwrap_or(p).to_string();
+                    bail!("console shows a failure ({p}): {line}\n{}", self.log_hint());
+                }
+                _ => {}
+            }
+            if console.closed {
+                bail!("QEMU exited before {patterns:?} appeared\n{}", self.log_hint());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("timed out after {:?} waiting for {patterns:?}\n{}", timeout, self.log_hint());
+            }
+            console = cond.wait_timeout(console, deadline - now).unwrap().0;
+        }
+    }
+
+    fn log_hint(&self) -> String {
+        let stderr = std::fs::read_to_string(self._state.path().join("qemu.stderr")).unwrap_or_default();
+        let stderr: String = stderr.lines().filter(|l| !l.contains("QEMU waiting for connection")).collect::<Vec<_>>().join("\n");
+        format!("(serial log: {}){}", self.kept_log_path().display(), if stderr.is_empty() { String::new() } else { format!("\nqemu: {stderr}") })
+    }
+
+    fn kept_log_path(&self) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/qemu-tests").join(format!("{}.log", self.name))
+    }
+
+    /// Waits for `basalt: ready` and returns (version, slot).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(String, String)> {
+        let text = self.wait_for("basalt: ready", timeout)?;
+        let _ = text;
+        let rest = self.wait_for("\n", Duration::from_secs(5))?;
+        let field = |k: &str| rest.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string).unwrap_or_default();
+        Ok((field("version="), field("slot=")))
+    }
+
+    /// Runs a shell command on the console shell; returns exit status and output.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        self.next_marker += 1;
+        let n = self.next_marker;
+        // The quotes keep the markers out of the terminal's echo of the command.
+        let line = format!("echo BEGIN\"\"{n}; {command}; echo END\"\"{n}:$?\n");
+        self.serial.write_all(line.as_bytes())?;
+        self.wait_for(&format!("BEGIN{n}\n"), timeout)?;
+        let text = self.wait_for(&format!("END{n}:"), timeout)?;
+        let status_line = self.wait_for("\n", Duration::from_secs(5))?;
+        let status: i32 = status_line.trim().parse().with_context(|| format!("exit status {status_line:?}"))?;
+        let output = text.strip_suffix(&format!("END{n}:")).unwrap_or(&text).to_string();
+        Ok((status, output))
+    }
+
+    /// Like `run`, but the command must succeed.
+    pub fn run_ok(&mut self, command: &str, timeout: Duration) -> Result<String> {
+        let (status, out) = self.run(command, timeout)?;
+        if status != 0 {
+            bail!("`{command}` exited {status}: {out}");
+        }
+        Ok(out)
+    }
+
+    /// Types a line on the console without waiting for anything.
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        self.serial.write_all(line.as_bytes())?;
+        self.serial.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn qmp_handshake(&mut self) -> Result<()> {
+        let Some(q) = self.qmp.as_mut() else { bail!("no QMP socket") };
+        let mut greeting = String::new();
+        q.read_line(&mut greeting)?;
+        self.qmp("qmp_capabilities").map(|_| ())
+    }
+
+    /// Executes a QMP command and returns its `return` value.
+    pub fn qmp(&mut self, command: &str) -> Result<serde_json::Value> {
+        let q = self.qmp.as_mut().context("no QMP connection")?;
+        q.get_mut().write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
+        loop {
+            let mut line = String::new();
+            if q.read_line(&mut line)? == 0 {
+                bail!("QMP closed during {command}");
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("QMP {command}: {e}");
+            }
+            // Asynchronous events (RESET, SHUTDOWN...) come in between; skip them.
+        }
+    }
+
+    /// A hard reset, like pressing the reset button.
+    pub fn reset(&mut self) -> Result<()> {
+        self.qmp("system_reset").map(|_| ())
+    }
+
+    /// Pulls the plug: QEMU ends at once.
+    pub fn power_cut(&mut self) -> Result<()> {
+        let _ = self.qmp("quit");
+        self.wait_exit(Duration::from_secs(10)).map(|_| ())
+    }
+
+    /// Waits for QEMU to exit by itself (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("QEMU still running after {timeout:?}\n{}", self.log_hint());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn pump(mut from: UnixStream, sink: Arc<(Mutex<Console>, Condvar)>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = from.read(&mut buf).unwrap_or(0);
+        let (lock, cond) = &*sink;
+        let mut c = lock.lock().unwrap();
+        if n == 0 {
+            c.closed = true;
+            cond.notify_all();
+            return;
+        }
+        // Serial lines end in CR LF; keeping only LF lets text offsets be byte offsets.
+        c.bytes.extend(buf[..n].iter().filter(|&&b| b != b'\r'));
+        cond.notify_all();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let kept = self.kept_log_path();
+            let _ = std::fs::create_dir_all(kept.parent().unwrap());
+            if std::fs::copy(&self.log_path, &kept).is_ok() {
+                eprintln!("serial console of {} kept in {}", self.name, kept.display());
+            }
+        }
+    }
+}

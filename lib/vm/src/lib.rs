@@ -17,16 +17,45 @@ pub enum Accel {
 }
 
 /// KVM only when it actually works: /dev/kvm can exist yet refuse to create
-/// a VM (nested or restricted hosts), so try KVM_CREATE_VM.
+/// a VM, or create one whose vCPUs QEMU cannot set up (restricted nested
+/// hosts abort on MSR writes). So: try KVM_CREATE_VM, then start a paused
+/// QEMU with KVM and see that it stays up. `BASALT_ACCEL=tcg|kvm` overrides.
 pub fn detect_accel() -> Accel {
-    if std::env::var("BASALT_ACCEL").as_deref() == Ok("tcg") {
-        return Accel::Tcg;
+    static DETECTED: std::sync::OnceLock<Accel> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| match std::env::var("BASALT_ACCEL").as_deref() {
+        Ok("tcg") => Accel::Tcg,
+        Ok("kvm") => Accel::Kvm,
+        _ if kvm_device_works() && kvm_qemu_works() => Accel::Kvm,
+        _ => Accel::Tcg,
+    })
+}
+
+fn kvm_qemu_works() -> bool {
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-nodefaults", "-display", "none", "-m", "64", "-S"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    true
+}
+
+fn kvm_device_works() -> bool {
     const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
     const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
     let fd = unsafe { libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Accel::Tcg;
+        return false;
     }
     let ok = unsafe { libc::ioctl(fd, KVM_GET_API_VERSION, 0) } == 12 && {
         let vm = unsafe { libc::ioctl(fd, KVM_CREATE_VM, 0) };
@@ -36,11 +65,7 @@ pub fn detect_accel() -> Accel {
         vm >= 0
     };
     unsafe { libc::close(fd) };
-    if ok {
-        Accel::Kvm
-    } else {
-        Accel::Tcg
-    }
+    ok
 }
 
 #[derive(Debug, Clone)]

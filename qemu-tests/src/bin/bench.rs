@@ -1,0 +1,59 @@
+//! `make bench` for the build-and-boot path: build time with warm inputs,
+//! sizes, and time from QEMU start to `basalt: ready` under the same
+//! accelerator the tests use. Prints figures and their ratio to the targets.
+
+use basalt_qemu_tests::{image, Vm};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let basalt = PathBuf::from(std::env::var("BASALT_BIN").unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/basalt".into()));
+    let dir = tempfile::tempdir()?;
+    let img = dir.path().join("bench.img");
+
+    let mut build = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let out = Command::new(&basalt).args(["build", "--output"]).arg(&img).output()?;
+        anyhow::ensure!(out.status.success(), "build failed: {}", String::from_utf8_lossy(&out.stderr));
+        build.push(t.elapsed().as_secs_f64());
+    }
+
+    let esp = dir.path().join("esp");
+    image::extract_partition(&img, 1, &esp)?;
+    let uki_name = image::fat_list(&esp, "EFI/Linux")?.remove(0);
+    let uki = image::fat_read(&esp, &format!("EFI/Linux/{uki_name}"))?;
+    let cmdline = image::uki_section(&uki, ".cmdline")?;
+    let usr_blocks: u64 = image::cmdline_param(&cmdline, "basalt.usr_blocks").unwrap_or("0").parse()?;
+    let sections = basalt_uki::sections(&uki)?;
+    let size_of = |n: &str| sections.iter().find(|(s, _)| s == n).map(|(_, d)| d.len()).unwrap_or(0) as f64 / 1048576.0;
+
+    let mut boot = Vec::new();
+    for i in 0..RUNS {
+        let mut vm = Vm::boot(&format!("bench-{i}"), &img)?;
+        vm.wait_ready(Duration::from_secs(120))?;
+        boot.push(vm.started.elapsed().as_secs_f64());
+        vm.power_cut()?;
+    }
+
+    let accel = format!("{:?}", basalt_vm::detect_accel()).to_uppercase();
+    let (b, t) = (median(build), median(boot));
+    let usr = usr_blocks as f64 * 4096.0 / 1048576.0;
+    let uki_mib = uki.len() as f64 / 1048576.0;
+    println!("## Build and boot (median of {RUNS})\n");
+    println!("| figure | value | target | ratio to target |");
+    println!("| --- | --- | --- | --- |");
+    println!("| build time, warm inputs | {b:.1} s | < 15 s | {:.2} |", b / 15.0);
+    println!("| /usr filesystem (squashfs) | {usr:.1} MiB | < 64 MiB | {:.2} |", usr / 64.0);
+    println!("| UKI | {uki_mib:.1} MiB (kernel {:.1}, initramfs {:.1}) | — | — |", size_of(".linux"), size_of(".initrd"));
+    println!("| QEMU start → `basalt: ready` ({accel}) | {t:.1} s | < 10 s | {:.2} |", t / 10.0);
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The image boots under OVMF to `basalt: ready`, /usr is read-only and
+//! verity-backed, a flipped byte in USR-A is caught, and poweroff ends QEMU.
+
+use basalt_qemu_tests::{default_image, image, Vm};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(120);
+const CMD: Duration = Duration::from_secs(30);
+
+fn spec_version() -> String {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../image/basalt.yaml")).unwrap();
+    spec.lines().find_map(|l| l.strip_prefix("version:")).unwrap().trim().to_string()
+}
+
+#[test]
+fn boots_to_ready_with_verity_usr_and_powers_off() {
+    let mut vm = Vm::boot("boots_to_ready", &default_image()).unwrap();
+    let (version, slot) = vm.wait_ready(BOOT).unwrap();
+    assert_eq!((version.as_str(), slot.as_str()), (spec_version().as_str(), "A"));
+
+    // /usr is the dm device, squashfs, read-only.
+    let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
+    let usr = mounts.lines().find(|l| l.split_whitespace().nth(1) == Some("/usr")).unwrap_or_else(|| panic!("no /usr in {mounts}"));
+    let fields: Vec<&str> = usr.split_whitespace().collect();
+    assert_eq!(fields[0], "/dev/dm-0", "{usr}");
+    assert_eq!(fields[2], "squashfs", "{usr}");
+    assert!(fields[3].split(',').any(|o| o == "ro"), "{usr}");
+    // ...and that device is our verity device over USR-A (vda3).
+    assert_eq!(vm.run_ok("cat /sys/block/dm-0/dm/name", CMD).unwrap().trim(), "usr");
+    assert_eq!(vm.run_ok("cat /sys/block/dm-0/dm/uuid", CMD).unwrap().trim(), "BASALT-USR-A");
+    assert_eq!(vm.run_ok("ls /sys/block/dm-0/slaves", CMD).unwrap().trim(), "vda3");
+    assert_eq!(vm.run_ok("cat /sys/block/dm-0/ro", CMD).unwrap().trim(), "1");
+
+    let (status, out) = vm.run("touch /usr/written 2>&1", CMD).unwrap();
+    assert_ne!(status, 0);
+    assert!(out.contains("Read-only file system"), "{out}");
+
+    // ROOT is ext4, writable, laid out.
+    assert!(mounts.lines().any(|l| l.starts_with("/dev/vda9 / ext4 rw")), "{mounts}");
+    vm.run_ok("echo hello > /var/probe && cat /var/probe", CMD).unwrap();
+    assert_eq!(vm.run_ok("readlink /bin", CMD).unwrap().trim(), "usr/bin");
+
+    // poweroff ends QEMU cleanly: the guest powers off, QEMU exits 0.
+    vm.send("poweroff").unwrap();
+    vm.wait_for("powering off", CMD).unwrap();
+    let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+}
+
+/// Flips one byte inside USR-A's squashfs on a copy of the image and reads
+/// every file: dm-verity must refuse the block (and restart the machine, as
+/// `restart_on_corruption` says), never hand out the wrong data.
+#[test]
+fn flipped_byte_in_usr_a_is_caught_by_verity() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("flipped.img");
+    let st = std::process::Command::new("cp").arg("--sparse=always").arg(default_image()).arg(&copy).status().unwrap();
+    assert!(st.success());
+    let usr_a = image::gpt(&copy).unwrap().partition(3).unwrap().clone();
+    // Block 100 of the filesystem: compressed file data, read by the scan below.
+    let at = usr_a.offset_bytes() + 100 * 4096 + 123;
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&copy).unwrap();
+    let mut byte = [0u8];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[byte[0] ^ 0x01]).unwrap();
+    drop(f);
+
+    let mut vm = Vm::boot("flipped_byte", &copy).unwrap();
+    // The flipped block may be read during boot or only by the scan.
+    let (which, _) = vm.wait_for_any(&["basalt: ready", "is corrupted"], BOOT, true).unwrap();
+    if which == 0 {
+        vm.send("find /usr -type f | xargs cat > /dev/null; echo SCAN\"\"DONE").unwrap();
+        let (hit, text) = vm.wait_for_any(&["is corrupted", "SCANDONE"], BOOT, true).unwrap();
+        assert_eq!(hit, 0, "every file of /usr was read without a verity error:\n{text}");
+    }
+    let console = vm.console_text();
+    assert!(console.contains("device-mapper: verity") && console.contains("data block"), "{console}");
+    // restart_on_corruption: the kernel restarts instead of serving bad data.
+    vm.wait_for_any(&["reboot: Restarting system"], CMD, true).unwrap();
+}
