@@ -223,8 +223,9 @@ fn store_seed(node: &Node, report: &mut Report) -> Vec<StoreKey> {
     let Some(fields) = Fields::of(node, "store", report) else { return Vec::new() };
     fields.warn_unknown(&["seed"], report);
     let Some(seed) = fields.get("seed") else { return Vec::new() };
-    let Some(seed_fields) = Fields::of(seed, "store.seed", report) else { return Vec::new() };
-    let _ = seed_fields;
+    if Fields::of(seed, "store.seed", report).is_none() {
+        return Vec::new();
+    }
     let mut keys = Vec::new();
     for (key_node, value_node) in seed.as_mapping().unwrap_or_default() {
         let key = key_node.as_scalar().unwrap_or_default().to_string();

@@ -77,15 +77,14 @@ pub fn parse_update(node: &Node, path: &str, report: &mut Report) -> UpdateSetti
         },
         None => (None, None),
     };
-    let settings = UpdateSettings {
+    UpdateSettings {
         server: url(&fields, "server", report),
         channel: channel(&fields, "channel", report),
         reboot_strategy: strategy(&fields, "reboot_strategy", report),
         window_start,
         window_length,
         fleetlock_url: url(&fields, "fleetlock_url", report),
-    };
-    settings
+    }
 }
 
 fn url(fields: &Fields, key: &str, report: &mut Report) -> Option<String> {
