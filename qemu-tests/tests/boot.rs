@@ -81,3 +81,36 @@ fn flipped_byte_in_usr_a_is_caught_by_verity() {
     // restart_on_corruption: the kernel restarts instead of serving bad data.
     vm.wait_for_any(&["reboot: Restarting system"], CMD, true).unwrap();
 }
+
+/// A slot whose verity superblock is gone must not hang: init says what is
+/// wrong and reboots (so boot counting can fall back), the second boot says it
+/// again.
+#[test]
+fn a_broken_slot_is_reported_and_rebooted_never_a_silent_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("broken.img");
+    let st = std::process::Command::new("cp").arg("--sparse=always").arg(default_image()).arg(&copy).status().unwrap();
+    assert!(st.success());
+    // Find the superblock from the UKI's command line, then wipe it.
+    let esp = dir.path().join("esp.img");
+    image::extract_partition(&copy, 1, &esp).unwrap();
+    let uki_name = image::fat_list(&esp, "EFI/Linux").unwrap().remove(0);
+    let cmdline = image::uki_section(&image::fat_read(&esp, &format!("EFI/Linux/{uki_name}")).unwrap(), ".cmdline").unwrap();
+    let blocks: u64 = image::cmdline_param(&cmdline, "basalt.usr_blocks").unwrap().parse().unwrap();
+    let usr_a = image::gpt(&copy).unwrap().partition(3).unwrap().clone();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    f.seek(SeekFrom::Start(usr_a.offset_bytes() + blocks * 4096)).unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    drop(f);
+
+    let mut vm = Vm::boot("broken_slot", &copy).unwrap();
+    let (_, text) = vm.wait_for_any(&["basalt: error"], BOOT, true).unwrap();
+    let _ = text;
+    let line = vm.wait_for("\n", CMD).unwrap();
+    assert!(line.contains("not a verity superblock"), "error line: {line}");
+    vm.wait_for("rebooting in 10 s", CMD).unwrap();
+    // The machine really restarts: the kernel starts a second time.
+    vm.wait_for_any(&["Linux version"], Duration::from_secs(60), true).unwrap();
+    vm.wait_for_any(&["basalt: error"], BOOT, true).unwrap();
+    assert!(!vm.console_text().contains("basalt: ready"));
+}
