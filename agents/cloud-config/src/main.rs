@@ -161,6 +161,8 @@ fn apply(cli: &Cli) -> Result<ExitCode> {
     }
     let Some(mut gathered) = gather(cli, None)? else {
         eprintln!("cloud-config: no user data found (fw_cfg, kernel command line, NoCloud, config drive, EC2, OEM); nothing to do");
+        let status = Status { source: "none", instance_id: "", problems: &[], changes: &[], failures: &[] };
+        write_status(&Root::new(&cli.root), &status)?;
         return Ok(ExitCode::SUCCESS);
     };
     eprintln!("cloud-config: user data from {} ({} bytes)", gathered.source, gathered.raw.len());
@@ -197,11 +199,16 @@ fn apply(cli: &Cli) -> Result<ExitCode> {
         changes: &log.changes,
         failures: &log.failures,
     };
-    let json = serde_json::to_string_pretty(&status)? + "\n";
-    if let Err(error) = root.write(&format!("{BOOT_STATE_DIR}/status.json"), json.as_bytes(), 0o600, 0, 0) {
+    write_status(&root, &status)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_status(root: &Root, status: &Status) -> Result<()> {
+    let json = serde_json::to_string_pretty(status)? + "\n";
+    if let Err(error) = root.write(&format!("{BOOT_STATE_DIR}/status.json"), json.as_bytes(), 0o644, 0, 0) {
         eprintln!("cloud-config: failed: writing {BOOT_STATE_DIR}/status.json: {error}");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn validate(file: &PathBuf, json: bool) -> Result<ExitCode> {

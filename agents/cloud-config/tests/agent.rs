@@ -251,6 +251,8 @@ fn no_datasource_is_not_an_error() {
     let machine = Machine::new();
     let log = machine.boot_agent(&[]);
     assert!(log.contains("cloud-config: no user data found"), "{log}");
+    let status: serde_json::Value = serde_json::from_str(&machine.read("/run/basalt/cloud-config/status.json")).unwrap();
+    assert_eq!(status["source"], "none");
 }
 
 #[test]

@@ -57,7 +57,8 @@ pub fn devices(environment: &Environment) -> Vec<BlockDevice> {
     names.sort();
     names
         .into_iter()
-        .filter(|name| !name.starts_with("ram") && !name.starts_with("zram"))
+        // RAM disks hold nothing of ours; probing floppy drives can stall for seconds.
+        .filter(|name| !name.starts_with("ram") && !name.starts_with("zram") && !name.starts_with("fd"))
         .filter(|name| read_trimmed(&class.join(name).join("size")).is_none_or(|size| size != "0"))
         .map(|name| {
             let uevent = read_trimmed(&class.join(&name).join("uevent")).unwrap_or_default();
