@@ -1,0 +1,427 @@
+//! Unit files in the systemd format users already write, parsed into what
+//! basalt's supervisor runs. The subset: `[Unit]` Description, After, Before,
+//! Requires, Wants; `[Service]` Type=simple|oneshot, RemainAfterExit,
+//! ExecStartPre, ExecStart, ExecStartPost, ExecStop, Restart=no|on-failure|always,
+//! RestartSec, Environment, EnvironmentFile, WorkingDirectory, User, Group,
+//! TimeoutStopSec; `[Install]` WantedBy, RequiredBy. Anything else is a warning
+//! naming the directive and its line, never silently dropped; a file that
+//! cannot be understood at all is an error for that unit only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{unit}:{line}: {message}")]
+pub struct UnitError {
+    pub unit: String,
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    Simple,
+    Oneshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Restart {
+    #[default]
+    No,
+    OnFailure,
+    Always,
+}
+
+/// One command line of an Exec*= directive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub argv: Vec<String>,
+    /// `-` prefix: a failure of this command is not a failure of the unit.
+    pub ignore_failure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Unit {
+    pub name: String,
+    pub description: String,
+    pub after: Vec<String>,
+    pub before: Vec<String>,
+    pub requires: Vec<String>,
+    pub wants: Vec<String>,
+    pub service_type: ServiceType,
+    pub remain_after_exit: bool,
+    pub exec_start_pre: Vec<Command>,
+    pub exec_start: Vec<Command>,
+    pub exec_start_post: Vec<Command>,
+    pub exec_stop: Vec<Command>,
+    pub restart: Restart,
+    pub restart_sec: Duration,
+    pub timeout_stop: Duration,
+    pub environment: Vec<(String, String)>,
+    /// Files of KEY=VALUE lines; `optional` for the `-` prefix.
+    pub environment_files: Vec<(String, bool)>,
+    pub working_directory: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub wanted_by: Vec<String>,
+    pub required_by: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+impl Unit {
+    /// Parses a unit file and then its drop-ins, in order (later wins, an empty
+    /// assignment resets a list, as in systemd).
+    pub fn parse(name: &str, main: &str, drop_ins: &[(&str, &str)]) -> Result<Unit, UnitError> {
+        let mut u = Unit { name: name.to_string(), restart_sec: Duration::from_millis(100), timeout_stop: Duration::from_secs(10), ..Default::default() };
+        if !name.ends_with(".service") && !name.ends_with(".target") {
+            return Err(UnitError { unit: name.into(), line: 0, message: "only .service and .target units are supported".into() });
+        }
+        u.apply(name, main)?;
+        for (dname, text) in drop_ins {
+            u.apply(dname, text)?;
+        }
+        if name.ends_with(".service") && u.exec_start.is_empty() {
+            return Err(UnitError { unit: name.into(), line: 0, message: "no ExecStart=".into() });
+        }
+        if u.service_type == ServiceType::Simple && u.exec_start.len() > 1 {
+            return Err(UnitError { unit: name.into(), line: 0, message: "more than one ExecStart= needs Type=oneshot".into() });
+        }
+        Ok(u)
+    }
+
+    fn apply(&mut self, file: &str, text: &str) -> Result<(), UnitError> {
+        let mut section = String::new();
+        for (lineno, line) in logical_lines(text) {
+            let err = |message: String| UnitError { unit: file.to_string(), line: lineno, message };
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
+                continue;
+            }
+            if t.starts_with('[') {
+                if !t.ends_with(']') {
+                    return Err(err(format!("bad section header {t:?}")));
+                }
+                section = t[1..t.len() - 1].to_string();
+                if !matches!(section.as_str(), "Unit" | "Service" | "Install") {
+                    self.warn(lineno, format!("section [{section}] is not supported; its directives are ignored"));
+                }
+                continue;
+            }
+            let Some((key, value)) = t.split_once('=') else {
+                return Err(err(format!("expected Key=Value, found {t:?}")));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            if section.is_empty() {
+                return Err(err(format!("{key}= outside of any section")));
+            }
+            self.directive(&section, key, value, lineno).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn warn(&mut self, line: usize, message: String) {
+        self.warnings.push(Warning { line, message });
+    }
+
+    fn directive(&mut self, section: &str, key: &str, value: &str, line: usize) -> Result<(), String> {
+        let list = |v: &str| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        fn extend_or_reset<T>(target: &mut Vec<T>, value: &str, items: Vec<T>) {
+            if value.is_empty() {
+                target.clear();
+            } else {
+                target.extend(items);
+            }
+        }
+        match (section, key) {
+            ("Unit", "Description") => self.description = value.to_string(),
+            ("Unit", "After") => extend_or_reset(&mut self.after, value, list(value)),
+            ("Unit", "Before") => extend_or_reset(&mut self.before, value, list(value)),
+            ("Unit", "Requires") => extend_or_reset(&mut self.requires, value, list(value)),
+            ("Unit", "Wants") => extend_or_reset(&mut self.wants, value, list(value)),
+            ("Unit", "Documentation") => {}
+            ("Service", "Type") => {
+                self.service_type = match value {
+                    "simple" | "exec" => ServiceType::Simple,
+                    "oneshot" => ServiceType::Oneshot,
+                    "notify" | "forking" | "dbus" | "idle" => {
+                        self.warn(line, format!("Type={value} is run as Type=simple"));
+                        ServiceType::Simple
+                    }
+                    _ => return Err(format!("Type={value}: expected simple or oneshot")),
+                }
+            }
+            ("Service", "RemainAfterExit") => self.remain_after_exit = parse_bool(value).ok_or_else(|| format!("RemainAfterExit={value}: expected yes or no"))?,
+            ("Service", "ExecStartPre") => extend_or_reset(&mut self.exec_start_pre, value, vec![parse_command(value)?]),
+            ("Service", "ExecStart") => extend_or_reset(&mut self.exec_start, value, vec![parse_command(value)?]),
+            ("Service", "ExecStartPost") => extend_or_reset(&mut self.exec_start_post, value, vec![parse_command(value)?]),
+            ("Service", "ExecStop") => extend_or_reset(&mut self.exec_stop, value, vec![parse_command(value)?]),
+            ("Service", "Restart") => {
+                self.restart = match value {
+                    "no" => Restart::No,
+                    "on-failure" => Restart::OnFailure,
+                    "always" => Restart::Always,
+                    "on-abnormal" | "on-abort" | "on-watchdog" | "on-success" => {
+                        self.warn(line, format!("Restart={value} is treated as on-failure"));
+                        Restart::OnFailure
+                    }
+                    _ => return Err(format!("Restart={value}: expected no, on-failure or always")),
+                }
+            }
+            ("Service", "RestartSec") => self.restart_sec = parse_duration(value).ok_or_else(|| format!("RestartSec={value}: expected a time span like 5, 5s or 500ms"))?,
+            ("Service", "TimeoutStopSec") => self.timeout_stop = parse_duration(value).ok_or_else(|| format!("TimeoutStopSec={value}: expected a time span"))?,
+            ("Service", "Environment") => {
+                if value.is_empty() {
+                    self.environment.clear();
+                }
+                for word in split_words(value)? {
+                    let (k, v) = word.split_once('=').ok_or_else(|| format!("Environment: {word:?} is not KEY=VALUE"))?;
+                    self.environment.push((k.to_string(), v.to_string()));
+                }
+            }
+            ("Service", "EnvironmentFile") => {
+                if value.is_empty() {
+                    self.environment_files.clear();
+                } else if let Some(p) = value.strip_prefix('-') {
+                    self.environment_files.push((p.to_string(), true));
+                } else {
+                    self.environment_files.push((value.to_string(), false));
+                }
+            }
+            ("Service", "WorkingDirectory") => self.working_directory = Some(value.to_string()).filter(|v| !v.is_empty()),
+            ("Service", "User") => self.user = Some(value.to_string()).filter(|v| !v.is_empty()),
+            ("Service", "Group") => self.group = Some(value.to_string()).filter(|v| !v.is_empty()),
+            ("Install", "WantedBy") => extend_or_reset(&mut self.wanted_by, value, list(value)),
+            ("Install", "RequiredBy") => extend_or_reset(&mut self.required_by, value, list(value)),
+            ("Unit" | "Service" | "Install", _) => self.warn(line, format!("unknown directive {key}= in [{section}] ignored")),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Joins backslash-continued lines; yields (first line number, text).
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let (start, mut acc) = current.take().unwrap_or((i + 1, String::new()));
+        if let Some(body) = line.strip_suffix('\\') {
+            acc.push_str(body);
+            acc.push(' ');
+            current = Some((start, acc));
+        } else {
+            acc.push_str(line);
+            out.push((start, acc));
+        }
+    }
+    if let Some(c) = current {
+        out.push(c);
+    }
+    out
+}
+
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "yes" | "true" | "on" => Some(true),
+        "0" | "no" | "false" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// systemd time spans: a bare number is seconds; units us, ms, s, min, h.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    if v == "infinity" {
+        return Some(Duration::from_secs(u32::MAX as u64));
+    }
+    let mut total = Duration::ZERO;
+    for part in v.split_whitespace() {
+        let split = part.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(part.len());
+        let (num, unit) = part.split_at(split);
+        let n: f64 = num.parse().ok()?;
+        let secs = match unit {
+            "" | "s" | "sec" => n,
+            "ms" | "msec" => n / 1000.0,
+            "us" | "usec" => n / 1_000_000.0,
+            "m" | "min" => n * 60.0,
+            "h" | "hr" => n * 3600.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(secs);
+    }
+    (!v.trim().is_empty()).then_some(total)
+}
+
+/// Splits a command line the way systemd does for Exec*=: whitespace
+/// separates words, double and single quotes group, backslash escapes.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (c, quote) {
+            ('\\', _) => {
+                let next = chars.next().ok_or("trailing backslash")?;
+                cur.push(match next {
+                    'n' => '\n',
+                    't' => '\t',
+                    other => other,
+                });
+                in_word = true;
+            }
+            ('"' | '\'', None) => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (c, Some(q)) if c == q => quote = None,
+            (c, None) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (c, _) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unterminated quote in {s:?}"));
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+fn parse_command(value: &str) -> Result<Command, String> {
+    let mut v = value;
+    let mut ignore_failure = false;
+    while let Some(c) = v.chars().next().filter(|c| "-@+!:".contains(*c)) {
+        if c == '-' {
+            ignore_failure = true;
+        }
+        v = &v[1..];
+    }
+    let argv = split_words(v)?;
+    match argv.first() {
+        None => Err("empty command".into()),
+        Some(p) if !p.starts_with('/') => Err(format!("command {p:?} must be an absolute path")),
+        Some(_) => Ok(Command { argv, ignore_failure }),
+    }
+}
+
+/// Reads `KEY=VALUE` lines (an EnvironmentFile); comments and blank lines skipped.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// A unit's dependencies and ordering as the supervisor's graph needs them.
+pub fn start_order<'a>(units: &'a BTreeMap<String, Unit>, wanted: &[String]) -> Vec<&'a Unit> {
+    // Everything pulled in by Wants/Requires from the wanted set.
+    let mut pulled: Vec<String> = Vec::new();
+    let mut stack: Vec<String> = wanted.to_vec();
+    while let Some(n) = stack.pop() {
+        if pulled.contains(&n) {
+            continue;
+        }
+        if let Some(u) = units.get(&n) {
+            stack.extend(u.wants.iter().cloned());
+            stack.extend(u.requires.iter().cloned());
+            pulled.push(n);
+        }
+    }
+    pulled.sort();
+    // Order by After/Before among pulled units (Kahn's algorithm, stable by name).
+    let after = |a: &Unit, b: &str| a.after.iter().any(|x| x == b) || units.get(b).is_some_and(|bu| bu.before.iter().any(|x| *x == a.name));
+    let mut order: Vec<&Unit> = Vec::new();
+    let mut remaining: Vec<&Unit> = pulled.iter().filter_map(|n| units.get(n)).collect();
+    while !remaining.is_empty() {
+        let pos = remaining
+            .iter()
+            .position(|u| !remaining.iter().any(|other| other.name != u.name && after(u, &other.name)))
+            .unwrap_or(0); // a cycle: break it at the first unit by name
+        order.push(remaining.remove(pos));
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = "[Unit]\nDescription=Web\nAfter=network.service\nRequires=network.service\n\n[Service]\nExecStartPre=-/usr/bin/mkdir -p /run/web\nExecStart=/usr/bin/httpd -f \\\n  -p 80 \"-h\" '/var/www html'\nRestart=on-failure\nRestartSec=2s\nEnvironment=A=1 \"B=two words\"\nEnvironmentFile=-/etc/web.env\nUser=core\nKillSignal=SIGINT\n\n[Install]\nWantedBy=multi-user.target\n";
+
+    #[test]
+    fn parses_the_common_subset() {
+        let u = Unit::parse("web.service", WEB, &[]).unwrap();
+        assert_eq!(u.description, "Web");
+        assert_eq!(u.after, ["network.service"]);
+        assert_eq!(u.exec_start[0].argv, ["/usr/bin/httpd", "-f", "-p", "80", "-h", "/var/www html"]);
+        assert!(u.exec_start_pre[0].ignore_failure);
+        assert_eq!(u.restart, Restart::OnFailure);
+        assert_eq!(u.restart_sec, Duration::from_secs(2));
+        assert_eq!(u.environment, [("A".into(), "1".into()), ("B".into(), "two words".into())]);
+        assert_eq!(u.environment_files, [("/etc/web.env".into(), true)]);
+        assert_eq!(u.user.as_deref(), Some("core"));
+        assert_eq!(u.wanted_by, ["multi-user.target"]);
+        assert_eq!(u.warnings.len(), 1);
+        assert!(u.warnings[0].message.contains("KillSignal"), "{:?}", u.warnings);
+        assert_eq!(u.warnings[0].line, 15);
+    }
+
+    #[test]
+    fn drop_ins_override_and_reset() {
+        let u = Unit::parse("web.service", WEB, &[("web.service.d/x.conf", "[Service]\nEnvironment=\nEnvironment=C=3\nRestart=always\n")]).unwrap();
+        assert_eq!(u.environment, [("C".into(), "3".into())]);
+        assert_eq!(u.restart, Restart::Always);
+    }
+
+    #[test]
+    fn errors_name_unit_line_and_problem() {
+        let e = Unit::parse("x.service", "[Service]\nExecStart=relative/path\n", &[]).unwrap_err();
+        assert_eq!((e.line, e.unit.as_str()), (2, "x.service"));
+        assert!(e.message.contains("absolute path"), "{e}");
+        assert!(Unit::parse("x.service", "[Service]\nRestart=sometimes\nExecStart=/bin/true\n", &[]).unwrap_err().message.contains("on-failure"));
+        assert!(Unit::parse("x.service", "[Service]\nType=oneshot\n", &[]).unwrap_err().message.contains("no ExecStart"));
+        assert!(Unit::parse("x.service", "ExecStart=/bin/true\n", &[]).unwrap_err().message.contains("outside"));
+        assert!(Unit::parse("x.socket", "", &[]).is_err());
+        assert!(Unit::parse("x.service", "[Service]\nExecStart=/bin/echo \"open\n", &[]).unwrap_err().message.contains("unterminated"));
+    }
+
+    #[test]
+    fn durations_and_words() {
+        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1min 30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(split_words(r#"a "b c" d\ e"#).unwrap(), ["a", "b c", "d e"]);
+    }
+
+    #[test]
+    fn start_order_follows_after_and_pulls_wants() {
+        let mk = |name: &str, after: &[&str], wants: &[&str]| {
+            let mut u = Unit::parse(name, "[Service]\nExecStart=/bin/true\n", &[]).unwrap();
+            u.after = after.iter().map(|s| s.to_string()).collect();
+            u.wants = wants.iter().map(|s| s.to_string()).collect();
+            (name.to_string(), u)
+        };
+        let units: BTreeMap<_, _> = [mk("a.service", &["c.service"], &["c.service"]), mk("b.service", &["a.service"], &[]), mk("c.service", &[], &[]), mk("unused.service", &[], &[])].into_iter().collect();
+        let order: Vec<_> = start_order(&units, &["b.service".into(), "a.service".into()]).iter().map(|u| u.name.clone()).collect();
+        assert_eq!(order, ["c.service", "a.service", "b.service"]);
+    }
+}
