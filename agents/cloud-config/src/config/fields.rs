@@ -25,7 +25,8 @@ impl<'a> Fields<'a> {
         match &node.value {
             Value::Mapping(entries) => Some(Fields { path: path.to_string(), entries }),
             _ => {
-                report.error(path, Some(node.position), format!("expected a mapping, found {}", node.kind()));
+                let key = if path.is_empty() { "user-data" } else { path };
+                report.error(key, Some(node.position), format!("expected a mapping, found {}", node.kind()));
                 None
             }
         }

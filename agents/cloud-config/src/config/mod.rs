@@ -374,6 +374,12 @@ mod tests {
     }
 
     #[test]
+    fn a_document_that_is_not_a_mapping_is_one_error() {
+        let (_, report) = parse("#cloud-config\n- hostname: a\n");
+        assert_eq!(report.to_string(), "2:1: error: user-data: expected a mapping, found a list\n");
+    }
+
+    #[test]
     fn host_names() {
         assert!(valid_hostname("web-1.example.com"));
         assert!(!valid_hostname("-web"));
