@@ -119,7 +119,7 @@ pub fn fat32(path: &Path, bytes: u64, label: &str, volume_id: u32, epoch: u64, f
         f.flush()?;
     }
     fs.unmount()?;
-    Ok(())
+    crate::fat_fixup::fix(path).with_context(|| format!("repairing {label}'s directories"))
 }
 
 #[cfg(test)]

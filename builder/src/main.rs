@@ -1,6 +1,7 @@
 //! `basalt`: builds, runs and ships basalt disk images.
 
 mod boot;
+mod fat_fixup;
 mod image;
 mod inputs;
 mod modules;

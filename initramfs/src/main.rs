@@ -2,12 +2,16 @@
 //! (modules, dm-verity /usr, ROOT, switch_root); exec'd from /usr with
 //! `--stage2` it is the booted system's PID 1.
 
+mod bless;
 mod blockdev;
 mod cmdline;
 mod dm;
 mod log;
+mod logs;
+mod modprobe;
 mod stage1;
 mod stage2;
+mod supervisor;
 mod sys;
 
 use std::time::Duration;

@@ -1,9 +1,11 @@
-//! Stage 2: PID 1 of the booted system. Says the system is ready, offers a
-//! console shell on development images, reaps orphans, and powers off or
-//! reboots cleanly on the signals busybox's `poweroff`/`reboot` send
-//! (SIGUSR2/SIGTERM; SIGUSR1 halts, which basalt treats as power-off).
+//! Stage 2: PID 1 of the booted system. Sets up the basics, hands over to
+//! the supervisor (services, control socket, health gate), says the system is
+//! ready, offers a console shell on development images, and powers off or
+//! reboots cleanly on `basaltctl` or on the signals busybox's
+//! `poweroff`/`reboot` send (SIGUSR2/SIGTERM; SIGUSR1 halts = power-off).
 
 use crate::cmdline::param;
+use crate::supervisor::{BootInfo, Supervisor};
 use crate::{log, sys};
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -19,33 +21,25 @@ pub fn run() -> ! {
     let signals = block_signals();
     let os_release = fs::read_to_string("/usr/lib/os-release").unwrap_or_default();
     let version = os_release_field(&os_release, "IMAGE_VERSION").unwrap_or_else(|| "unknown".into());
+    let image_id = os_release_field(&os_release, "IMAGE_ID").unwrap_or_else(|| "basalt".into());
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let slot = param(&cmdline, "basalt.slot").unwrap_or("?").to_string();
     if let Err(e) = setup_basics() {
         log::error(&format!("setting up the booted system: {e}"));
     }
-    log::info(&format!("ready version={version} slot={slot}"));
-
+    let boot = BootInfo { uki_base: format!("{image_id}_{version}_{}", slot.to_lowercase()), version: version.clone(), slot: slot.clone() };
     let shell = std::path::Path::new(CONSOLE_SHELL_MARK).exists();
-    let mut shell_pid = if shell { spawn_console_shell() } else { None };
-    loop {
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let sig = unsafe { libc::sigwaitinfo(&signals, &mut info) };
-        match sig {
-            libc::SIGCHLD => loop {
-                let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
-                if Some(pid) == shell_pid {
-                    shell_pid = spawn_console_shell();
-                }
-            },
-            libc::SIGTERM | libc::SIGINT => shutdown(sys::Halt::Reboot),
-            libc::SIGUSR1 | libc::SIGUSR2 => shutdown(sys::Halt::PowerOff),
-            _ => {}
-        }
-    }
+    let mut supervisor = Supervisor::new(&signals, boot, shell);
+    supervisor.load_units();
+    supervisor.start_enabled();
+    log::info(&format!("ready version={version} slot={slot}"));
+    let how = supervisor.run();
+    log::info(match how {
+        sys::Halt::Reboot => "rebooting ...",
+        sys::Halt::PowerOff => "powering off ...",
+    });
+    supervisor.stop_all();
+    shutdown(how)
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -69,7 +63,7 @@ fn setup_basics() -> std::io::Result<()> {
     Ok(())
 }
 
-fn spawn_console_shell() -> Option<i32> {
+pub fn spawn_console_shell() -> Option<i32> {
     let mut cmd = Command::new("/usr/bin/sh");
     cmd.arg0("-sh").env_clear().env("PATH", "/usr/bin:/usr/sbin").env("HOME", "/root").env("TERM", "vt100").env("PS1", "# ").current_dir("/root");
     unsafe {
@@ -91,12 +85,8 @@ fn spawn_console_shell() -> Option<i32> {
     }
 }
 
-/// Stop everything, flush, unmount what can be unmounted, then end.
+/// After the services stopped: end stray processes, flush, ROOT read-only, end.
 fn shutdown(how: sys::Halt) -> ! {
-    log::info(&format!("{} ...", match how {
-        sys::Halt::Reboot => "rebooting",
-        sys::Halt::PowerOff => "powering off",
-    }));
     unsafe { libc::kill(-1, libc::SIGTERM) };
     std::thread::sleep(std::time::Duration::from_millis(500));
     unsafe { libc::kill(-1, libc::SIGKILL) };

@@ -1,0 +1,117 @@
+//! basaltctl: status, logs and control of a booted basalt machine. It talks
+//! to init over its control socket and reads service logs from
+//! /var/log/basalt. Later agents add their own verbs here.
+
+use basalt_control::{call, Request, Status, LOG_DIR};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const USAGE: &str = "usage: basaltctl <command>
+  status              version, slot, boot counter, blessing, services
+  logs NAME [-f]      a service's output (-f: keep following)
+  start|stop|restart NAME
+  reload              re-read unit files, start newly enabled units
+  reboot | poweroff";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match words.as_slice() {
+        ["status"] => status(),
+        ["logs", name] => logs(name, false),
+        ["logs", name, "-f"] | ["logs", "-f", name] => logs(name, true),
+        ["start", n] => simple(Request::Start(unit_name(n))),
+        ["stop", n] => simple(Request::Stop(unit_name(n))),
+        ["restart", n] => simple(Request::Restart(unit_name(n))),
+        ["reload"] => simple(Request::Reload),
+        ["reboot"] => simple(Request::Reboot),
+        ["poweroff"] => simple(Request::PowerOff),
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("basaltctl: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `sshd` means `sshd.service`, as with systemctl.
+fn unit_name(n: &str) -> String {
+    if n.contains('.') {
+        n.to_string()
+    } else {
+        format!("{n}.service")
+    }
+}
+
+fn simple(req: Request) -> Result<(), String> {
+    call(&req).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn status() -> Result<(), String> {
+    let answer = call(&Request::Status).map_err(|e| e.to_string())?;
+    let s = Status::decode(&answer).map_err(|e| e.to_string())?;
+    println!("version:    {}", s.version);
+    println!("slot:       {}", s.slot);
+    println!("tries left: {}", s.tries_left.map(|t| t.to_string()).unwrap_or_else(|| "- (no boot counter)".into()));
+    println!("blessed:    {}", if s.blessed { "yes" } else { "no" });
+    println!("health:     {}", s.health);
+    println!();
+    println!("{:<32} {:<13} {:>7} {:>8}  {}", "UNIT", "STATE", "PID", "RESTARTS", "DETAIL");
+    for u in &s.units {
+        println!("{:<32} {:<13} {:>7} {:>8}  {}", u.name, u.state, u.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()), u.restarts, u.detail);
+    }
+    Ok(())
+}
+
+fn logs(name: &str, follow: bool) -> Result<(), String> {
+    let unit = unit_name(name);
+    let path = PathBuf::from(LOG_DIR).join(format!("{unit}.log"));
+    let rotated = PathBuf::from(LOG_DIR).join(format!("{unit}.log.1"));
+    let mut out = std::io::stdout().lock();
+    if let Ok(old) = std::fs::read(&rotated) {
+        let _ = out.write_all(&old);
+    }
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => return Err(format!("no logs for {unit} ({} does not exist)", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if let Ok(f) = std::fs::File::open(&path) {
+                break f;
+            }
+        },
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    out.write_all(&buf).map_err(|e| e.to_string())?;
+    out.flush().ok();
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = buf.len() as u64;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            // Rotated: start over with the new file.
+            f = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            pos = 0;
+        }
+        f.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
+        let mut chunk = Vec::new();
+        f.read_to_end(&mut chunk).map_err(|e| e.to_string())?;
+        pos += chunk.len() as u64;
+        if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}

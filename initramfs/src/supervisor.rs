@@ -1,0 +1,801 @@
+//! The service supervisor: PID 1's work once the system is up. Units come
+//! from /usr/lib/systemd/system (built in) and /etc/systemd/system (the
+//! user's, which win on equal names), with drop-ins from NAME.d/ in both.
+//! Enabled units (WantedBy=multi-user.target in /usr, or a link in a
+//! multi-user.target.wants/ directory) start in After/Before order. Services
+//! restart by their Restart= policy with a doubling back-off, their output
+//! is logged, orphans are reaped, and a health gate blesses the boot.
+
+use crate::logs::Logs;
+use crate::{bless, log, sys};
+use basalt_control::{Request, Status, UnitStatus};
+use basalt_unit::{Restart, ServiceType, Unit};
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const UNIT_DIRS: [&str; 2] = ["/usr/lib/systemd/system", "/etc/systemd/system"];
+const REQUEST_DIR: &str = "/run/basalt/supervisor/requests";
+const HEALTH_CONF: [&str; 2] = ["/etc/basalt/health.conf", "/usr/share/basalt/etc/basalt/health.conf"];
+const BOOT_STATE: &str = "/var/lib/basalt/boot-state";
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A service that ran this long before exiting starts its back-off afresh.
+const STABLE_RUN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proc {
+    Pre(usize),
+    Main,
+    Oneshot(usize),
+    Post,
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Inactive,
+    Queued,
+    Activating { pid: i32 },
+    Active { pid: i32, since: Instant },
+    /// A oneshot that finished successfully (RemainAfterExit or not: both count as done).
+    Exited,
+    Failed { reason: String },
+    AutoRestart { at: Instant, reason: String },
+    Stopping { pid: Option<i32>, deadline: Instant, restart_after: bool, killed: bool },
+}
+
+struct Service {
+    unit: Option<Unit>,
+    load_error: Option<String>,
+    state: State,
+    restarts: u32,
+    failures_in_row: u32,
+}
+
+impl Service {
+    fn settled(&self) -> bool {
+        !matches!(self.state, State::Queued | State::Activating { .. })
+    }
+    fn up(&self) -> bool {
+        matches!(self.state, State::Active { .. } | State::Exited)
+    }
+}
+
+pub struct BootInfo {
+    pub version: String,
+    pub slot: String,
+    /// `<IMAGE_ID>_<version>_<slot>`: the booted UKI's name without counter.
+    pub uki_base: String,
+}
+
+struct Health {
+    required: Vec<String>,
+    settle: Duration,
+    healthy_since: Option<Instant>,
+    blessed: bool,
+    tries_left: Option<u32>,
+    detail: String,
+}
+
+pub struct Supervisor {
+    services: BTreeMap<String, Service>,
+    children: HashMap<i32, (String, Proc)>,
+    pipes: HashMap<i32, (OwnedFd, String)>,
+    logs: Logs,
+    listener: Option<UnixListener>,
+    signals: OwnedFd,
+    health: Health,
+    boot: BootInfo,
+    console_shell: Option<i32>,
+    want_console_shell: bool,
+}
+
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// Unit files from both directories: (name → (main text, drop-ins)).
+fn read_unit_files() -> BTreeMap<String, (String, Vec<(String, String)>)> {
+    let mut found: BTreeMap<String, (String, Vec<(String, String)>)> = BTreeMap::new();
+    for dir in UNIT_DIRS {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".service")).collect();
+        names.sort();
+        for n in names {
+            let path = Path::new(dir).join(&n);
+            // A link to /dev/null masks the unit.
+            if std::fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null")) {
+                found.remove(&n);
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                found.entry(n.clone()).or_default().0 = text;
+            }
+        }
+    }
+    for (name, (_, drop_ins)) in found.iter_mut() {
+        let mut files: Vec<(String, String)> = Vec::new();
+        for dir in UNIT_DIRS {
+            let d = Path::new(dir).join(format!("{name}.d"));
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let fname = e.file_name().to_string_lossy().into_owned();
+                if fname.ends_with(".conf") {
+                    files.retain(|(f, _)| *f != fname); // /etc's drop-in replaces /usr's of the same name
+                    if let Ok(t) = std::fs::read_to_string(e.path()) {
+                        files.push((fname, t));
+                    }
+                }
+            }
+        }
+        files.sort();
+        *drop_ins = files.into_iter().map(|(f, t)| (format!("{name}.d/{f}"), t)).collect();
+    }
+    found
+}
+
+/// Units enabled for boot: links in multi-user.target.wants/, and built-in
+/// units that say WantedBy=multi-user.target (enabled by being shipped).
+fn enabled_units(services: &BTreeMap<String, Service>) -> Vec<String> {
+    let mut enabled = Vec::new();
+    for dir in UNIT_DIRS {
+        if let Ok(rd) = std::fs::read_dir(Path::new(dir).join("multi-user.target.wants")) {
+            enabled.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    for (name, s) in services {
+        let builtin = Path::new(UNIT_DIRS[0]).join(name).exists();
+        if builtin && s.unit.as_ref().is_some_and(|u| u.wanted_by.iter().any(|w| w == "multi-user.target")) {
+            enabled.push(name.clone());
+        }
+    }
+    enabled.sort();
+    enabled.dedup();
+    enabled
+}
+
+fn read_health_conf() -> (Vec<String>, Duration) {
+    for p in HEALTH_CONF {
+        if let Ok(text) = std::fs::read_to_string(p) {
+            let env = basalt_unit::parse_env_file(&text);
+            let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            let required = get("REQUIRED_UNITS").map(|v| v.split_whitespace().map(str::to_string).collect()).unwrap_or_default();
+            let settle = get("HEALTHY_SECONDS").and_then(|v| basalt_unit::parse_duration(&v)).unwrap_or(Duration::from_secs(15));
+            return (required, settle);
+        }
+    }
+    (Vec::new(), Duration::from_secs(15))
+}
+
+fn signalfd(set: &libc::sigset_t) -> OwnedFd {
+    let fd = unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    assert!(fd >= 0, "signalfd");
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+struct Account {
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+fn lookup_user(name: &str) -> Option<Account> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 7 && f[0] == name).and_then(|f| {
+        Some(Account { uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5].to_string() })
+    })
+}
+
+fn lookup_group(name: &str) -> Option<u32> {
+    let group = std::fs::read_to_string("/etc/group").ok()?;
+    group.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 3 && f[0] == name).and_then(|f| f[2].parse().ok())
+}
+
+impl Supervisor {
+    pub fn new(signals: &libc::sigset_t, boot: BootInfo, want_console_shell: bool) -> Supervisor {
+        let (required, settle) = read_health_conf();
+        let mut health = Health { required, settle, healthy_since: None, blessed: false, tries_left: None, detail: String::new() };
+        match bless::find_uki(&boot.uki_base) {
+            Ok(Some(name)) => {
+                let counter = bless::split_counter(&name).and_then(|(_, c)| c);
+                health.tries_left = counter;
+                health.blessed = counter.is_none();
+            }
+            Ok(None) => health.detail = format!("no UKI {}*.efi on the ESP", boot.uki_base),
+            Err(e) => health.detail = format!("ESP: {e}"),
+        }
+        let listener = (|| {
+            std::fs::create_dir_all("/run/basalt")?;
+            let _ = std::fs::remove_file(basalt_control::SOCKET);
+            let l = UnixListener::bind(basalt_control::SOCKET)?;
+            l.set_nonblocking(true)?;
+            std::fs::set_permissions(basalt_control::SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            Ok::<_, std::io::Error>(l)
+        })()
+        .map_err(|e| log::error(&format!("control socket {}: {e}", basalt_control::SOCKET)))
+        .ok();
+        let _ = std::fs::create_dir_all(REQUEST_DIR);
+        Supervisor {
+            services: BTreeMap::new(),
+            children: HashMap::new(),
+            pipes: HashMap::new(),
+            logs: Logs::default(),
+            listener,
+            signals: signalfd(signals),
+            health,
+            boot,
+            console_shell: None,
+            want_console_shell,
+        }
+    }
+
+    /// (Re)reads unit files. Running services keep running with their old
+    /// definition until restarted.
+    pub fn load_units(&mut self) {
+        let files = read_unit_files();
+        for (name, (main, drop_ins)) in &files {
+            let ins: Vec<(&str, &str)> = drop_ins.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let parsed = Unit::parse(name, main, &ins);
+            let svc = self.services.entry(name.clone()).or_insert(Service { unit: None, load_error: None, state: State::Inactive, restarts: 0, failures_in_row: 0 });
+            match parsed {
+                Ok(u) => {
+                    for w in &u.warnings {
+                        log::info(&format!("{name}:{}: warning: {}", w.line, w.message));
+                    }
+                    svc.unit = Some(u);
+                    svc.load_error = None;
+                }
+                Err(e) => {
+                    log::error(&format!("unit {e}"));
+                    svc.load_error = Some(e.to_string());
+                    if matches!(svc.state, State::Inactive | State::Queued) {
+                        svc.state = State::Failed { reason: format!("bad unit file: {e}") };
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn start_enabled(&mut self) {
+        for name in enabled_units(&self.services) {
+            if let Err(e) = self.queue_start(&name) {
+                log::error(&e);
+            }
+        }
+    }
+
+    fn queue_start(&mut self, name: &str) -> Result<(), String> {
+        let svc = self.services.get_mut(name).ok_or_else(|| format!("no such unit {name}"))?;
+        if let Some(e) = &svc.load_error {
+            return Err(format!("{name} cannot be loaded: {e}"));
+        }
+        let deps: Vec<String> = svc.unit.as_ref().map(|u| u.requires.iter().chain(&u.wants).cloned().collect()).unwrap_or_default();
+        if matches!(svc.state, State::Inactive | State::Failed { .. } | State::Exited | State::AutoRestart { .. }) {
+            svc.state = State::Queued;
+        }
+        for d in deps {
+            if self.services.contains_key(&d) && !self.services[&d].up() && !matches!(self.services[&d].state, State::Queued) {
+                let _ = self.queue_start(&d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts queued units whose ordering dependencies have settled.
+    fn run_queue(&mut self) {
+        loop {
+            let ready: Vec<String> = self
+                .services
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Queued))
+                .filter(|(name, s)| {
+                    let u = s.unit.as_ref().unwrap();
+                    let blocking = |other: &String| self.services.get(other).is_some_and(|o| !o.settled());
+                    !u.after.iter().any(blocking) && !self.services.iter().any(|(on, o)| o.unit.as_ref().is_some_and(|ou| ou.before.contains(name)) && !o.settled() && on != *name)
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            for name in ready {
+                let failed_dep = {
+                    let u = self.services[&name].unit.as_ref().unwrap();
+                    u.requires.iter().find(|r| match self.services.get(*r) {
+                        None => true,
+                        Some(s) => matches!(s.state, State::Failed { .. }),
+                    }).cloned()
+                };
+                if let Some(dep) = failed_dep {
+                    self.services.get_mut(&name).unwrap().state = State::Failed { reason: format!("required unit {dep} failed or is missing") };
+                    continue;
+                }
+                self.begin(&name);
+            }
+        }
+    }
+
+    fn begin(&mut self, name: &str) {
+        let u = self.services[name].unit.clone().unwrap();
+        if !u.exec_start_pre.is_empty() {
+            self.step(name, &u, Proc::Pre(0));
+        } else {
+            self.start_main(name, &u);
+        }
+    }
+
+    fn start_main(&mut self, name: &str, u: &Unit) {
+        match u.service_type {
+            ServiceType::Simple => {
+                if let Some(pid) = self.spawn(name, u, &u.exec_start[0].argv, Proc::Main) {
+                    self.services.get_mut(name).unwrap().state = State::Active { pid, since: now() };
+                    for c in &u.exec_start_post {
+                        self.spawn(name, u, &c.argv, Proc::Post);
+                    }
+                }
+            }
+            ServiceType::Oneshot => self.step(name, u, Proc::Oneshot(0)),
+        }
+    }
+
+    fn step(&mut self, name: &str, u: &Unit, p: Proc) {
+        let cmd = match p {
+            Proc::Pre(i) => &u.exec_start_pre[i],
+            Proc::Oneshot(i) => &u.exec_start[i],
+            _ => unreachable!(),
+        };
+        if let Some(pid) = self.spawn(name, u, &cmd.argv, p) {
+            self.services.get_mut(name).unwrap().state = State::Activating { pid };
+        }
+    }
+
+    /// Forks a process of the unit with its environment, user and directory,
+    /// stdout and stderr into a log pipe. On failure the unit fails.
+    fn spawn(&mut self, name: &str, u: &Unit, argv: &[String], p: Proc) -> Option<i32> {
+        match self.try_spawn(u, argv) {
+            Ok((pid, read_end)) => {
+                self.children.insert(pid, (name.to_string(), p));
+                self.pipes.insert(read_end.as_raw_fd(), (read_end, name.to_string()));
+                Some(pid)
+            }
+            Err(e) => {
+                let reason = format!("cannot start {}: {e}", argv[0]);
+                self.logs.line(name, format!("{reason}\n").as_bytes(), true);
+                if p != Proc::Post && p != Proc::Stop {
+                    self.failed(name, reason);
+                }
+                None
+            }
+        }
+    }
+
+    fn try_spawn(&self, u: &Unit, argv: &[String]) -> Result<(i32, OwnedFd), String> {
+        let mut fds = [0i32; 2];
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]).arg0(&argv[0]);
+        cmd.env_clear().env("PATH", "/usr/bin:/usr/sbin").env("LANG", "C.UTF-8");
+        let mut home = "/root".to_string();
+        if let Some(user) = &u.user {
+            let acct = lookup_user(user).ok_or_else(|| format!("User={user} does not exist"))?;
+            cmd.uid(acct.uid).gid(acct.gid);
+            home = acct.home;
+            cmd.env("USER", user).env("LOGNAME", user);
+        }
+        if let Some(g) = &u.group {
+            cmd.gid(lookup_group(g).ok_or_else(|| format!("Group={g} does not exist"))?);
+        }
+        cmd.env("HOME", &home);
+        for (path, optional) in &u.environment_files {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    for (k, v) in basalt_unit::parse_env_file(&text) {
+                        cmd.env(k, v);
+                    }
+                }
+                Err(_) if *optional => {}
+                Err(e) => return Err(format!("EnvironmentFile={path}: {e}")),
+            }
+        }
+        for (k, v) in &u.environment {
+            cmd.env(k, v);
+        }
+        if let Some(dir) = &u.working_directory {
+            cmd.current_dir(if dir == "~" { home.as_str() } else { dir.trim_start_matches('-') });
+        }
+        cmd.stdin(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::from(write_end.try_clone().map_err(|e| e.to_string())?));
+        cmd.stderr(std::process::Stdio::from(write_end));
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                // Its own session and process group: stopping a service signals all of it.
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| e.to_string())?;
+        Ok((child.id() as i32, read_end))
+    }
+
+    fn failed(&mut self, name: &str, reason: String) {
+        let svc = self.services.get_mut(name).unwrap();
+        let u = svc.unit.as_ref().unwrap();
+        if matches!(u.restart, Restart::OnFailure | Restart::Always) {
+            self.schedule_restart(name, reason);
+        } else {
+            log::info(&format!("{name}: failed: {reason}"));
+            svc.state = State::Failed { reason };
+        }
+    }
+
+    fn schedule_restart(&mut self, name: &str, reason: String) {
+        let svc = self.services.get_mut(name).unwrap();
+        let u = svc.unit.as_ref().unwrap();
+        svc.failures_in_row += 1;
+        let exp = svc.failures_in_row.saturating_sub(1).min(16);
+        let delay = u.restart_sec.max(Duration::from_millis(100)).saturating_mul(1 << exp).min(MAX_BACKOFF);
+        log::info(&format!("{name}: {reason}; restarting in {:.1} s", delay.as_secs_f64()));
+        svc.state = State::AutoRestart { at: now() + delay, reason };
+    }
+
+    fn child_exited(&mut self, pid: i32, status: i32) {
+        if Some(pid) == self.console_shell {
+            self.console_shell = None;
+            return;
+        }
+        let Some((name, p)) = self.children.remove(&pid) else { return };
+        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        let how = if libc::WIFEXITED(status) { format!("exited with status {}", libc::WEXITSTATUS(status)) } else { format!("killed by signal {}", libc::WTERMSIG(status)) };
+        let Some(u) = self.services.get(&name).and_then(|s| s.unit.clone()) else { return };
+        let state = self.services[&name].state.clone();
+        match p {
+            Proc::Pre(i) | Proc::Oneshot(i) => {
+                if let State::Stopping { restart_after, .. } = state {
+                    self.stopped(&name, restart_after);
+                    return;
+                }
+                let cmd = if let Proc::Pre(_) = p { &u.exec_start_pre[i] } else { &u.exec_start[i] };
+                if !ok && !cmd.ignore_failure {
+                    let what = if let Proc::Pre(_) = p { "ExecStartPre" } else { "ExecStart" };
+                    self.failed(&name, format!("{what} {} {how}", cmd.argv[0]));
+                } else if let Proc::Pre(i) = p {
+                    if i + 1 < u.exec_start_pre.len() {
+                        self.step(&name, &u, Proc::Pre(i + 1));
+                    } else {
+                        self.start_main(&name, &u);
+                    }
+                } else if i + 1 < u.exec_start.len() {
+                    self.step(&name, &u, Proc::Oneshot(i + 1));
+                } else {
+                    for c in &u.exec_start_post {
+                        self.spawn(&name, &u, &c.argv, Proc::Post);
+                    }
+                    let svc = self.services.get_mut(&name).unwrap();
+                    svc.failures_in_row = 0;
+                    svc.state = State::Exited;
+                }
+            }
+            Proc::Main => match state {
+                State::Stopping { restart_after, .. } => self.stopped(&name, restart_after),
+                State::Active { since, .. } => {
+                    let svc = self.services.get_mut(&name).unwrap();
+                    if since.elapsed() >= STABLE_RUN {
+                        svc.failures_in_row = 0;
+                    }
+                    let restart = match u.restart {
+                        Restart::Always => true,
+                        Restart::OnFailure => !ok,
+                        Restart::No => false,
+                    };
+                    if restart {
+                        self.schedule_restart(&name, format!("main process {how}"));
+                    } else if ok {
+                        svc.state = State::Inactive;
+                    } else {
+                        log::info(&format!("{name}: failed: main process {how}"));
+                        svc.state = State::Failed { reason: format!("main process {how}") };
+                    }
+                }
+                _ => {}
+            },
+            Proc::Stop => {
+                if let State::Stopping { pid: Some(main), .. } = state {
+                    unsafe { libc::kill(-main, libc::SIGTERM) };
+                }
+            }
+            Proc::Post => {}
+        }
+    }
+
+    fn stopped(&mut self, name: &str, restart_after: bool) {
+        let svc = self.services.get_mut(name).unwrap();
+        svc.state = State::Inactive;
+        if restart_after {
+            svc.restarts += 1;
+            let _ = self.queue_start(name);
+        }
+    }
+
+    fn stop(&mut self, name: &str, restart_after: bool) -> Result<(), String> {
+        let svc = self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?;
+        let u = svc.unit.clone();
+        let timeout = u.as_ref().map(|u| u.timeout_stop).unwrap_or(Duration::from_secs(10));
+        match svc.state.clone() {
+            State::Active { pid, .. } | State::Activating { pid } => {
+                let has_stop = u.as_ref().is_some_and(|u| !u.exec_stop.is_empty());
+                if has_stop {
+                    let u = u.unwrap();
+                    self.spawn(name, &u, &u.exec_stop[0].argv, Proc::Stop);
+                } else {
+                    unsafe { libc::kill(-pid, libc::SIGTERM) };
+                }
+                self.services.get_mut(name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + timeout, restart_after, killed: false };
+            }
+            State::Stopping { .. } => {}
+            _ => self.stopped(name, restart_after),
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, req: Request) -> Result<String, String> {
+        match req {
+            Request::Status => Ok(self.status().encode()),
+            Request::Start(n) => {
+                if !self.services.contains_key(&n) {
+                    self.load_units();
+                }
+                self.queue_start(&n).map(|_| "ok\n".into())
+            }
+            Request::Stop(n) => self.stop(&n, false).map(|_| "ok\n".into()),
+            Request::Restart(n) => {
+                self.load_units();
+                self.stop(&n, true).map(|_| "ok\n".into())
+            }
+            Request::Reload => {
+                self.load_units();
+                self.start_enabled();
+                Ok("ok\n".into())
+            }
+            Request::Reboot | Request::PowerOff => Ok("ok\n".into()),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let units = self
+            .services
+            .iter()
+            .map(|(name, s)| {
+                let (state, pid, detail) = match &s.state {
+                    State::Inactive => ("inactive", None, String::new()),
+                    State::Queued => ("queued", None, String::new()),
+                    State::Activating { pid } => ("activating", Some(*pid), String::new()),
+                    State::Active { pid, since } => ("active", Some(*pid), format!("running {} s", since.elapsed().as_secs())),
+                    State::Exited => ("exited", None, "finished successfully".into()),
+                    State::Failed { reason } => ("failed", None, reason.clone()),
+                    State::AutoRestart { at, reason } => ("auto-restart", None, format!("{reason}; restart in {:.1} s", at.saturating_duration_since(now()).as_secs_f64())),
+                    State::Stopping { pid, .. } => ("stopping", *pid, String::new()),
+                };
+                UnitStatus { name: name.clone(), state: state.into(), pid, restarts: s.restarts, detail }
+            })
+            .collect();
+        Status {
+            version: self.boot.version.clone(),
+            slot: self.boot.slot.clone(),
+            tries_left: self.health.tries_left,
+            blessed: self.health.blessed,
+            health: self.health.detail.clone(),
+            units,
+        }
+    }
+
+    /// The health gate: every required unit up, continuously, for the settle time.
+    fn check_health(&mut self) {
+        if self.health.blessed {
+            self.health.detail = "passed; boot blessed".into();
+            return;
+        }
+        let missing: Vec<&String> = self.health.required.iter().filter(|r| !self.services.get(*r).is_some_and(|s| s.up())).collect();
+        if !missing.is_empty() {
+            self.health.healthy_since = None;
+            self.health.detail = format!("waiting for {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
+            return;
+        }
+        let since = *self.health.healthy_since.get_or_insert_with(now);
+        if since.elapsed() < self.health.settle {
+            self.health.detail = format!("required units up {} s of {} s", since.elapsed().as_secs(), self.health.settle.as_secs());
+            return;
+        }
+        match bless::bless(&self.boot.uki_base) {
+            Ok(file) => {
+                self.health.blessed = true;
+                self.health.tries_left = None;
+                self.health.detail = "passed; boot blessed".into();
+                let _ = std::fs::create_dir_all("/var/lib/basalt");
+                let _ = std::fs::write(BOOT_STATE, format!("blessed=yes\nslot={}\nversion={}\nuki={file}\n", self.boot.slot, self.boot.version));
+                log::info(&format!("boot blessed: slot {} version {} ({file})", self.boot.slot, self.boot.version));
+            }
+            Err(e) => {
+                self.health.detail = format!("blessing failed: {e}");
+                self.health.healthy_since = None;
+                log::error(&format!("blessing the boot: {e}"));
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Duration {
+        let mut d = Duration::from_secs(1);
+        for s in self.services.values() {
+            let at = match s.state {
+                State::AutoRestart { at, .. } => at,
+                State::Stopping { deadline, .. } => deadline,
+                _ => continue,
+            };
+            d = d.min(at.saturating_duration_since(now()));
+        }
+        d
+    }
+
+    fn timers(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            match self.services[&name].state.clone() {
+                State::AutoRestart { at, .. } if at <= now() => {
+                    let svc = self.services.get_mut(&name).unwrap();
+                    svc.restarts += 1;
+                    svc.state = State::Queued;
+                }
+                State::Stopping { pid: Some(pid), deadline, restart_after, killed: false } if deadline <= now() => {
+                    log::info(&format!("{name}: did not stop in time; killing it"));
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    self.services.get_mut(&name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + Duration::from_secs(5), restart_after, killed: true };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Requests other programs (cloud-config) leave as files: `start NAME`, `reload`...
+    fn file_requests(&mut self) {
+        let Ok(rd) = std::fs::read_dir(REQUEST_DIR) else { return };
+        let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "request")).collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let _ = std::fs::remove_file(&f);
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match Request::parse(line.trim()) {
+                    Ok(Request::Reboot | Request::PowerOff | Request::Status) | Err(_) => log::error(&format!("request file {}: {line:?} refused", f.display())),
+                    Ok(req) => {
+                        if let Err(e) = self.handle(req) {
+                            log::error(&format!("request file {}: {e}", f.display()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) -> Option<sys::Halt> {
+        let Some(listener) = &self.listener else { return None };
+        let Ok((mut stream, _)) = listener.accept() else { return None };
+        let _ = stream.set_nonblocking(false);
+        use std::io::Write;
+        let req = match basalt_control::read_request(&mut stream) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(stream, "error {e}");
+                return None;
+            }
+        };
+        let halt = match req {
+            Request::Reboot => Some(sys::Halt::Reboot),
+            Request::PowerOff => Some(sys::Halt::PowerOff),
+            _ => None,
+        };
+        let answer = self.handle(req).unwrap_or_else(|e| format!("error {e}\n"));
+        let _ = stream.write_all(answer.as_bytes());
+        halt
+    }
+
+    fn drain_pipe(&mut self, fd: i32) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                let unit = self.pipes[&fd].1.clone();
+                self.logs.write_chunk(fd, &unit, &buf[..n as usize], true);
+                continue;
+            }
+            if n == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                if let Some((_, unit)) = self.pipes.remove(&fd) {
+                    self.logs.close(fd, &unit, true);
+                }
+            }
+            return;
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            self.child_exited(pid, status);
+        }
+    }
+
+    /// Runs until a reboot or power-off is asked for.
+    pub fn run(&mut self) -> sys::Halt {
+        loop {
+            if self.want_console_shell && self.console_shell.is_none() {
+                self.console_shell = crate::stage2::spawn_console_shell();
+            }
+            self.run_queue();
+            self.check_health();
+            let mut fds = vec![libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            if let Some(l) = &self.listener {
+                fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            }
+            let pipe_start = fds.len();
+            fds.extend(self.pipes.keys().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
+            let timeout = self.next_deadline().as_millis().min(1000) as i32;
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
+            for p in &fds[pipe_start..] {
+                if p.revents != 0 {
+                    self.drain_pipe(p.fd);
+                }
+            }
+            if fds[0].revents != 0 {
+                let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+                while unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>()) } > 0 {
+                    match info.ssi_signo as i32 {
+                        libc::SIGCHLD => self.reap(),
+                        libc::SIGTERM | libc::SIGINT => return sys::Halt::Reboot,
+                        libc::SIGUSR1 | libc::SIGUSR2 => return sys::Halt::PowerOff,
+                        _ => {}
+                    }
+                }
+            }
+            if fds.len() > 1 && pipe_start == 2 && fds[1].revents != 0 {
+                if let Some(h) = self.accept() {
+                    return h;
+                }
+            }
+            self.timers();
+            self.file_requests();
+        }
+    }
+
+    /// Stops every service, in reverse start order, within their stop timeouts.
+    pub fn stop_all(&mut self) {
+        let names: Vec<String> = self.services.keys().rev().cloned().collect();
+        for n in &names {
+            let _ = self.stop(n, false);
+        }
+        let deadline = now() + Duration::from_secs(15);
+        while self.services.values().any(|s| matches!(s.state, State::Stopping { .. })) && now() < deadline {
+            let mut fds = [libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            while unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>()) } > 0 {}
+            self.reap();
+            self.timers();
+            let fds: Vec<i32> = self.pipes.keys().copied().collect();
+            for fd in fds {
+                self.drain_pipe(fd);
+            }
+        }
+    }
+}

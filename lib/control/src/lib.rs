@@ -1,0 +1,206 @@
+//! init's control socket: one request line in, a text answer out, then the
+//! connection closes. Plain lines keep `socat` usable for debugging and need no
+//! serialisation library in PID 1.
+//!
+//! Answers start with `ok` or `error <message>`; `status` answers with
+//! `key=value` header lines, then one `unit` line per unit.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+pub const SOCKET: &str = "/run/basalt/init.sock";
+/// Where each service's output is kept (size-capped, one rotation).
+pub const LOG_DIR: &str = "/var/log/basalt";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    Start(String),
+    Stop(String),
+    Restart(String),
+    /// Re-read unit files from disk and start newly enabled units.
+    Reload,
+    Reboot,
+    PowerOff,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("bad request {0:?}: expected status, start|stop|restart NAME, reload, reboot or poweroff")]
+    BadRequest(String),
+    #[error("cannot reach init at {SOCKET}: {0} (is this a booted basalt machine?)")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn valid_unit_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 255 && !n.contains('/') && n.chars().all(|c| c.is_ascii_alphanumeric() || "@._-:".contains(c))
+}
+
+impl Request {
+    pub fn encode(&self) -> String {
+        match self {
+            Request::Status => "status".into(),
+            Request::Start(n) => format!("start {n}"),
+            Request::Stop(n) => format!("stop {n}"),
+            Request::Restart(n) => format!("restart {n}"),
+            Request::Reload => "reload".into(),
+            Request::Reboot => "reboot".into(),
+            Request::PowerOff => "poweroff".into(),
+        }
+    }
+
+    pub fn parse(line: &str) -> Result<Request, ControlError> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let unit = |n: &str| if valid_unit_name(n) { Ok(n.to_string()) } else { Err(ControlError::BadRequest(line.into())) };
+        Ok(match words.as_slice() {
+            ["status"] => Request::Status,
+            ["start", n] => Request::Start(unit(n)?),
+            ["stop", n] => Request::Stop(unit(n)?),
+            ["restart", n] => Request::Restart(unit(n)?),
+            ["reload"] => Request::Reload,
+            ["reboot"] => Request::Reboot,
+            ["poweroff"] => Request::PowerOff,
+            _ => return Err(ControlError::BadRequest(line.chars().take(80).collect())),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitStatus {
+    pub name: String,
+    /// active, activating, exited, failed, auto-restart, inactive, stopping
+    pub state: String,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Status {
+    pub version: String,
+    pub slot: String,
+    /// Boot-counter tries left in the booted UKI's name; None when it has no counter.
+    pub tries_left: Option<u32>,
+    pub blessed: bool,
+    pub health: String,
+    pub units: Vec<UnitStatus>,
+}
+
+fn clean(s: &str) -> String {
+    s.replace(['\n', '\t'], " ")
+}
+
+impl Status {
+    pub fn encode(&self) -> String {
+        let mut out = format!(
+            "ok\nversion={}\nslot={}\ntries_left={}\nblessed={}\nhealth={}\n",
+            clean(&self.version),
+            clean(&self.slot),
+            self.tries_left.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            if self.blessed { "yes" } else { "no" },
+            clean(&self.health)
+        );
+        for u in &self.units {
+            out.push_str(&format!(
+                "unit\t{}\t{}\t{}\t{}\t{}\n",
+                u.name,
+                u.state,
+                u.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                u.restarts,
+                clean(&u.detail)
+            ));
+        }
+        out
+    }
+
+    pub fn decode(text: &str) -> Result<Status, ControlError> {
+        let mut lines = text.lines();
+        match lines.next() {
+            Some("ok") => {}
+            Some(l) => return Err(ControlError::Refused(l.strip_prefix("error ").unwrap_or(l).to_string())),
+            None => return Err(ControlError::Refused("empty answer".into())),
+        }
+        let mut s = Status::default();
+        for l in lines {
+            if let Some(rest) = l.strip_prefix("unit\t") {
+                let f: Vec<&str> = rest.splitn(5, '\t').collect();
+                if f.len() == 5 {
+                    s.units.push(UnitStatus { name: f[0].into(), state: f[1].into(), pid: f[2].parse().ok(), restarts: f[3].parse().unwrap_or(0), detail: f[4].into() });
+                }
+            } else if let Some((k, v)) = l.split_once('=') {
+                match k {
+                    "version" => s.version = v.into(),
+                    "slot" => s.slot = v.into(),
+                    "tries_left" => s.tries_left = v.parse().ok(),
+                    "blessed" => s.blessed = v == "yes",
+                    "health" => s.health = v.into(),
+                    _ => {}
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Sends one request to init and returns its answer's text after `ok`.
+pub fn call(req: &Request) -> Result<String, ControlError> {
+    call_at(SOCKET, req)
+}
+
+pub fn call_at(socket: &str, req: &Request) -> Result<String, ControlError> {
+    let mut s = UnixStream::connect(socket).map_err(ControlError::Connect)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(format!("{}\n", req.encode()).as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    if let Some(rest) = answer.strip_prefix("error ") {
+        return Err(ControlError::Refused(rest.trim_end().to_string()));
+    }
+    if !answer.starts_with("ok") {
+        return Err(ControlError::Refused(format!("unexpected answer {:?}", answer.lines().next().unwrap_or(""))));
+    }
+    Ok(answer)
+}
+
+/// Reads a request line from a connection (at most 4 KiB).
+pub fn read_request(stream: &mut UnixStream) -> Result<Request, ControlError> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(stream.take(4096)).read_line(&mut line)?;
+    Request::parse(line.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_bad_ones_are_refused() {
+        for r in [Request::Status, Request::Restart("web.service".into()), Request::Reload, Request::PowerOff] {
+            assert_eq!(Request::parse(&r.encode()).unwrap(), r);
+        }
+        for bad in ["", "restart", "restart ../etc/passwd", "dance", "start a b"] {
+            assert!(Request::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let s = Status {
+            version: "1.2.0".into(),
+            slot: "B".into(),
+            tries_left: Some(2),
+            blessed: false,
+            health: "waiting for sshd.service".into(),
+            units: vec![UnitStatus { name: "sshd.service".into(), state: "active".into(), pid: Some(42), restarts: 1, detail: "since 3 s".into() }],
+        };
+        assert_eq!(Status::decode(&s.encode()).unwrap(), s);
+        assert!(matches!(Status::decode("error no such unit"), Err(ControlError::Refused(m)) if m == "no such unit"));
+    }
+}
