@@ -1,6 +1,7 @@
 //! `basalt`: builds, runs and ships basalt disk images.
 
 mod boot;
+mod formats;
 mod fat_fixup;
 mod image;
 mod inputs;
@@ -39,6 +40,19 @@ enum Cmd {
         /// Directory holding the static `init` binary (default: next to this program).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Formats to write (comma-separated). The raw image is always written
+        /// to OUTPUT; others go next to it (basalt.qcow2, basalt.vmdk, ...).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "raw")]
+        format: Vec<formats::OutputFormat>,
+    },
+    /// Convert a raw image to another format (writes OUT and OUT.sha256).
+    Convert {
+        image: PathBuf,
+        #[arg(long, value_enum)]
+        format: formats::OutputFormat,
+        /// Output file (default: IMAGE with the format's extension).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Boot an image in QEMU with OVMF; the serial console is this terminal (Ctrl-A X quits).
     Run {
@@ -69,7 +83,7 @@ fn source_date_epoch() -> Result<u64> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Fetch { lock } => inputs::fetch(&inputs::Lock::load(&lock)?, &inputs::cache_dir()),
-        Cmd::Build { spec, lock, output, bin_dir } => {
+        Cmd::Build { spec, lock, output, bin_dir, format } => {
             let lock = lock.unwrap_or_else(|| spec.parent().unwrap_or(std::path::Path::new(".")).join("inputs.lock"));
             let bin_dir = match bin_dir {
                 Some(d) => d,
@@ -83,6 +97,23 @@ fn run(cli: Cli) -> Result<()> {
             println!("  /usr files    {:>8.1} MiB", r.usr_tree_bytes as f64 / 1048576.0);
             println!("  /usr squashfs {:>8.1} MiB", r.usr_fs_bytes as f64 / 1048576.0);
             println!("  USR-A used    {:>8.1} MiB  verity root {}", r.usr_slot_used_bytes as f64 / 1048576.0, r.verity_root_hash);
+            formats::write_sha256_file(&r.output)?;
+            for f in format.into_iter().filter(|f| *f != formats::OutputFormat::Raw) {
+                let out = f.output_path(&r.output);
+                formats::convert(&r.output, f, &out)?;
+                formats::write_sha256_file(&out)?;
+                println!("  {:<13} {}", f.name(), out.display());
+            }
+            Ok(())
+        }
+        Cmd::Convert { image, format, output } => {
+            let output = output.unwrap_or_else(|| format.output_path(&image));
+            if std::fs::canonicalize(&output).ok().is_some_and(|o| std::fs::canonicalize(&image).ok() == Some(o)) {
+                anyhow::bail!("{} would overwrite the source image; choose another --output", output.display());
+            }
+            formats::convert(&image, format, &output)?;
+            formats::write_sha256_file(&output)?;
+            println!("wrote {} ({})", output.display(), format.name());
             Ok(())
         }
         Cmd::Run { image, ssh_port, memory_mib } => {

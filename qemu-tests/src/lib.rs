@@ -27,6 +27,14 @@ pub fn default_image() -> PathBuf {
     }
 }
 
+/// The `basalt` binary `make test` built (`BASALT_BIN`), or the workspace's release build.
+pub fn basalt_bin() -> PathBuf {
+    match std::env::var_os("BASALT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-gnu/release/basalt"),
+    }
+}
+
 pub fn require_image(path: &Path) -> Result<()> {
     if !path.exists() {
         bail!("{} does not exist: run `make test`, which builds the image first", path.display());

@@ -70,8 +70,10 @@ fn kvm_device_works() -> bool {
 
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// The disk image (raw); it is opened read-only behind an overlay.
+    /// The disk image; it is opened read-only behind an overlay.
     pub image: PathBuf,
+    /// The image's QEMU format name: raw (the default), qcow2, vmdk, vpc (VHD).
+    pub disk_format: String,
     /// Directory for the overlay, the firmware variables and sockets.
     pub state_dir: PathBuf,
     pub memory_mib: u32,
@@ -86,7 +88,7 @@ pub struct VmConfig {
 
 impl VmConfig {
     pub fn new(image: &Path, state_dir: &Path) -> VmConfig {
-        VmConfig { image: image.to_owned(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, disk_bytes: None, direct: false }
+        VmConfig { image: image.to_owned(), disk_format: "raw".into(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, disk_bytes: None, direct: false }
     }
 
     pub fn overlay_path(&self) -> PathBuf {
@@ -107,7 +109,7 @@ impl VmConfig {
         }
         let image = std::fs::canonicalize(&self.image).with_context(|| format!("image {}", self.image.display()))?;
         let mut cmd = Command::new("qemu-img");
-        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&image).arg(self.overlay_path());
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", &self.disk_format, "-b"]).arg(&image).arg(self.overlay_path());
         if let Some(bytes) = self.disk_bytes {
             cmd.arg(bytes.to_string());
         }
@@ -129,7 +131,7 @@ impl VmConfig {
         c.args(["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()]);
         c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
         c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", self.state_dir.join("OVMF_VARS.fd").display()));
-        let (disk, format) = if self.direct { (self.image.clone(), "raw") } else { (self.overlay_path(), "qcow2") };
+        let (disk, format) = if self.direct { (self.image.clone(), self.disk_format.as_str()) } else { (self.overlay_path(), "qcow2") };
         c.arg("-drive").arg(format!("if=none,id=disk0,format={format},file={}", disk.display()));
         c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
         let mut net = "user,id=net0".to_string();
