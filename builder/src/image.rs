@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+/// Where a development image carries `--authorized-key` keys for `core`.
+pub const DEV_AUTHORIZED_KEYS: &str = "/usr/share/basalt/dev-authorized-keys";
+
 pub struct BuildOptions {
     pub spec_path: PathBuf,
     pub lock_path: PathBuf,
@@ -25,6 +28,8 @@ pub struct BuildOptions {
     /// Where `init` (and later the agents) were built.
     pub bin_dir: PathBuf,
     pub epoch: u64,
+    /// Development images: ssh public keys for `core`, installed on first boot.
+    pub authorized_keys: Option<String>,
 }
 
 #[derive(Debug)]
@@ -124,6 +129,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     // Our own programs and files.
     let init = read_bin(&opts.bin_dir, "init")?;
     tree.file("/usr/lib/basalt/init", 0o755, init.clone())?;
+    tree.file("/usr/bin/basaltctl", 0o755, read_bin(&opts.bin_dir, "basaltctl")?)?;
+    if let Some(keys) = &opts.authorized_keys {
+        tree.file(DEV_AUTHORIZED_KEYS, 0o644, keys.clone().into_bytes())?;
+    }
     let os_release = boot::os_release(&spec.name, &spec.version);
     tree.file("/usr/lib/os-release", 0o644, os_release.clone().into_bytes())?;
     if spec.console_shell {

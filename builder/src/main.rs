@@ -40,6 +40,9 @@ enum Cmd {
         /// Directory holding the static `init` binary (default: next to this program).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Development images: an ssh public key file for user `core` (repeatable).
+        #[arg(long = "authorized-key")]
+        authorized_key: Vec<PathBuf>,
         /// Formats to write (comma-separated). The raw image is always written
         /// to OUTPUT; others go next to it (basalt.qcow2, basalt.vmdk, ...).
         #[arg(long, value_enum, value_delimiter = ',', default_value = "raw")]
@@ -73,6 +76,26 @@ fn main() {
     }
 }
 
+/// Reads public key files; each line must look like an ssh public key.
+fn read_authorized_keys(files: &[PathBuf]) -> Result<Option<String>> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut keys = String::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading --authorized-key {}", f.display()))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let kind = line.split_whitespace().next().unwrap_or("");
+            if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) || line.split_whitespace().count() < 2 {
+                anyhow::bail!("{}:{}: not an ssh public key (expected `ssh-ed25519 AAAA... comment`)", f.display(), i + 1);
+            }
+            keys.push_str(line.trim());
+            keys.push('\n');
+        }
+    }
+    Ok(Some(keys))
+}
+
 fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
@@ -83,13 +106,14 @@ fn source_date_epoch() -> Result<u64> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Fetch { lock } => inputs::fetch(&inputs::Lock::load(&lock)?, &inputs::cache_dir()),
-        Cmd::Build { spec, lock, output, bin_dir, format } => {
+        Cmd::Build { spec, lock, output, bin_dir, format, authorized_key } => {
             let lock = lock.unwrap_or_else(|| spec.parent().unwrap_or(std::path::Path::new(".")).join("inputs.lock"));
             let bin_dir = match bin_dir {
                 Some(d) => d,
                 None => std::env::current_exe()?.parent().context("locating the basalt binary")?.to_path_buf(),
             };
-            let r = image::build(&image::BuildOptions { spec_path: spec, lock_path: lock, output, bin_dir, epoch: source_date_epoch()? })?;
+            let authorized_keys = read_authorized_keys(&authorized_key)?;
+            let r = image::build(&image::BuildOptions { spec_path: spec, lock_path: lock, output, bin_dir, epoch: source_date_epoch()?, authorized_keys })?;
             println!("built {} in {:.1} s", r.output.display(), r.seconds);
             println!("  disk          {:>8.1} MiB (sparse)", r.disk_bytes as f64 / 1048576.0);
             println!("  UKI           {:>8.1} MiB  EFI/Linux/{}", r.uki_bytes as f64 / 1048576.0, r.uki_name);

@@ -9,6 +9,7 @@ mod dm;
 mod log;
 mod logs;
 mod modprobe;
+mod setup;
 mod stage1;
 mod stage2;
 mod supervisor;

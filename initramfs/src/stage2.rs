@@ -27,6 +27,7 @@ pub fn run() -> ! {
     if let Err(e) = setup_basics() {
         log::error(&format!("setting up the booted system: {e}"));
     }
+    crate::setup::run();
     let boot = BootInfo { uki_base: format!("{image_id}_{version}_{}", slot.to_lowercase()), version: version.clone(), slot: slot.clone() };
     let shell = std::path::Path::new(CONSOLE_SHELL_MARK).exists();
     let mut supervisor = Supervisor::new(&signals, boot, shell);

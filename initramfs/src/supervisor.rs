@@ -212,7 +212,9 @@ impl Supervisor {
             let _ = std::fs::remove_file(basalt_control::SOCKET);
             let l = UnixListener::bind(basalt_control::SOCKET)?;
             l.set_nonblocking(true)?;
-            std::fs::set_permissions(basalt_control::SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            // Root and the wheel group (core is in it, as CoreOS's admin user).
+            std::fs::set_permissions(basalt_control::SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o660))?;
+            let _ = std::os::unix::fs::chown(basalt_control::SOCKET, Some(0), lookup_group("wheel"));
             Ok::<_, std::io::Error>(l)
         })()
         .map_err(|e| log::error(&format!("control socket {}: {e}", basalt_control::SOCKET)))

@@ -1,0 +1,111 @@
+//! The booted system: ssh as `core` with a key, basaltctl, a crashing
+//! service restarted with back-off and its logs, reboot and poweroff.
+
+use basalt_qemu_tests::{default_image, Vm};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(120);
+const CMD: Duration = Duration::from_secs(30);
+
+fn basalt_bin() -> PathBuf {
+    std::env::var_os("BASALT_BIN").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-gnu/release/basalt"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A development image with a fresh key for `core`; returns (image, private key).
+fn dev_image(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("id_ed25519");
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().expect("ssh-keygen (openssh-client)");
+    assert!(st.success());
+    let img = dir.join("dev.img");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/basalt.yaml");
+    let out = Command::new(basalt_bin()).args(["build", "--spec"]).arg(&spec).arg("--authorized-key").arg(key.with_extension("pub")).arg("-o").arg(&img).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (img, key)
+}
+
+fn ssh(key: &Path, port: u16, command: &str) -> (bool, String) {
+    let out = Command::new("ssh")
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i"])
+        .arg(key)
+        .args(["-p", &port.to_string(), "core@127.0.0.1", command])
+        .output()
+        .expect("ssh (openssh-client)");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn ssh_until_up(key: &Path, port: u16, command: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (ok, out) = ssh(key, port, command);
+        if ok {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "ssh never succeeded: {out}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, key) = dev_image(dir.path());
+    let port = free_port();
+    let mut vm = Vm::boot_with("system", &img, |c| c.ssh_port = port).unwrap();
+    vm.wait_ready(BOOT).unwrap();
+
+    // ssh as core with the key; password logins are refused by dropbear -s.
+    let status = ssh_until_up(&key, port, "id -un; basaltctl status");
+    assert!(status.starts_with("core\n"), "{status}");
+    assert!(status.contains("version:    0.1.0") && status.contains("slot:       A"), "{status}");
+    let sshd = status.lines().find(|l| l.starts_with("sshd.service")).unwrap_or_else(|| panic!("{status}"));
+    assert!(sshd.contains("active"), "{sshd}");
+    assert!(status.contains("network.service"), "{status}");
+
+    // A service that keeps crashing is restarted, with growing delays, and its output is kept.
+    vm.run_ok(
+        "printf '[Unit]\\nDescription=crashes\\n[Service]\\nExecStart=/usr/bin/sh -c \"echo crash-$$; exit 3\"\\nRestart=on-failure\\nRestartSec=1\\nBogusDirective=1\\n' > /etc/systemd/system/crashy.service && basaltctl start crashy",
+        CMD,
+    )
+    .unwrap();
+    vm.wait_for("restarting in 4.0 s", Duration::from_secs(60)).unwrap();
+    // An unknown directive is warned about by name, never silently dropped.
+    assert!(vm.console_text().contains("crashy.service:7: warning: unknown directive BogusDirective="), "no warning for BogusDirective");
+    let status = ssh(&key, port, "basaltctl status").1;
+    let crashy = status.lines().find(|l| l.starts_with("crashy.service")).unwrap_or_else(|| panic!("{status}"));
+    assert!(crashy.contains("auto-restart") && crashy.contains("exited with status 3"), "{crashy}");
+    let restarts: u32 = crashy.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(restarts >= 2, "{crashy}");
+    let logs = ssh(&key, port, "basaltctl logs crashy").1;
+    assert!(logs.matches("crash-").count() >= 3, "{logs}");
+
+    // A service that runs is restarted on request: a new PID.
+    let pid_of = |s: &str| s.lines().find(|l| l.starts_with("sshd.service")).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();
+    let before = pid_of(&ssh(&key, port, "basaltctl status").1);
+    vm.run_ok("basaltctl restart sshd", CMD).unwrap();
+    let after = pid_of(&ssh_until_up(&key, port, "basaltctl status"));
+    assert_ne!(before, after);
+
+    // Files on ROOT survive a reboot; /usr refuses writes.
+    vm.run_ok("echo kept > /var/survivor", CMD).unwrap();
+    let (ok, out) = ssh(&key, port, "touch /usr/x");
+    assert!(!ok && out.contains("Read-only"), "{out}");
+    let _ = ssh(&key, port, "basaltctl reboot");
+    vm.wait_for("rebooting", CMD).unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    assert_eq!(vm.run_ok("cat /var/survivor", CMD).unwrap().trim(), "kept");
+    let machine_id = vm.run_ok("cat /etc/machine-id", CMD).unwrap();
+    assert_eq!(machine_id.trim().len(), 32);
+    ssh_until_up(&key, port, "true");
+
+    // poweroff through basaltctl ends QEMU cleanly.
+    let _ = ssh(&key, port, "basaltctl poweroff");
+    vm.wait_for("powering off", CMD).unwrap();
+    assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    let _ = default_image;
+}
