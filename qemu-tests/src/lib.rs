@@ -108,6 +108,11 @@ impl Vm {
         Ok(vm)
     }
 
+    /// The qcow2 overlay the VM writes to (the image itself stays untouched).
+    pub fn overlay_path(&self) -> PathBuf {
+        self._state.path().join("disk.qcow2")
+    }
+
     /// Everything the console has printed so far.
     pub fn console_text(&self) -> String {
         String::from_utf8_lossy(&self.console.0.lock().unwrap().bytes).into_owned()
