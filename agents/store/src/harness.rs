@@ -98,7 +98,14 @@ pub struct StoreProcess {
 impl StoreProcess {
     /// Start `binary` with its data in `data_dir` on a loopback port of its own.
     pub fn start(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> StoreProcess {
-        let mut child = Command::new(binary)
+        StoreProcess::start_command(Command::new(binary), data_dir, extra_args)
+    }
+
+    /// The same with a prepared command (a program that serves the store
+    /// given `basalt-store`'s arguments).
+    pub fn start_command(mut command: Command, data_dir: &Path, extra_args: &[&str]) -> StoreProcess {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--no-socket", "--templates-dir", "/nonexistent"])
@@ -106,7 +113,7 @@ impl StoreProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
         let mut endpoint = None;

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -20,6 +21,7 @@ pub mod service;
 pub mod template;
 pub mod timestamp;
 pub mod tree;
+pub mod wal;
 
 pub use error::{ErrorCode, EtcdError};
 pub use event::{Action, Event, NodeView};

@@ -53,10 +53,10 @@ pub struct Store {
 impl Store {
     /// Open the data directory and start the writer thread.
     pub fn open(data_dir: &Path, limits: Limits, history_capacity: usize) -> Result<Store, EngineError> {
-        let (engine, mut tree) = Engine::open(data_dir, history_capacity)?;
+        let (mut engine, mut tree) = Engine::open(data_dir, history_capacity)?;
         // TTLs that ran out while the store was down expire now, durably.
         tree.expire(Timestamp::now());
-        engine.persist(&mut tree)?;
+        engine.commit(&mut tree)?;
         let (index_tx, index_rx) = watch::channel(tree.index());
         let tree = Arc::new(RwLock::new(tree));
         let (jobs_tx, jobs_rx) = mpsc::channel();
@@ -195,22 +195,30 @@ impl Watch {
     }
 }
 
-fn writer(engine: Engine, tree: Arc<RwLock<Tree>>, jobs: mpsc::Receiver<Job>, index: watch::Sender<u64>) {
+/// How long the writer waits without work before it checkpoints the log into redb.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
+
+fn writer(mut engine: Engine, tree: Arc<RwLock<Tree>>, jobs: mpsc::Receiver<Job>, index: watch::Sender<u64>) {
     loop {
         let next_expiry = tree.read().unwrap_or_else(|p| p.into_inner()).next_expiry();
-        let first = match next_expiry {
+        let mut wait = next_expiry.map(|at| Duration::from_nanos(at.0.saturating_sub(Timestamp::now().0)));
+        if engine.needs_checkpoint() {
+            wait = Some(wait.map_or(IDLE_CHECKPOINT, |w| w.min(IDLE_CHECKPOINT)));
+        }
+        let first = match wait {
             None => match jobs.recv() {
                 Ok(j) => Some(j),
                 Err(_) => return,
             },
-            Some(at) => {
-                let wait = at.0.saturating_sub(Timestamp::now().0);
-                match jobs.recv_timeout(Duration::from_nanos(wait)) {
-                    Ok(j) => Some(j),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
+            Some(wait) => match jobs.recv_timeout(wait) {
+                Ok(j) => Some(j),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let guard = tree.read().unwrap_or_else(|p| p.into_inner());
+                    let _ = engine.checkpoint(&guard);
+                    return;
                 }
-            }
+            },
         };
         let mut batch: Vec<Job> = first.into_iter().collect();
         while batch.len() < MAX_BATCH {
@@ -222,14 +230,19 @@ fn writer(engine: Engine, tree: Arc<RwLock<Tree>>, jobs: mpsc::Receiver<Job>, in
         let mut guard = tree.write().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
         guard.expire(now);
+        if batch.is_empty() && engine.needs_checkpoint() && guard.next_expiry().is_none_or(|t| t > now) {
+            // Idle: fold the log into redb so the next start replays little.
+            if let Err(e) = engine.checkpoint(&guard) {
+                eprintln!("basalt-store: checkpoint failed, the log keeps the changes: {e}");
+            }
+        }
         let results: Vec<Result<Event, EtcdError>> = batch.iter().map(|j| guard.apply(&j.mutation, now)).collect();
-        let outcome = engine.persist(&mut guard);
-        let results = match outcome {
+        let results = match engine.commit(&mut guard) {
             Ok(()) => results,
             Err(err) => {
                 // Nothing of this batch is acknowledged: go back to what is on disk.
                 eprintln!("basalt-store: commit failed, batch of {} refused: {err}", batch.len());
-                match engine.load() {
+                match engine.recover() {
                     Ok(t) => *guard = t,
                     Err(e) => {
                         eprintln!("basalt-store: cannot reload after a failed commit: {e}");

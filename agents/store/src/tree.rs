@@ -674,6 +674,51 @@ impl Tree {
         tree
     }
 
+    /// Replay a node from the write-ahead log: put it at `path` as recorded,
+    /// keeping the children of a directory that stays a directory.
+    pub fn replay_put(&mut self, path: &str, rec: NodeRecord) {
+        if let Some(t) = self.lookup(path).ok().and_then(|n| n.expires) {
+            self.ttl.remove(&(t, path.to_string()));
+        }
+        let (parent, name) = split_parent(path);
+        let Some(children) = self.lookup_mut(parent).and_then(|p| p.children_mut()) else {
+            return;
+        };
+        match children.get_mut(name) {
+            Some(existing) if existing.is_dir() && rec.dir => {
+                existing.created = rec.created;
+                existing.modified = rec.modified;
+                existing.expires = rec.expires;
+            }
+            _ => {
+                let kind = if rec.dir { Kind::Dir(BTreeMap::new()) } else { Kind::File(rec.value) };
+                children.insert(
+                    name.to_string(),
+                    Node { created: rec.created, modified: rec.modified, expires: rec.expires, kind },
+                );
+            }
+        }
+        if let Some(t) = rec.expires {
+            self.ttl.insert((t, path.to_string()));
+        }
+        self.changes.push(Change::Put(path.to_string()));
+    }
+
+    /// Replay a removal from the write-ahead log.
+    pub fn replay_remove(&mut self, path: &str) {
+        self.remove_node(path);
+    }
+
+    /// Replay an event from the write-ahead log into the history.
+    pub fn replay_event(&mut self, event: Event) {
+        self.record(event);
+    }
+
+    /// Set the index a replayed batch ended at.
+    pub fn set_index(&mut self, index: u64) {
+        self.index = index;
+    }
+
     /// Every node, parents first (for checks and compaction).
     pub fn all_records(&self) -> Vec<(String, NodeRecord)> {
         let mut out = Vec::new();

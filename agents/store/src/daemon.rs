@@ -1,0 +1,100 @@
+//! The service as a whole: open the store, listen on TCP and the Unix
+//! socket, run the templates, and serve until SIGTERM. `basalt-store` is
+//! this plus argument parsing; the benchmark runs it as a child process too.
+
+use crate::config::Config;
+use crate::http::App;
+use crate::service::{Limits, Store};
+use crate::{server, template};
+use anyhow::{bail, Context, Result};
+use crate::config::DEFAULT_PATH;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Parse `basalt-store` arguments (also used by the benchmark's child).
+pub fn parse_args(args: Vec<String>) -> Result<Config> {
+    let mut config_path = None;
+    for pair in args.windows(2) {
+        if pair[0] == "--config" {
+            config_path = Some(PathBuf::from(&pair[1]));
+        }
+    }
+    let mut config = match &config_path {
+        Some(p) => Config::load(p, false)?,
+        None => Config::load(DEFAULT_PATH.as_ref(), true)?,
+    };
+    let mut listen = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().cloned().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--config" => {
+                value("--config")?;
+            }
+            "--data-dir" => config.data_dir = value("--data-dir")?.into(),
+            "--listen" => listen.push(value("--listen")?),
+            "--socket" => config.socket = value("--socket")?.into(),
+            "--no-socket" => config.socket = PathBuf::new(),
+            "--templates-dir" => config.templates_dir = value("--templates-dir")?.into(),
+            "-h" | "--help" => {
+                println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]... [--socket PATH | --no-socket] [--templates-dir DIR]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    if !listen.is_empty() {
+        config.listen = listen;
+    }
+    config.validate("command line".as_ref())?;
+    Ok(config)
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
+    let store = Store::open(&config.data_dir, limits, config.history)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut tcp = Vec::new();
+        for addr in &config.listen {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+            tcp.push(listener);
+        }
+        let client_urls: Vec<String> =
+            tcp.iter().filter_map(|l| l.local_addr().ok()).map(|a| format!("http://{a}")).collect();
+        let app = Arc::new(App { store: store.clone(), client_urls: client_urls.clone() });
+        for (listener, url) in tcp.into_iter().zip(&client_urls) {
+            eprintln!("basalt-store: listening on {url}");
+            tokio::spawn(server::serve_tcp(listener, app.clone()));
+        }
+        if !config.socket.as_os_str().is_empty() {
+            let listener = server::bind_unix(&config.socket)
+                .with_context(|| format!("listening on {}", config.socket.display()))?;
+            eprintln!("basalt-store: listening on unix:{}", config.socket.display());
+            tokio::spawn(server::serve_unix(listener, app.clone()));
+        }
+        if config.templates_dir.is_dir() {
+            let templates = template::load_dir(&config.templates_dir)
+                .with_context(|| format!("loading templates from {}", config.templates_dir.display()))?;
+            eprintln!("basalt-store: {} template(s) from {}", templates.len(), config.templates_dir.display());
+            let store = store.clone();
+            std::thread::Builder::new()
+                .name("templates".into())
+                .spawn(move || template::run(store, templates))
+                .context("starting the template thread")?;
+        }
+        eprintln!("basalt-store: ready at index {}", store.index());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        // Every acknowledged write is already on disk: nothing to flush.
+        Ok(())
+    })
+}
