@@ -6,6 +6,7 @@ mod bless;
 mod blockdev;
 mod cmdline;
 mod dm;
+mod grow;
 mod log;
 mod logs;
 mod modprobe;

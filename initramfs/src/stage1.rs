@@ -67,6 +67,10 @@ pub fn run() -> Result<(), String> {
     fs::create_dir_all(SYSROOT).ok();
     sys::mount(&format!("/dev/{root_dev}"), SYSROOT, "ext4", libc::MS_NOATIME, "").map_err(|e| e.to_string())?;
     lay_out_root(Path::new(SYSROOT)).map_err(|e| format!("laying out ROOT: {e}"))?;
+    // Growing is worth a message but not a failed boot: the system runs in the old size.
+    if let Err(e) = crate::grow::run(&found, Path::new(SYSROOT)) {
+        log::error(&format!("first boot: {e}"));
+    }
     sys::mount(&dm_dev, &format!("{SYSROOT}/usr"), "squashfs", libc::MS_RDONLY | libc::MS_NODEV, "").map_err(|e| e.to_string())?;
 
     switch_root()
