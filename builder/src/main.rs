@@ -1,12 +1,14 @@
 //! `basalt`: builds, runs and ships basalt disk images.
 
 mod boot;
-mod formats;
 mod fat_fixup;
+mod flash;
+mod formats;
 mod image;
 mod inputs;
 mod modules;
 mod spec;
+mod stream;
 mod tree;
 mod usr;
 
@@ -56,6 +58,22 @@ enum Cmd {
         /// Output file (default: IMAGE with the format's extension).
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// Write an image to a disk: verified while streaming, first MiB written last.
+    Flash {
+        /// Raw image (.img) or zstd-compressed raw (.img.zst): a file or an http(s) URL.
+        image: String,
+        /// The disk (block device), or a file standing in for one.
+        device: PathBuf,
+        /// The image's sha256 (default: read from IMAGE.sha256).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Keep this partition of the old disk (e.g. OEM) where the new table has it at the same place (repeatable).
+        #[arg(long = "keep-partition", value_name = "LABEL")]
+        keep_partition: Vec<String>,
+        /// Write this file as cloud-config.yml into the OEM partition.
+        #[arg(long, value_name = "FILE")]
+        cloud_config: Option<PathBuf>,
     },
     /// Boot an image in QEMU with OVMF; the serial console is this terminal (Ctrl-A X quits).
     Run {
@@ -128,6 +146,17 @@ fn run(cli: Cli) -> Result<()> {
                 formats::write_sha256_file(&out)?;
                 println!("  {:<13} {}", f.name(), out.display());
             }
+            Ok(())
+        }
+        Cmd::Flash { image, device, sha256, keep_partition, cloud_config } => {
+            let r = flash::flash(&flash::FlashOptions { source: image, target: device.clone(), sha256, keep_partitions: keep_partition, cloud_config })?;
+            println!(
+                "flashed {} in {:.1} s ({:.1} MiB/s), sha256 {}",
+                device.display(),
+                r.seconds,
+                r.image_bytes as f64 / 1048576.0 / r.seconds.max(1e-3),
+                r.sha256
+            );
             Ok(())
         }
         Cmd::Convert { image, format, output } => {

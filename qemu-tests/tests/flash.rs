@@ -1,0 +1,246 @@
+//! `basalt flash` as a user runs it, onto files standing in for disks and
+//! onto loop block devices: the flashed disk boots; an interrupted flash
+//! leaves a disk the firmware refuses; a corrupted source or a too-small,
+//! mounted, busy or 4K-sector target is refused, and the refusals happen
+//! before the image's first MiB (its partition table) reaches the target.
+
+use basalt_qemu_tests::{basalt_bin, default_image, image, require_image, Vm};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+
+fn flash(args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(basalt_bin());
+    cmd.arg("flash").args(args);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running basalt (BASALT_BIN)")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A copy of the built image with its .sha256, in `dir`.
+fn image_copy(dir: &Path) -> PathBuf {
+    let src = default_image();
+    require_image(&src).unwrap();
+    let copy = dir.join("basalt.img");
+    assert!(Command::new("cp").arg("--sparse=always").arg(&src).arg(&copy).status().unwrap().success());
+    // `basalt build` wrote the checksum next to the image; hashing it again costs seconds.
+    let sums = std::fs::read_to_string(format!("{}.sha256", src.display())).unwrap_or_else(|_| {
+        String::from_utf8(Command::new("sha256sum").arg(&src).output().unwrap().stdout).unwrap()
+    });
+    let hex = sums.split_whitespace().next().unwrap();
+    std::fs::write(dir.join("basalt.img.sha256"), format!("{hex}  basalt.img\n")).unwrap();
+    copy
+}
+
+fn blank_disk(path: &Path, bytes: u64) {
+    File::create(path).unwrap().set_len(bytes).unwrap();
+}
+
+fn first_mib(path: &Path) -> Vec<u8> {
+    let mut buf = vec![0u8; MIB as usize];
+    File::open(path).unwrap().read_exact_at(&mut buf, 0).unwrap();
+    buf
+}
+
+fn assert_no_partition_table(path: &Path) {
+    let head = first_mib(path);
+    assert!(head.iter().all(|&b| b == 0), "the first MiB of {} is not blank", path.display());
+    assert!(image::gpt(path).is_err(), "{} still has a GPT", path.display());
+}
+
+/// Boots `disk` and returns (0, console) once basalt came up, or (1 or 2,
+/// console) once OVMF gave up on the disk: with no boot option left it starts
+/// its built-in shell (or, in other builds, says there is nothing to boot).
+fn boot_outcome(name: &str, disk: &Path) -> (usize, String) {
+    let mut vm = Vm::boot(name, disk).unwrap();
+    let r = vm.wait_for_any(&["basalt: ready", "UEFI Interactive Shell", "No bootable option or device was found"], BOOT, false).unwrap();
+    vm.power_cut().unwrap();
+    r
+}
+
+#[test]
+fn a_flashed_disk_boots_with_its_cloud_config_and_keeps_oem_on_reflash() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_copy(dir.path());
+    let zst = dir.path().join("basalt.img.zst");
+    let o = Command::new(basalt_bin()).arg("convert").arg(&img).args(["--format", "raw.zst", "-o"]).arg(&zst).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let user_data = dir.path().join("user-data");
+    std::fs::write(&user_data, "#cloud-config\nhostname: flashed\n").unwrap();
+
+    // A disk larger than the image, from the compressed image, with a cloud-config.
+    let disk = dir.path().join("disk.raw");
+    let image_bytes = std::fs::metadata(&img).unwrap().len();
+    blank_disk(&disk, image_bytes + 512 * MIB);
+    let o = flash(&[s(&zst), s(&disk), "--cloud-config", s(&user_data)], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("flashed"), "{}", text(&o));
+
+    // Byte for byte the image, except OEM, which now holds the cloud-config.
+    let oem = image::gpt(&img).unwrap().partition(6).unwrap().clone();
+    let oem_file = dir.path().join("oem.fat");
+    image::extract_partition(&disk, 6, &oem_file).unwrap();
+    assert_eq!(image::fat_read(&oem_file, "cloud-config.yml").unwrap(), b"#cloud-config\nhostname: flashed\n");
+    let cmp = |from: u64, to: u64| {
+        let o = Command::new("cmp").arg(format!("--ignore-initial={from}")).arg(format!("--bytes={}", to - from)).arg(&img).arg(&disk).output().unwrap();
+        assert!(o.status.success(), "disk differs from the image in {from}..{to}: {}", text(&o));
+    };
+    cmp(0, oem.offset_bytes());
+    cmp(oem.offset_bytes() + oem.size_bytes(), image_bytes);
+
+    let (which, console) = boot_outcome("flashed_disk", &disk);
+    assert_eq!(which, 0, "the flashed disk did not boot:\n{console}");
+
+    // Reflash the plain image keeping OEM: the cloud-config survives.
+    let o = flash(&[s(&img), s(&disk), "--keep-partition", "OEM"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    image::extract_partition(&disk, 6, &oem_file).unwrap();
+    assert_eq!(image::fat_read(&oem_file, "cloud-config.yml").unwrap(), b"#cloud-config\nhostname: flashed\n");
+    // Without --keep-partition, OEM is the image's (empty) one again.
+    let o = flash(&[s(&img), s(&disk)], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    image::extract_partition(&disk, 6, &oem_file).unwrap();
+    assert!(image::fat_read(&oem_file, "cloud-config.yml").is_err());
+    // Keeping a partition the image does not have is refused up front.
+    let o = flash(&[s(&img), s(&disk), "--keep-partition", "DATA"], &[]);
+    assert!(!o.status.success() && text(&o).contains("the image has no partition labelled DATA"), "{}", text(&o));
+}
+
+#[test]
+fn an_interrupted_flash_over_a_bootable_disk_leaves_it_unbootable() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_copy(dir.path());
+    // The target starts out as a working basalt disk.
+    let disk = dir.path().join("disk.raw");
+    assert!(Command::new("cp").arg("--sparse=always").arg(&img).arg(&disk).status().unwrap().success());
+    let o = flash(&[s(&img), s(&disk)], &[("BASALT_FLASH_TEST_KILL_AFTER", &(1024 * MIB).to_string())]);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "the flash was to be killed midway: {}", text(&o));
+    assert_no_partition_table(&disk);
+    let (which, console) = boot_outcome("interrupted_flash", &disk);
+    assert_ne!(which, 0, "firmware should find nothing to boot:\n{console}");
+    // OVMF says why: the disk's boot option has nothing to load.
+    assert!(console.contains("BdsDxe: failed to load"), "{console}");
+    assert!(!console.contains("basalt: ready") && !console.contains("Linux version"), "{console}");
+}
+
+#[test]
+fn a_corrupted_source_is_refused_before_the_first_mib_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_copy(dir.path());
+    // Flip a byte in USR-A after the checksum was taken.
+    let usr_a = image::gpt(&img).unwrap().partition(3).unwrap().clone();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, usr_a.offset_bytes() + 4096).unwrap();
+    f.write_all_at(&[b[0] ^ 0x80], usr_a.offset_bytes() + 4096).unwrap();
+    drop(f);
+    let disk = dir.path().join("disk.raw");
+    blank_disk(&disk, std::fs::metadata(&img).unwrap().len());
+    let o = flash(&[s(&img), s(&disk)], &[]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("sha256 mismatch") && t.contains("partition table was wiped"), "{t}");
+    assert_no_partition_table(&disk);
+
+    // A wrong --sha256 is the same refusal.
+    let o = flash(&[s(&img), s(&disk), "--sha256", &"0".repeat(64)], &[]);
+    assert!(!o.status.success() && text(&o).contains("sha256 mismatch"), "{}", text(&o));
+    assert_no_partition_table(&disk);
+}
+
+#[test]
+fn a_too_small_target_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_copy(dir.path());
+    let disk = dir.path().join("small.raw");
+    std::fs::write(&disk, vec![0xa5u8; 64 << 20]).unwrap();
+    let o = flash(&[s(&img), s(&disk)], &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("small.raw is too small: 67108864 bytes, the image needs"), "{}", text(&o));
+    assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0xa5), "a refused target must be untouched");
+    // Without the .sha256 next to it and without --sha256, nothing is flashed.
+    std::fs::remove_file(dir.path().join("basalt.img.sha256")).unwrap();
+    let o = flash(&[s(&img), s(&disk)], &[]);
+    assert!(!o.status.success() && text(&o).contains("--sha256"), "{}", text(&o));
+}
+
+/// A loop device over a file, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path, sector: u32) -> Loop {
+        let o = Command::new("losetup")
+            .args(["--find", "--show", "--sector-size", &sector.to_string()])
+            .arg(file)
+            .output()
+            .expect("losetup (util-linux) is needed to test flashing block devices");
+        assert!(o.status.success(), "losetup failed (the loop driver and root are needed): {}", text(&o));
+        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn block_devices_are_flashed_and_refused_when_busy_mounted_or_4k() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_copy(dir.path());
+    let image_bytes = std::fs::metadata(&img).unwrap().len();
+    let backing = dir.path().join("backing.raw");
+    blank_disk(&backing, image_bytes + 64 * MIB);
+
+    // 4096-byte logical sectors: the image's GPT would be misplaced.
+    {
+        let dev = Loop::attach(&backing, 4096);
+        let o = flash(&[s(&img), &dev.0], &[]);
+        assert!(!o.status.success() && text(&o).contains("4096-byte logical sectors"), "{}", text(&o));
+    }
+
+    let dev = Loop::attach(&backing, 512);
+    // Another program holds it exclusively.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new().read(true).custom_flags(libc_o_excl()).open(&dev.0).unwrap();
+        let o = flash(&[s(&img), &dev.0], &[]);
+        assert!(!o.status.success() && text(&o).contains("is busy"), "{}", text(&o));
+    }
+    // Mounted.
+    {
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        assert!(Command::new("mkfs.ext4").args(["-q", &dev.0]).status().unwrap().success());
+        let o = Command::new("mount").arg(&dev.0).arg(&mnt).output().unwrap();
+        assert!(o.status.success(), "mount: {}", text(&o));
+        let o = flash(&[s(&img), &dev.0], &[]);
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert!(!o.status.success() && text(&o).contains(&format!("{} is mounted at {}", dev.0, mnt.display())), "{}", text(&o));
+    }
+    // Free: flashed, every byte of the image on the device.
+    let o = flash(&[s(&img), &dev.0], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("cmp").arg(format!("--bytes={image_bytes}")).arg(&img).arg(&dev.0).output().unwrap();
+    assert!(o.status.success(), "device differs from the image: {}", text(&o));
+}
+
+fn libc_o_excl() -> i32 {
+    0o200 // O_EXCL on Linux
+}
