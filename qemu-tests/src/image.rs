@@ -59,3 +59,70 @@ pub fn uki_section(uki: &[u8], name: &str) -> Result<String> {
 pub fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
+
+/// Applies `f` to the ESP of `img` (a FAT32 filesystem in partition 1).
+pub fn with_esp(img: &Path, f: impl FnOnce(&fatfs::FileSystem<fscommon::BufStream<PartitionFile>>)) {
+    let p = gpt(img).unwrap().partition(1).unwrap().clone();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let part = PartitionFile { file, start: p.offset_bytes(), len: p.size_bytes(), pos: 0 };
+    let fs = fatfs::FileSystem::new(fscommon::BufStream::new(part), fatfs::FsOptions::new()).unwrap();
+    f(&fs);
+    fs.unmount().unwrap();
+}
+
+pub fn uki_names(img: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    with_esp(img, |fs| names = fs.root_dir().open_dir("EFI/Linux").unwrap().iter().map(|e| e.unwrap().file_name()).filter(|n| n.ends_with(".efi")).collect());
+    names
+}
+
+/// Gives the slot-A UKI a boot counter of 3 tries.
+pub fn set_counter(img: &Path) {
+    with_esp(img, |fs| {
+        let dir = fs.root_dir().open_dir("EFI/Linux").unwrap();
+        let name = dir.iter().map(|e| e.unwrap().file_name()).find(|n| n.ends_with("_a.efi")).unwrap();
+        dir.rename(&name, &dir, &name.replace(".efi", "+3.efi")).unwrap();
+    });
+}
+
+/// A partition of a disk image as a file of its own, for fatfs.
+pub struct PartitionFile {
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for PartitionFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min((self.len - self.pos) as usize);
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.file.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for PartitionFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min((self.len - self.pos) as usize);
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.file.write(&buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for PartitionFile {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = match to {
+            SeekFrom::Start(p) => p,
+            SeekFrom::End(d) => (self.len as i64 + d) as u64,
+            SeekFrom::Current(d) => (self.pos as i64 + d) as u64,
+        };
+        Ok(self.pos)
+    }
+}

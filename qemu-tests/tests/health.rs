@@ -3,8 +3,8 @@
 //! required unit fails is not, so the loader will fall back once its tries
 //! run out.
 
-use basalt_qemu_tests::{default_image, image, Vm};
-use std::io::{Read, Seek, SeekFrom, Write};
+use basalt_qemu_tests::image::{set_counter, uki_names};
+use basalt_qemu_tests::{default_image, Vm};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,31 +14,6 @@ const CMD: Duration = Duration::from_secs(30);
 
 fn basalt_bin() -> PathBuf {
     std::env::var_os("BASALT_BIN").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/x86_64-unknown-linux-gnu/release/basalt"))
-}
-
-/// Applies `f` to the ESP of `img` (a FAT32 filesystem in partition 1).
-fn with_esp(img: &Path, f: impl FnOnce(&fatfs::FileSystem<fscommon::BufStream<PartitionFile>>)) {
-    let p = image::gpt(img).unwrap().partition(1).unwrap().clone();
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
-    let part = PartitionFile { file, start: p.offset_bytes(), len: p.size_bytes(), pos: 0 };
-    let fs = fatfs::FileSystem::new(fscommon::BufStream::new(part), fatfs::FsOptions::new()).unwrap();
-    f(&fs);
-    fs.unmount().unwrap();
-}
-
-fn uki_names(img: &Path) -> Vec<String> {
-    let mut names = Vec::new();
-    with_esp(img, |fs| names = fs.root_dir().open_dir("EFI/Linux").unwrap().iter().map(|e| e.unwrap().file_name()).filter(|n| n.ends_with(".efi")).collect());
-    names
-}
-
-/// Gives the slot-A UKI a boot counter of 3 tries.
-fn set_counter(img: &Path) {
-    with_esp(img, |fs| {
-        let dir = fs.root_dir().open_dir("EFI/Linux").unwrap();
-        let name = dir.iter().map(|e| e.unwrap().file_name()).find(|n| n.ends_with("_a.efi")).unwrap();
-        dir.rename(&name, &dir, &name.replace(".efi", "+3.efi")).unwrap();
-    });
 }
 
 fn copy_image(src: &Path, dst: &Path) {
@@ -107,46 +82,4 @@ fn a_slot_whose_required_unit_fails_is_not_blessed() {
     vm.power_cut().unwrap();
     let names = uki_names_after(&vm, &img);
     assert_eq!(names, ["basalt_0.1.0_a+2-1.efi"], "{names:?}");
-}
-
-/// A partition of a disk image as a file of its own, for fatfs.
-struct PartitionFile {
-    file: std::fs::File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for PartitionFile {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min((self.len - self.pos) as usize);
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.read(&mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for PartitionFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len().min((self.len - self.pos) as usize);
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.write(&buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Seek for PartitionFile {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        self.pos = match to {
-            SeekFrom::Start(p) => p,
-            SeekFrom::End(d) => (self.len as i64 + d) as u64,
-            SeekFrom::Current(d) => (self.pos as i64 + d) as u64,
-        };
-        Ok(self.pos)
-    }
 }
