@@ -7,6 +7,7 @@ mod formats;
 mod image;
 mod inputs;
 mod modules;
+mod publish;
 mod spec;
 mod stream;
 mod tree;
@@ -75,6 +76,11 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         cloud_config: Option<PathBuf>,
     },
+    /// Publish an image to a cloud.
+    Publish {
+        #[command(subcommand)]
+        cloud: PublishCloud,
+    },
     /// Boot an image in QEMU with OVMF; the serial console is this terminal (Ctrl-A X quits).
     Run {
         #[arg(default_value = "out/basalt.img")]
@@ -84,6 +90,44 @@ enum Cmd {
         ssh_port: u16,
         #[arg(long, default_value_t = 1024)]
         memory_mib: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PublishCloud {
+    /// Upload the raw image as an EBS snapshot (EBS direct APIs) and register an AMI.
+    Aws {
+        #[arg(default_value = "out/basalt.img")]
+        image: PathBuf,
+        /// AMI name (default: image name and the start of its sha256).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Region (default: AWS_REGION, AWS_DEFAULT_REGION, or the profile's region).
+        #[arg(long)]
+        region: Option<String>,
+        /// Endpoint for EBS and EC2 (default: AWS_ENDPOINT_URL_EBS/_EC2, AWS_ENDPOINT_URL, or AWS).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// Also copy the AMI to this region (repeatable).
+        #[arg(long = "copy-to-region", value_name = "REGION")]
+        copy_to_region: Vec<String>,
+        /// Let this account id launch the AMI, or `all` to make it public (repeatable).
+        #[arg(long = "launch-permission", value_name = "ACCOUNT|all")]
+        launch_permission: Vec<String>,
+        /// Tag for snapshot and AMI (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = publish::parse_tag)]
+        tag: Vec<(String, String)>,
+        /// Blocks uploaded at once.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// Print the plan and send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the resumable upload state is kept (default: IMAGE.aws-upload).
+        #[arg(long)]
+        state_file: Option<PathBuf>,
     },
 }
 
@@ -157,6 +201,28 @@ fn run(cli: Cli) -> Result<()> {
                 r.image_bytes as f64 / 1048576.0 / r.seconds.max(1e-3),
                 r.sha256
             );
+            Ok(())
+        }
+        Cmd::Publish { cloud: PublishCloud::Aws { image, name, description, region, endpoint_url, copy_to_region, launch_permission, tag, parallel, dry_run, state_file } } => {
+            let opts = publish::AwsOptions {
+                image,
+                name,
+                description,
+                region,
+                endpoint_url,
+                copy_to_regions: copy_to_region,
+                launch_permissions: launch_permission,
+                tags: tag,
+                parallel,
+                dry_run,
+                state_file,
+            };
+            if let Some(p) = publish::publish(&opts)? {
+                println!("snapshot {}", p.snapshot_id);
+                for (region, ami) in p.images {
+                    println!("{region} {ami}");
+                }
+            }
             Ok(())
         }
         Cmd::Convert { image, format, output } => {
