@@ -163,6 +163,18 @@ impl Client {
         })
     }
 
+    /// One request with a body of the given content type (JSON for etcd's v3 gateway).
+    pub fn request_with_type(&mut self, method: &str, path: &str, content_type: &str, body: &str) -> io::Result<RawResponse> {
+        let reused = self.conn.is_some();
+        match self.request_typed(method, path, Some((content_type, body))) {
+            Err(e) if reused && is_stale(&e) => {
+                self.conn = None;
+                self.request_typed(method, path, Some((content_type, body)))
+            }
+            other => other,
+        }
+    }
+
     /// One HTTP request; `body` is sent as a form. A kept-alive connection
     /// that the server closed meanwhile is reopened once.
     pub fn request(&mut self, method: &str, path_and_query: &str, body: Option<&str>) -> io::Result<RawResponse> {
@@ -177,6 +189,10 @@ impl Client {
     }
 
     fn request_once(&mut self, method: &str, path_and_query: &str, body: Option<&str>) -> io::Result<RawResponse> {
+        self.request_typed(method, path_and_query, body.map(|b| ("application/x-www-form-urlencoded", b)))
+    }
+
+    fn request_typed(&mut self, method: &str, path_and_query: &str, body: Option<(&str, &str)>) -> io::Result<RawResponse> {
         if self.conn.is_none() {
             self.conn = Some(BufReader::new(self.connect()?));
         }
@@ -185,16 +201,13 @@ impl Client {
             Endpoint::Unix(_) => "localhost",
         };
         let mut head = format!("{method} {path_and_query} HTTP/1.1\r\nHost: {host}\r\n");
-        if let Some(b) = body {
-            head.push_str(&format!(
-                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-                b.len()
-            ));
+        if let Some((content_type, b)) = body {
+            head.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", b.len()));
         }
         head.push_str("\r\n");
         let conn = self.conn.as_mut().expect("connected above");
         let mut bytes = head.into_bytes();
-        if let Some(b) = body {
+        if let Some((_, b)) = body {
             bytes.extend_from_slice(b.as_bytes());
         }
         let result = conn.get_mut().write_all(&bytes).and_then(|_| read_response(conn, method == "HEAD"));

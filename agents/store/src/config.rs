@@ -10,6 +10,10 @@
 //! max_key_bytes = 4096
 //! max_value_bytes = 1048576
 //! templates_dir = "/etc/basalt/templates.d"
+//! # The cluster backend: serve the keyspace from a real etcd v3 cluster
+//! # instead of data_dir (all stores naming the same cluster and prefix share it).
+//! cluster = ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"]
+//! cluster_prefix = "/basalt/store"
 //! ```
 
 use serde::Deserialize;
@@ -28,6 +32,8 @@ pub struct Config {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub templates_dir: PathBuf,
+    pub cluster: Vec<String>,
+    pub cluster_prefix: String,
 }
 
 impl Default for Config {
@@ -40,6 +46,8 @@ impl Default for Config {
             max_key_bytes: 4096,
             max_value_bytes: 1024 * 1024,
             templates_dir: "/etc/basalt/templates.d".into(),
+            cluster: Vec::new(),
+            cluster_prefix: "/basalt/store".into(),
         }
     }
 }
@@ -54,6 +62,10 @@ pub enum ConfigError {
     BadAddress { path: PathBuf, addr: String },
     #[error("{path}: listen address {addr} is not loopback; serving beyond this machine needs TLS client certificates, which this store does not offer yet: use 127.0.0.1 or [::1]")]
     NotLoopback { path: PathBuf, addr: String },
+    #[error("{path}: cluster member {url:?} is not http://HOST:PORT (the cluster backend speaks plain HTTP to etcd)")]
+    BadMember { path: PathBuf, url: String },
+    #[error("{path}: cluster_prefix {prefix:?} must start with '/' and not end with one")]
+    BadPrefix { path: PathBuf, prefix: String },
     #[error("{path}: {field} must be at least 1")]
     Zero { path: PathBuf, field: &'static str },
 }
@@ -83,6 +95,15 @@ impl Config {
             if !parsed.ip().is_loopback() {
                 return Err(ConfigError::NotLoopback { path: path.into(), addr: addr.clone() });
             }
+        }
+        for url in &self.cluster {
+            let rest = url.strip_prefix("http://").unwrap_or("");
+            if rest.is_empty() || !rest.trim_end_matches('/').contains(':') || rest.trim_end_matches('/').contains('/') {
+                return Err(ConfigError::BadMember { path: path.into(), url: url.clone() });
+            }
+        }
+        if !self.cluster_prefix.starts_with('/') || self.cluster_prefix.ends_with('/') {
+            return Err(ConfigError::BadPrefix { path: path.into(), prefix: self.cluster_prefix.clone() });
         }
         for (field, v) in [("history", self.history), ("max_key_bytes", self.max_key_bytes), ("max_value_bytes", self.max_value_bytes)] {
             if v == 0 {
@@ -115,5 +136,8 @@ mod tests {
         let e = Config::parse("lisen = []", p).unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
         assert!(Config::parse("history = 0", p).is_err());
+        assert!(Config::parse("cluster = [\"10.0.0.1:2379\"]", p).unwrap_err().to_string().contains("http://"));
+        let c = Config::parse("cluster = [\"http://10.0.0.1:2379\"]", p).unwrap();
+        assert_eq!(c.cluster_prefix, "/basalt/store");
     }
 }

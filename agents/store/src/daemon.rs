@@ -4,7 +4,8 @@
 
 use crate::config::Config;
 use crate::http::App;
-use crate::service::{Limits, Store};
+use crate::client::Endpoint;
+use crate::service::{Backend, Limits, Store};
 use crate::{server, template};
 use anyhow::{bail, Context, Result};
 use crate::config::DEFAULT_PATH;
@@ -36,8 +37,10 @@ pub fn parse_args(args: Vec<String>) -> Result<Config> {
             "--socket" => config.socket = value("--socket")?.into(),
             "--no-socket" => config.socket = PathBuf::new(),
             "--templates-dir" => config.templates_dir = value("--templates-dir")?.into(),
+            "--cluster" => config.cluster = value("--cluster")?.split(',').map(str::to_string).collect(),
+            "--cluster-prefix" => config.cluster_prefix = value("--cluster-prefix")?,
             "-h" | "--help" => {
-                println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]... [--socket PATH | --no-socket] [--templates-dir DIR]");
+                println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]... [--socket PATH | --no-socket] [--templates-dir DIR] [--cluster URL,URL,... [--cluster-prefix PREFIX]]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -52,8 +55,15 @@ pub fn parse_args(args: Vec<String>) -> Result<Config> {
 
 pub fn run(config: Config) -> Result<()> {
     let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
-    let store = Store::open(&config.data_dir, limits, config.history)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = if config.cluster.is_empty() {
+        Store::open(&config.data_dir, limits, config.history)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?
+    } else {
+        let endpoints = config.cluster.iter().map(|u| Endpoint::parse(u)).collect();
+        let backend = Backend::Cluster { endpoints, prefix: config.cluster_prefix.clone() };
+        Store::open_backend(backend, limits, config.history)
+            .with_context(|| format!("reading the store's log from the etcd cluster {}", config.cluster.join(", ")))?
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -81,6 +81,71 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Start an `n`-member cluster on loopback, each member with its data
+    /// below `dir`, and wait until it has a leader.
+    pub fn start_cluster(dir: &Path, n: usize) -> Vec<Etcd> {
+        let etcd = which("etcd").unwrap_or_else(|| {
+            panic!("etcd is not installed: `apt-get install etcd-server` (Debian package etcd-server, listed in tools/host-packages.txt)")
+        });
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let initial = initial.join(",");
+        let members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let data_dir = dir.join(format!("m{i}"));
+                std::fs::create_dir_all(&data_dir).expect("etcd data dir");
+                let log = std::fs::File::create(data_dir.with_extension("log")).expect("etcd log file");
+                let client_url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let child = Command::new(&etcd)
+                    .args(["--name", &format!("m{i}"), "--data-dir"])
+                    .arg(data_dir.join("etcd"))
+                    .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+                    .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                    .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "basalt-store-test"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("starting etcd");
+                Etcd { child, endpoint: Endpoint::Tcp(format!("127.0.0.1:{client}")), data_dir }
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for m in &members {
+            let mut client = Client::new(m.endpoint.clone());
+            loop {
+                if let Ok(r) = client.request("GET", "/health", None) {
+                    if r.status == 200 && r.text().contains("true") {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "etcd cluster did not become healthy; see {}", m.data_dir.with_extension("log").display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        members
+    }
+
+    /// Stop this member (SIGKILL).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Tcp(a) => format!("http://{a}"),
+            Endpoint::Unix(p) => p.display().to_string(),
+        }
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -203,7 +203,7 @@ async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Respons
     form.bool("sorted").map_err(|_| invalid("sorted", index))?;
     let wait = form.bool("wait").map_err(|_| invalid("wait", index))?;
     let dir = form.bool("dir").map_err(|_| invalid("dir", index))?;
-    form.bool("quorum").map_err(|_| invalid("quorum", index))?;
+    let quorum = form.bool("quorum").map_err(|_| invalid("quorum", index))?;
     let stream = form.bool("stream").map_err(|_| invalid("stream", index))?;
     if wait && method != Method::GET {
         return Err(EtcdError::new(ErrorCode::InvalidField, r#""wait" can only be used with GET requests"#, index));
@@ -249,6 +249,10 @@ async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Respons
             if wait && method == Method::GET {
                 let watch = store.watch(&key, recursive, wait_index)?;
                 return Ok(watch_response(watch, stream));
+            }
+            if quorum {
+                // Be current with the backend first (a no-op on one machine).
+                store.sync().await;
             }
             let event = store.get(&key, recursive)?;
             let mut r = event_response(&event, false);

@@ -5,6 +5,7 @@
 //! (`reboot_lock`) and a client (`client`).
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -3,8 +3,9 @@
 //! how etcd maps PUT/POST/DELETE with their conditions onto store operations.
 
 use crate::timestamp::Timestamp;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
     /// PUT without conditions: create or replace a file, or create a directory.
     Set { key: String, dir: bool, value: String, expires: Option<Timestamp>, refresh: bool },

@@ -3,14 +3,20 @@
 //! answering (group commit), expires TTLs on time, and wakes watchers.
 //! Readers see only what is already on disk: the writer holds the lock from
 //! applying a batch until its commit returns.
+//!
+//! Two backends, one per writer: this machine's disk (`Backend::Local`), or
+//! a real etcd v3 cluster holding the log every store applies
+//! (`Backend::Cluster`, see `cluster`).
 
+use crate::client::Endpoint;
+use crate::cluster::{self, ClusterLog, Entry};
 use crate::engine::{Engine, EngineError};
 use crate::error::{ErrorCode, EtcdError};
 use crate::event::Event;
 use crate::request::Mutation;
 use crate::timestamp::Timestamp;
 use crate::tree::Tree;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -37,11 +43,37 @@ struct Job {
     reply: oneshot::Sender<Result<Event, EtcdError>>,
 }
 
+/// What the writer thread is sent.
+enum Msg {
+    Job(Job),
+    /// Answer once everything known to the backend is applied here.
+    Sync(oneshot::Sender<()>),
+    /// The cluster's log grew.
+    Remote,
+    /// The last handle is gone.
+    Stop,
+}
+
+/// Where the keyspace is kept.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// This machine's disk: redb behind the write-ahead log, in this directory.
+    Local { data_dir: PathBuf },
+    /// A real etcd v3 cluster (these members), the log kept under `prefix`.
+    Cluster { endpoints: Vec<Endpoint>, prefix: String },
+}
+
 struct Shared {
     tree: Arc<RwLock<Tree>>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Msg>,
     index: watch::Receiver<u64>,
     limits: Limits,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Msg::Stop);
+    }
 }
 
 /// A handle on the running store; cheap to clone.
@@ -53,19 +85,65 @@ pub struct Store {
 impl Store {
     /// Open the data directory and start the writer thread.
     pub fn open(data_dir: &Path, limits: Limits, history_capacity: usize) -> Result<Store, EngineError> {
-        let (mut engine, mut tree) = Engine::open(data_dir, history_capacity)?;
-        // TTLs that ran out while the store was down expire now, durably.
-        tree.expire(Timestamp::now());
-        engine.commit(&mut tree)?;
-        let (index_tx, index_rx) = watch::channel(tree.index());
-        let tree = Arc::new(RwLock::new(tree));
+        Store::open_backend(Backend::Local { data_dir: data_dir.into() }, limits, history_capacity)
+    }
+
+    /// Open either backend and start its writer thread.
+    pub fn open_backend(backend: Backend, limits: Limits, history_capacity: usize) -> Result<Store, EngineError> {
         let (jobs_tx, jobs_rx) = mpsc::channel();
-        let writer_tree = tree.clone();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer(engine, writer_tree, jobs_rx, index_tx))
-            .map_err(|e| EngineError::Storage(format!("cannot start the writer thread: {e}")))?;
+        let spawn_error = |e: std::io::Error| EngineError::Storage(format!("cannot start a thread: {e}"));
+        let (tree, index_rx) = match backend {
+            Backend::Local { data_dir } => {
+                let (mut engine, mut tree) = Engine::open(&data_dir, history_capacity)?;
+                // TTLs that ran out while the store was down expire now, durably.
+                tree.expire(Timestamp::now());
+                engine.commit(&mut tree)?;
+                let (index_tx, index_rx) = watch::channel(tree.index());
+                let tree = Arc::new(RwLock::new(tree));
+                let writer_tree = tree.clone();
+                std::thread::Builder::new()
+                    .name("store-writer".into())
+                    .spawn(move || writer(engine, writer_tree, jobs_rx, index_tx))
+                    .map_err(spawn_error)?;
+                (tree, index_rx)
+            }
+            Backend::Cluster { endpoints, prefix } => {
+                let mut log = ClusterLog::new(endpoints.clone(), &prefix);
+                let mut tree = Tree::new(history_capacity);
+                let mut applied = 0;
+                catch_up(&mut log, &mut tree, &mut applied, None).map_err(|e| EngineError::Storage(e.to_string()))?;
+                let (index_tx, index_rx) = watch::channel(tree.index());
+                let tree = Arc::new(RwLock::new(tree));
+                let writer_tree = tree.clone();
+                std::thread::Builder::new()
+                    .name("store-writer".into())
+                    .spawn(move || cluster_writer(log, applied, writer_tree, jobs_rx, index_tx))
+                    .map_err(spawn_error)?;
+                let bell = jobs_tx.clone();
+                std::thread::Builder::new()
+                    .name("store-log-watch".into())
+                    .spawn(move || cluster::watch_log(endpoints, prefix, || bell.send(Msg::Remote).is_ok()))
+                    .map_err(spawn_error)?;
+                (tree, index_rx)
+            }
+        };
         Ok(Store { shared: Arc::new(Shared { tree, jobs: jobs_tx, index: index_rx, limits }) })
+    }
+
+    /// Wait until everything the backend holds is applied here (for
+    /// `quorum=true` reads; immediate on the local backend).
+    pub async fn sync(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.jobs.send(Msg::Sync(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn sync_blocking(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.jobs.send(Msg::Sync(tx)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -114,7 +192,7 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.shared
             .jobs
-            .send(Job { mutation, reply })
+            .send(Msg::Job(Job { mutation, reply }))
             .map_err(|_| EtcdError::new(ErrorCode::Internal, "the writer has stopped", 0))?;
         Ok(rx)
     }
@@ -198,40 +276,59 @@ impl Watch {
 /// How long the writer waits without work before it checkpoints the log into redb.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
-fn writer(mut engine: Engine, tree: Arc<RwLock<Tree>>, jobs: mpsc::Receiver<Job>, index: watch::Sender<u64>) {
+/// The next messages for the writer: waits up to `wait` (forever if None)
+/// for the first, then takes whatever else is queued, up to a batch.
+fn next_batch(rx: &mpsc::Receiver<Msg>, wait: Option<Duration>) -> (Vec<Job>, Vec<oneshot::Sender<()>>, bool) {
+    let first = match wait {
+        None => rx.recv().unwrap_or(Msg::Stop),
+        Some(w) => match rx.recv_timeout(w) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => return (Vec::new(), Vec::new(), false),
+            Err(RecvTimeoutError::Disconnected) => Msg::Stop,
+        },
+    };
+    let (mut jobs, mut syncs, mut stop) = (Vec::new(), Vec::new(), false);
+    let mut take = |m: Msg| match m {
+        Msg::Job(j) => jobs.push(j),
+        Msg::Sync(s) => syncs.push(s),
+        Msg::Remote => {}
+        Msg::Stop => stop = true,
+    };
+    take(first);
+    for _ in 1..MAX_BATCH {
+        match rx.try_recv() {
+            Ok(m) => take(m),
+            Err(_) => break,
+        }
+    }
+    (jobs, syncs, stop)
+}
+
+fn until(t: Timestamp) -> Duration {
+    Duration::from_nanos(t.0.saturating_sub(Timestamp::now().0))
+}
+
+fn publish(index: &watch::Sender<u64>, current: u64) {
+    index.send_if_modified(|i| {
+        let changed = *i != current;
+        *i = current;
+        changed
+    });
+}
+
+fn writer(mut engine: Engine, tree: Arc<RwLock<Tree>>, rx: mpsc::Receiver<Msg>, index: watch::Sender<u64>) {
     loop {
         let next_expiry = tree.read().unwrap_or_else(|p| p.into_inner()).next_expiry();
-        let mut wait = next_expiry.map(|at| Duration::from_nanos(at.0.saturating_sub(Timestamp::now().0)));
+        let mut wait = next_expiry.map(until);
         if engine.needs_checkpoint() {
             wait = Some(wait.map_or(IDLE_CHECKPOINT, |w| w.min(IDLE_CHECKPOINT)));
         }
-        let first = match wait {
-            None => match jobs.recv() {
-                Ok(j) => Some(j),
-                Err(_) => return,
-            },
-            Some(wait) => match jobs.recv_timeout(wait) {
-                Ok(j) => Some(j),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    let guard = tree.read().unwrap_or_else(|p| p.into_inner());
-                    let _ = engine.checkpoint(&guard);
-                    return;
-                }
-            },
-        };
-        let mut batch: Vec<Job> = first.into_iter().collect();
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+        let (batch, syncs, stop) = next_batch(&rx, wait);
         let mut guard = tree.write().unwrap_or_else(|p| p.into_inner());
         let now = Timestamp::now();
         guard.expire(now);
-        if batch.is_empty() && engine.needs_checkpoint() && guard.next_expiry().is_none_or(|t| t > now) {
-            // Idle: fold the log into redb so the next start replays little.
+        if (batch.is_empty() || stop) && engine.needs_checkpoint() {
+            // Idle (or stopping): fold the log into redb so the next start replays little.
             if let Err(e) = engine.checkpoint(&guard) {
                 eprintln!("basalt-store: checkpoint failed, the log keeps the changes: {e}");
             }
@@ -258,13 +355,100 @@ fn writer(mut engine: Engine, tree: Arc<RwLock<Tree>>, jobs: mpsc::Receiver<Job>
         };
         let current = guard.index();
         drop(guard);
-        index.send_if_modified(|i| {
-            let changed = *i != current;
-            *i = current;
-            changed
-        });
+        publish(&index, current);
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
+        }
+        for s in syncs {
+            let _ = s.send(());
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Apply the cluster's entries after `applied`; if one is `ours`, return
+/// the answers it got.
+fn catch_up(
+    log: &mut ClusterLog,
+    tree: &mut Tree,
+    applied: &mut u64,
+    ours: Option<&str>,
+) -> Result<Option<Vec<Result<Event, EtcdError>>>, cluster::ClusterError> {
+    let mut found = None;
+    loop {
+        let entries = log.fetch_after(*applied)?;
+        if entries.is_empty() {
+            return Ok(found);
+        }
+        for (seq, entry) in entries {
+            if seq != *applied + 1 {
+                // Entries are contiguous by construction; a gap means the range raced an append.
+                return Ok(found);
+            }
+            let results = cluster::apply_entry(tree, &entry);
+            *applied = seq;
+            if ours == Some(entry.id.as_str()) {
+                found = Some(results);
+            }
+        }
+    }
+}
+
+fn cluster_writer(
+    mut log: ClusterLog,
+    mut applied: u64,
+    tree: Arc<RwLock<Tree>>,
+    rx: mpsc::Receiver<Msg>,
+    index: watch::Sender<u64>,
+) {
+    let node = format!("{}-{}", std::process::id(), Timestamp::now().0);
+    let mut proposals = 0u64;
+    loop {
+        let next_expiry = tree.read().unwrap_or_else(|p| p.into_inner()).next_expiry();
+        let (batch, syncs, stop) = next_batch(&rx, next_expiry.map(until));
+        if stop {
+            return;
+        }
+        let now = Timestamp::now();
+        let due = next_expiry.is_some_and(|t| t <= now);
+        let results = if batch.is_empty() && !due {
+            // Someone else wrote, or a reader wants to be current.
+            let mut guard = tree.write().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = catch_up(&mut log, &mut guard, &mut applied, None) {
+                eprintln!("basalt-store: cannot read the cluster's log: {e}");
+            }
+            Vec::new()
+        } else {
+            // Our batch (or, with nothing to write, an empty entry whose clock
+            // expires what is due) goes right after the last applied entry.
+            proposals += 1;
+            let entry = Entry { id: format!("{node}-{proposals}"), now, mutations: batch.iter().map(|j| j.mutation.clone()).collect() };
+            let mut guard = tree.write().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match log.append(applied + 1, &entry) {
+                    Ok(true) => {
+                        applied += 1;
+                        break cluster::apply_entry(&mut guard, &entry);
+                    }
+                    // Taken: apply what others wrote (maybe ours, if an earlier answer was lost).
+                    Ok(false) => match catch_up(&mut log, &mut guard, &mut applied, Some(&entry.id)) {
+                        Ok(Some(results)) => break results,
+                        Ok(None) => continue,
+                        Err(e) => break batch.iter().map(|_| Err(cluster::unavailable(&e, guard.index()))).collect(),
+                    },
+                    Err(e) => break batch.iter().map(|_| Err(cluster::unavailable(&e, guard.index()))).collect(),
+                }
+            }
+        };
+        let current = tree.read().unwrap_or_else(|p| p.into_inner()).index();
+        publish(&index, current);
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+        for s in syncs {
+            let _ = s.send(());
         }
     }
 }
