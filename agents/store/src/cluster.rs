@@ -33,6 +33,39 @@ use std::time::{Duration, Instant};
 const RETRY_FOR: Duration = Duration::from_secs(20);
 /// Entries fetched per range request while catching up.
 const FETCH_LIMIT: usize = 500;
+/// Bytes of values and keys one entry carries at most (more go into further
+/// entries): base64 and JSON must stay under etcd's 1.5 MiB request limit.
+pub const ENTRY_BYTES: usize = 700 * 1024;
+
+/// Split a batch into runs whose keys and values fit one entry each (a
+/// single mutation always makes its own run, whatever its size).
+pub fn entry_runs(mutations: &[Mutation]) -> Vec<std::ops::Range<usize>> {
+    let size = |m: &Mutation| {
+        m.key().len()
+            + match m {
+                Mutation::Set { value, .. }
+                | Mutation::Create { value, .. }
+                | Mutation::Update { value, .. }
+                | Mutation::CompareAndSwap { value, .. } => value.len(),
+                _ => 0,
+            }
+    };
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in mutations.iter().enumerate() {
+        let s = size(m);
+        if i > start && bytes + s > ENTRY_BYTES {
+            runs.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += s;
+    }
+    if start < mutations.len() {
+        runs.push(start..mutations.len());
+    }
+    runs
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -131,6 +164,10 @@ impl Members {
             match self.client.request_with_type("POST", path, "application/json", &body) {
                 Ok(r) if r.status == 200 => {
                     return serde_json::from_slice(&r.body).map_err(|e| ClusterError::Protocol(format!("{path}: {e}")));
+                }
+                // A refusal (too large, malformed) is the same on every member.
+                Ok(r) if (400..500).contains(&r.status) => {
+                    return Err(ClusterError::Protocol(format!("{path}: HTTP {} {}", r.status, r.text().trim())));
                 }
                 Ok(r) => last = format!("{path}: HTTP {} {}", r.status, r.text().trim()),
                 Err(e) => last = format!("{path}: {e}"),
@@ -270,6 +307,15 @@ mod tests {
         }
         assert_eq!(base64(b"/b/log/1"), "L2IvbG9nLzE=");
         assert_eq!(base64(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn big_batches_are_split_into_entries() {
+        let m = |n: usize| Mutation::Set { key: "/k".into(), dir: false, value: "v".repeat(n), expires: None, refresh: false };
+        assert_eq!(entry_runs(&[m(1), m(1), m(1)]), vec![0..3]);
+        assert_eq!(entry_runs(&[m(600 * 1024), m(200 * 1024), m(1)]), vec![0..1, 1..3]);
+        assert_eq!(entry_runs(&[m(1024 * 1024), m(1024 * 1024)]), vec![0..1, 1..2]);
+        assert!(entry_runs(&[]).is_empty());
     }
 
     #[test]

@@ -101,6 +101,39 @@ impl CasStore for Store {
     }
 }
 
+/// Through the HTTP client, for a lock held in a store on another machine
+/// (or the local one, from another process).
+impl CasStore for std::sync::Mutex<crate::client::Client> {
+    fn read(&self, key: &str) -> Result<Option<(String, u64)>, EtcdError> {
+        let mut client = self.lock().unwrap_or_else(|p| p.into_inner());
+        match client.get(key, false) {
+            Ok(r) => Ok(Some((r.event.node.value.unwrap_or_default(), r.event.node.modified_index))),
+            Err(e) if e.code() == Some(ErrorCode::KeyNotFound) => Ok(None),
+            Err(e) => Err(client_error(e)),
+        }
+    }
+
+    fn swap(&self, key: &str, value: &str, prev_index: Option<u64>) -> Result<bool, EtcdError> {
+        let mut client = self.lock().unwrap_or_else(|p| p.into_inner());
+        let opts = match prev_index {
+            Some(i) => crate::client::SetOptions { prev_index: Some(i), ..Default::default() },
+            None => crate::client::SetOptions { prev_exist: Some(false), ..Default::default() },
+        };
+        match client.set(key, value, &opts) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.code(), Some(ErrorCode::TestFailed | ErrorCode::NodeExist | ErrorCode::KeyNotFound)) => Ok(false),
+            Err(e) => Err(client_error(e)),
+        }
+    }
+}
+
+fn client_error(e: crate::client::ClientError) -> EtcdError {
+    match e {
+        crate::client::ClientError::Etcd(e) => e,
+        other => EtcdError::new(ErrorCode::Internal, other.to_string(), 0),
+    }
+}
+
 /// The lock of one group.
 pub struct RebootLock<S: CasStore> {
     store: S,

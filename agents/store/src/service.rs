@@ -413,20 +413,25 @@ fn cluster_writer(
         }
         let now = Timestamp::now();
         let due = next_expiry.is_some_and(|t| t <= now);
-        let results = if batch.is_empty() && !due {
+        let mutations: Vec<Mutation> = batch.iter().map(|j| j.mutation.clone()).collect();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut guard = tree.write().unwrap_or_else(|p| p.into_inner());
+        if batch.is_empty() && !due {
             // Someone else wrote, or a reader wants to be current.
-            let mut guard = tree.write().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = catch_up(&mut log, &mut guard, &mut applied, None) {
                 eprintln!("basalt-store: cannot read the cluster's log: {e}");
             }
-            Vec::new()
-        } else {
-            // Our batch (or, with nothing to write, an empty entry whose clock
-            // expires what is due) goes right after the last applied entry.
+        }
+        // Our batch (or, with nothing to write but a TTL due, an empty entry
+        // whose clock expires it) goes right after the last applied entry.
+        let mut runs = cluster::entry_runs(&mutations);
+        if runs.is_empty() && due {
+            runs.push(0..0);
+        }
+        for run in runs {
             proposals += 1;
-            let entry = Entry { id: format!("{node}-{proposals}"), now, mutations: batch.iter().map(|j| j.mutation.clone()).collect() };
-            let mut guard = tree.write().unwrap_or_else(|p| p.into_inner());
-            loop {
+            let entry = Entry { id: format!("{node}-{proposals}"), now, mutations: mutations[run.clone()].to_vec() };
+            let answers = loop {
                 match log.append(applied + 1, &entry) {
                     Ok(true) => {
                         applied += 1;
@@ -434,14 +439,16 @@ fn cluster_writer(
                     }
                     // Taken: apply what others wrote (maybe ours, if an earlier answer was lost).
                     Ok(false) => match catch_up(&mut log, &mut guard, &mut applied, Some(&entry.id)) {
-                        Ok(Some(results)) => break results,
+                        Ok(Some(found)) => break found,
                         Ok(None) => continue,
-                        Err(e) => break batch.iter().map(|_| Err(cluster::unavailable(&e, guard.index()))).collect(),
+                        Err(e) => break run.clone().map(|_| Err(cluster::unavailable(&e, guard.index()))).collect(),
                     },
-                    Err(e) => break batch.iter().map(|_| Err(cluster::unavailable(&e, guard.index()))).collect(),
+                    Err(e) => break run.clone().map(|_| Err(cluster::unavailable(&e, guard.index()))).collect(),
                 }
-            }
-        };
+            };
+            results.extend(answers);
+        }
+        drop(guard);
         let current = tree.read().unwrap_or_else(|p| p.into_inner()).index();
         publish(&index, current);
         for (job, result) in batch.into_iter().zip(results) {

@@ -102,6 +102,24 @@ fn stores_share_one_keyspace_through_an_etcd_cluster() {
     let event = watcher.join().unwrap().unwrap();
     assert_eq!(event.event.node.value.as_deref(), Some("build"));
 
+    // Big values from concurrent clients are split over several log entries
+    // (etcd refuses requests over 1.5 MiB); the largest value allowed fits.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let ep = a.endpoint.clone();
+            s.spawn(move || {
+                let value = format!("{i}").repeat(600 * 1024);
+                Client::new(ep).set(&format!("/big/{i}"), &value, &SetOptions::default()).unwrap();
+            });
+        }
+    });
+    let biggest = "x".repeat(1024 * 1024);
+    ca.set("/big/max", &biggest, &SetOptions::default()).unwrap();
+    for i in 0..4 {
+        assert_eq!(get_value(&mut cb, &format!("/big/{i}")).map(|v| v.len()), Some(600 * 1024));
+    }
+    assert_eq!(get_value(&mut cb, "/big/max").as_deref(), Some(biggest.as_str()));
+
     // TTLs expire on every store.
     let ttl = SetOptions { ttl: Some(1), ..Default::default() };
     ca.set("/lease", "held", &ttl).unwrap();

@@ -202,4 +202,11 @@ fn unix_socket_and_fleetlock() {
     assert_eq!(lock(&mut unix, "/v1/pre-reboot", "node-b"), 200);
     let sem = tcp.get("/coreos.com/updateengine/rebootlock/semaphore", false).unwrap();
     assert_eq!(sem.event.node.value.as_deref(), Some(r#"{"semaphore":0,"max":1,"holders":["node-b"]}"#));
+    // The same lock through the library over HTTP, as another process would take it.
+    let remote = basalt_store::reboot_lock::RebootLock::new(std::sync::Mutex::new(Client::new(store.endpoint.clone())), "default");
+    assert!(remote.acquire("node-c").unwrap_err().is_busy());
+    remote.set_max(2).unwrap();
+    remote.acquire("node-c").unwrap();
+    assert_eq!(remote.status().unwrap().holders, vec!["node-b".to_string(), "node-c".to_string()]);
+    assert_eq!(lock(&mut unix, "/v1/pre-reboot", "node-d"), 409);
 }
