@@ -371,7 +371,7 @@ mod tests {
         // a written-but-zero block 5.
         let f = std::fs::File::create(&img).unwrap();
         f.set_len(8 << 20).unwrap();
-        let mut g = basalt_disk::Gpt::new(basalt_disk::Guid::derived(&["t"]), 8 << 20);
+        let g = basalt_disk::Gpt::new(basalt_disk::Guid::derived(&["t"]), 8 << 20);
         g.write(&mut &f).unwrap();
         f.write_all_at(&vec![0u8; ebs::BLOCK_SIZE], 5 * ebs::BLOCK_SIZE as u64).unwrap();
         f.write_all_at(b"data", 9 * ebs::BLOCK_SIZE as u64 + 100).unwrap();
