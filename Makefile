@@ -27,6 +27,9 @@ deps:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@# moto: a local AWS API server for the tests of basalt publish aws.
+	@command -v moto_server >/dev/null || { python3 -m pip install -q 'moto[server]' && { command -v pyenv >/dev/null && pyenv rehash || true; }; }
+	@command -v moto_server >/dev/null || { echo "moto_server is not on PATH after pip install 'moto[server]'"; exit 1; }
 
 build:
 	$(CARGO) build --release --workspace --bins

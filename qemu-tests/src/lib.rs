@@ -191,8 +191,8 @@ impl Vm {
         let text = self.wait_for(&format!("END{n}:"), timeout)?;
         let status_line = self.wait_for("\n", Duration::from_secs(5))?;
         let status: i32 = status_line.trim().parse().with_context(|| format!("exit status {status_line:?}"))?;
-        let output = text.strip_suffix(&format!("END{n}:")).unwrap_or(&text).to_string();
-        Ok((status, output))
+        let output = text.strip_suffix(&format!("END{n}:")).unwrap_or(&text);
+        Ok((status, without_console_noise(output)))
     }
 
     /// Like `run`, but the command must succeed.
@@ -261,6 +261,33 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Drops the lines other writers put on the console while a command ran:
+/// service output init mirrors (`[NAME.service] ...`), init's own
+/// (`basalt: ...`) and kernel messages (`[   12.345678] ...`).
+pub fn without_console_noise(text: &str) -> String {
+    let noise = |l: &str| {
+        l.starts_with("basalt: ")
+            || (l.starts_with('[') && l.find("] ").is_some_and(|end| {
+                let inner = &l[1..end];
+                inner.ends_with(".service") || inner.trim().split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            }))
+    };
+    let mut out: String = text.split_inclusive('\n').filter(|l| !noise(l)).collect();
+    if text.ends_with('\n') && !out.ends_with('\n') && !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_noise_is_dropped_and_output_kept() {
+        let t = "usr\n[network.service] udhcpc: lease\n[   12.345678] virtio_net up\nbasalt: blessed\n[x] stays\n";
+        assert_eq!(super::without_console_noise(t), "usr\n[x] stays\n");
     }
 }
 
