@@ -15,8 +15,11 @@
 //! protoc or code generation in the build. Requests fail over between the
 //! configured members, so a stopped member or a leader change costs a retry.
 //!
-//! Not yet: compacting the log behind a snapshot (a new store replays it
-//! from the start).
+//! Every `snapshot_every` entries, the store that appended the entry writes
+//! a snapshot of its tree (in chunks under `<prefix>/snap/<sequence>/`,
+//! then `<prefix>/snap/latest`), and deletes the log older than one interval
+//! behind it and older snapshots. A store that finds the entries it needs
+//! gone starts from the newest snapshot.
 
 use crate::client::{Client, Endpoint};
 use crate::error::{ErrorCode, EtcdError};
@@ -31,6 +34,11 @@ use std::time::{Duration, Instant};
 
 /// How long one operation keeps retrying across members before it fails.
 const RETRY_FOR: Duration = Duration::from_secs(20);
+/// Entries between snapshots, and the log kept behind the newest one.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+/// Bytes per snapshot chunk (base64 of it stays under etcd's request limit).
+const CHUNK_BYTES: usize = 1 << 20;
+
 /// Entries fetched per range request while catching up.
 const FETCH_LIMIT: usize = 500;
 /// Bytes of values and keys one entry carries at most (more go into further
@@ -186,6 +194,57 @@ impl Members {
 pub struct ClusterLog {
     members: Members,
     prefix: String,
+    snapshot_every: u64,
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// A tree as a snapshot: index, then every node, then the kept events.
+pub fn encode_snapshot(tree: &Tree) -> Vec<u8> {
+    let records = tree.all_records();
+    let mut out = Vec::new();
+    out.extend_from_slice(&tree.index().to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for (path, rec) in &records {
+        put_bytes(&mut out, path.as_bytes());
+        put_bytes(&mut out, &crate::engine::encode_node(rec));
+    }
+    let events: Vec<&Event> = tree.history().iter().collect();
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    for e in events {
+        put_bytes(&mut out, &crate::engine::encode_event(e));
+    }
+    out
+}
+
+pub fn decode_snapshot(mut bytes: &[u8], history_capacity: usize) -> Result<Tree, String> {
+    fn word<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N], String> {
+        let (head, rest) = bytes.split_at_checked(N).ok_or("truncated snapshot")?;
+        *bytes = rest;
+        Ok(head.try_into().expect("N bytes"))
+    }
+    fn field<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], String> {
+        let len = u32::from_le_bytes(word::<4>(bytes)?) as usize;
+        let (head, rest) = bytes.split_at_checked(len).ok_or("truncated snapshot")?;
+        *bytes = rest;
+        Ok(head)
+    }
+    let index = u64::from_le_bytes(word::<8>(&mut bytes)?);
+    let n = u32::from_le_bytes(word::<4>(&mut bytes)?);
+    let mut nodes = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let path = String::from_utf8(field(&mut bytes)?.to_vec()).map_err(|_| "path is not UTF-8")?;
+        nodes.push((path, crate::engine::decode_node(field(&mut bytes)?)?));
+    }
+    let n = u32::from_le_bytes(word::<4>(&mut bytes)?);
+    let mut events = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        events.push(crate::engine::decode_event(field(&mut bytes)?)?);
+    }
+    Ok(Tree::restore(index, nodes, events, history_capacity))
 }
 
 fn log_key(prefix: &str, seq: u64) -> String {
@@ -197,8 +256,95 @@ fn str_u64(v: &Value) -> u64 {
 }
 
 impl ClusterLog {
-    pub fn new(endpoints: Vec<Endpoint>, prefix: &str) -> ClusterLog {
-        ClusterLog { members: Members::new(endpoints), prefix: prefix.trim_end_matches('/').to_string() }
+    pub fn new(endpoints: Vec<Endpoint>, prefix: &str, snapshot_every: u64) -> ClusterLog {
+        ClusterLog {
+            members: Members::new(endpoints),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            snapshot_every: snapshot_every.max(1),
+        }
+    }
+
+    /// Whether the store that appended entry `seq` should snapshot after it.
+    pub fn snapshot_due(&self, seq: u64) -> bool {
+        seq.is_multiple_of(self.snapshot_every)
+    }
+
+    fn snap_dir(&self, seq: u64) -> String {
+        format!("{}/snap/{seq:020}/", self.prefix)
+    }
+
+    fn latest_key(&self) -> String {
+        format!("{}/snap/latest", self.prefix)
+    }
+
+    /// Write a snapshot of `tree`, which has applied exactly `seq` entries,
+    /// then drop the log more than one interval behind it and older snapshots.
+    pub fn write_snapshot(&mut self, seq: u64, tree: &Tree) -> Result<(), ClusterError> {
+        let bytes = encode_snapshot(tree);
+        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let key = format!("{}{i:06}", self.snap_dir(seq));
+            self.members.call("/v3/kv/put", &json!({"key": base64(key.as_bytes()), "value": base64(chunk)}))?;
+        }
+        let latest = format!("{seq:020} {}", chunks.len());
+        self.members.call(
+            "/v3/kv/put",
+            &json!({"key": base64(self.latest_key().as_bytes()), "value": base64(latest.as_bytes())}),
+        )?;
+        let keep_from = seq.saturating_sub(self.snapshot_every) + 1;
+        self.members.call(
+            "/v3/kv/deleterange",
+            &json!({
+                "key": base64(format!("{}/log/", self.prefix).as_bytes()),
+                "range_end": base64(log_key(&self.prefix, keep_from).as_bytes()),
+            }),
+        )?;
+        self.members.call(
+            "/v3/kv/deleterange",
+            &json!({
+                "key": base64(self.snap_dir(0).as_bytes()),
+                "range_end": base64(self.snap_dir(seq).as_bytes()),
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// The newest snapshot: the sequence it was taken at, and the tree.
+    pub fn read_snapshot(&mut self, history_capacity: usize) -> Result<Option<(u64, Tree)>, ClusterError> {
+        for _ in 0..5 {
+            let answer = self.members.call("/v3/kv/range", &json!({"key": base64(self.latest_key().as_bytes())}))?;
+            let Some(latest) = answer["kvs"][0]["value"].as_str().and_then(unbase64) else {
+                return Ok(None);
+            };
+            let latest = String::from_utf8_lossy(&latest).into_owned();
+            let mut parts = latest.split(' ');
+            let seq: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let count: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let dir = self.snap_dir(seq);
+            let answer = self.members.call(
+                "/v3/kv/range",
+                &json!({
+                    "key": base64(dir.as_bytes()),
+                    "range_end": base64(format!("{}0", dir.trim_end_matches('/')).as_bytes()),
+                    "sort_order": "ASCEND",
+                    "sort_target": "KEY",
+                }),
+            )?;
+            let chunks: Vec<Vec<u8>> = answer["kvs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|kv| kv["value"].as_str().and_then(unbase64))
+                .collect();
+            if chunks.len() != count {
+                // A newer snapshot replaced it meanwhile: read `latest` again.
+                continue;
+            }
+            let tree = decode_snapshot(&chunks.concat(), history_capacity)
+                .map_err(|why| ClusterError::BadEntry { seq, why: format!("snapshot: {why}") })?;
+            return Ok(Some((seq, tree)));
+        }
+        Err(ClusterError::Protocol("the newest snapshot kept changing while it was read".into()))
     }
 
     /// Append `entry` as number `seq`; false if that number is taken.
@@ -307,6 +453,22 @@ mod tests {
         }
         assert_eq!(base64(b"/b/log/1"), "L2IvbG9nLzE=");
         assert_eq!(base64(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let now = Timestamp::now();
+        let mut tree = Tree::default();
+        for i in 0..5 {
+            let m = Mutation::Set { key: format!("/s/{i}"), dir: false, value: "v".into(), expires: Some(now.plus_seconds(60)), refresh: false };
+            tree.apply(&m, now).unwrap();
+        }
+        let back = decode_snapshot(&encode_snapshot(&tree), 1000).unwrap();
+        assert_eq!(back.all_records(), tree.all_records());
+        assert_eq!(back.index(), 5);
+        assert_eq!(back.next_expiry(), tree.next_expiry());
+        assert_eq!(back.watch_scan("/s", true, 1).unwrap().unwrap().index(), 1);
+        assert!(decode_snapshot(&[1, 2, 3], 1000).is_err());
     }
 
     #[test]

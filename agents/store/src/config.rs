@@ -14,6 +14,7 @@
 //! # instead of data_dir (all stores naming the same cluster and prefix share it).
 //! cluster = ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"]
 //! cluster_prefix = "/basalt/store"
+//! cluster_snapshot_every = 10000     # log entries between snapshots
 //! ```
 
 use serde::Deserialize;
@@ -34,6 +35,7 @@ pub struct Config {
     pub templates_dir: PathBuf,
     pub cluster: Vec<String>,
     pub cluster_prefix: String,
+    pub cluster_snapshot_every: u64,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             templates_dir: "/etc/basalt/templates.d".into(),
             cluster: Vec::new(),
             cluster_prefix: "/basalt/store".into(),
+            cluster_snapshot_every: crate::cluster::DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }
@@ -105,7 +108,7 @@ impl Config {
         if !self.cluster_prefix.starts_with('/') || self.cluster_prefix.ends_with('/') {
             return Err(ConfigError::BadPrefix { path: path.into(), prefix: self.cluster_prefix.clone() });
         }
-        for (field, v) in [("history", self.history), ("max_key_bytes", self.max_key_bytes), ("max_value_bytes", self.max_value_bytes)] {
+        for (field, v) in [("cluster_snapshot_every", self.cluster_snapshot_every as usize), ("history", self.history), ("max_key_bytes", self.max_key_bytes), ("max_value_bytes", self.max_value_bytes)] {
             if v == 0 {
                 return Err(ConfigError::Zero { path: path.into(), field });
             }

@@ -39,6 +39,9 @@ pub fn parse_args(args: Vec<String>) -> Result<Config> {
             "--templates-dir" => config.templates_dir = value("--templates-dir")?.into(),
             "--cluster" => config.cluster = value("--cluster")?.split(',').map(str::to_string).collect(),
             "--cluster-prefix" => config.cluster_prefix = value("--cluster-prefix")?,
+            "--cluster-snapshot-every" => {
+                config.cluster_snapshot_every = value("--cluster-snapshot-every")?.parse().context("--cluster-snapshot-every takes a number")?
+            }
             "-h" | "--help" => {
                 println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]... [--socket PATH | --no-socket] [--templates-dir DIR] [--cluster URL,URL,... [--cluster-prefix PREFIX]]");
                 std::process::exit(0);
@@ -60,7 +63,11 @@ pub fn run(config: Config) -> Result<()> {
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?
     } else {
         let endpoints = config.cluster.iter().map(|u| Endpoint::parse(u)).collect();
-        let backend = Backend::Cluster { endpoints, prefix: config.cluster_prefix.clone() };
+        let backend = Backend::Cluster {
+            endpoints,
+            prefix: config.cluster_prefix.clone(),
+            snapshot_every: config.cluster_snapshot_every,
+        };
         Store::open_backend(backend, limits, config.history)
             .with_context(|| format!("reading the store's log from the etcd cluster {}", config.cluster.join(", ")))?
     };

@@ -235,13 +235,13 @@ fn read_meta(db: &Database, key: &str) -> Result<Option<u64>, EngineError> {
 }
 
 // An event on disk: one flag byte (1: a TTL refresh), then its JSON.
-fn encode_event(e: &Event) -> Vec<u8> {
+pub(crate) fn encode_event(e: &Event) -> Vec<u8> {
     let mut record = vec![u8::from(e.refresh)];
     serde_json::to_writer(&mut record, e).expect("event serialises");
     record
 }
 
-fn decode_event(bytes: &[u8]) -> Result<Event, String> {
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, String> {
     let (flag, json) = bytes.split_first().ok_or("empty record")?;
     let mut event: Event = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     event.refresh = *flag == 1;
@@ -315,7 +315,7 @@ fn replay_batch(tree: &mut Tree, mut bytes: &[u8]) -> Result<(), String> {
 
 // A node on disk: flags (1 = directory, 2 = has a TTL), created, modified and
 // expiration as little-endian u64, then the value's bytes.
-fn encode_node(rec: &NodeRecord) -> Vec<u8> {
+pub(crate) fn encode_node(rec: &NodeRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(25 + rec.value.len());
     let flags = u8::from(rec.dir) | (u8::from(rec.expires.is_some()) << 1);
     out.push(flags);
@@ -326,7 +326,7 @@ fn encode_node(rec: &NodeRecord) -> Vec<u8> {
     out
 }
 
-fn decode_node(bytes: &[u8]) -> Result<NodeRecord, String> {
+pub(crate) fn decode_node(bytes: &[u8]) -> Result<NodeRecord, String> {
     if bytes.len() < 25 {
         return Err(format!("{} bytes, shorter than the 25-byte header", bytes.len()));
     }

@@ -27,6 +27,10 @@ impl History {
         self.events.push_back(event);
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The oldest kept index (0 while nothing happened yet).
     pub fn start_index(&self) -> u64 {
         self.events.front().map_or(0, Event::index)

@@ -60,7 +60,7 @@ pub enum Backend {
     /// This machine's disk: redb behind the write-ahead log, in this directory.
     Local { data_dir: PathBuf },
     /// A real etcd v3 cluster (these members), the log kept under `prefix`.
-    Cluster { endpoints: Vec<Endpoint>, prefix: String },
+    Cluster { endpoints: Vec<Endpoint>, prefix: String, snapshot_every: u64 },
 }
 
 struct Shared {
@@ -107,8 +107,8 @@ impl Store {
                     .map_err(spawn_error)?;
                 (tree, index_rx)
             }
-            Backend::Cluster { endpoints, prefix } => {
-                let mut log = ClusterLog::new(endpoints.clone(), &prefix);
+            Backend::Cluster { endpoints, prefix, snapshot_every } => {
+                let mut log = ClusterLog::new(endpoints.clone(), &prefix, snapshot_every);
                 let mut tree = Tree::new(history_capacity);
                 let mut applied = 0;
                 catch_up(&mut log, &mut tree, &mut applied, None).map_err(|e| EngineError::Storage(e.to_string()))?;
@@ -382,6 +382,21 @@ fn catch_up(
         if entries.is_empty() {
             return Ok(found);
         }
+        if entries[0].0 != *applied + 1 {
+            // What we need was compacted away: start from the newest snapshot.
+            match log.read_snapshot(tree.history().capacity())? {
+                Some((seq, snapshot)) if seq > *applied => {
+                    *tree = snapshot;
+                    *applied = seq;
+                    continue;
+                }
+                _ => {
+                    return Err(cluster::ClusterError::Protocol(format!(
+                        "the log after entry {applied} is gone and no newer snapshot exists"
+                    )))
+                }
+            }
+        }
         for (seq, entry) in entries {
             if seq != *applied + 1 {
                 // Entries are contiguous by construction; a gap means the range raced an append.
@@ -435,7 +450,13 @@ fn cluster_writer(
                 match log.append(applied + 1, &entry) {
                     Ok(true) => {
                         applied += 1;
-                        break cluster::apply_entry(&mut guard, &entry);
+                        let answers = cluster::apply_entry(&mut guard, &entry);
+                        if log.snapshot_due(applied) {
+                            if let Err(e) = log.write_snapshot(applied, &guard) {
+                                eprintln!("basalt-store: snapshot at log entry {applied} failed: {e}");
+                            }
+                        }
+                        break answers;
                     }
                     // Taken: apply what others wrote (maybe ours, if an earlier answer was lost).
                     Ok(false) => match catch_up(&mut log, &mut guard, &mut applied, Some(&entry.id)) {

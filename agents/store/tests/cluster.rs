@@ -150,3 +150,46 @@ fn stores_share_one_keyspace_through_an_etcd_cluster() {
     assert_eq!(ra.etcd_index(), rc.etcd_index());
     assert_eq!(ra.text(), rc.text());
 }
+
+#[test]
+fn the_log_is_compacted_behind_snapshots_and_new_stores_start_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let members = Etcd::start_cluster(&dir.path().join("etcd"), 1);
+    let url = members[0].url();
+    let start = |name: &str| {
+        StoreProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_basalt-store")),
+            &dir.path().join(name),
+            &["--cluster", &url, "--cluster-snapshot-every", "50"],
+        )
+    };
+    let a = start("a");
+    let mut ca = Client::new(a.endpoint.clone());
+    for i in 0..230 {
+        ca.set(&format!("/many/{}", i % 40), &i.to_string(), &SetOptions::default()).unwrap();
+    }
+    // Entries 1..=150 are gone: the newest snapshot is at 200, one interval kept behind it.
+    let mut etcd = Client::new(members[0].endpoint.clone());
+    let range = serde_json::json!({
+        "key": basalt_store::cluster::base64(b"/basalt/store/log/"),
+        "range_end": basalt_store::cluster::base64(b"/basalt/store/log0"),
+        "count_only": true,
+    });
+    let r = etcd.request_with_type("POST", "/v3/kv/range", "application/json", &range.to_string()).unwrap();
+    let count: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(count["count"], "80", "log entries left: {}", r.text());
+
+    // A new store starts from the snapshot and the log after it.
+    let b = start("b");
+    let mut cb = Client::new(b.endpoint.clone());
+    let all = |c: &mut Client| c.request("GET", "/v2/keys/?recursive=true&sorted=true&quorum=true", None).unwrap();
+    let (ra, rb) = (all(&mut ca), all(&mut cb));
+    assert_eq!(rb.etcd_index(), Some(230));
+    assert_eq!((ra.etcd_index(), ra.text()), (rb.etcd_index(), rb.text()));
+    // Its history came with the snapshot: a watch from an old index is answered.
+    let w = cb.watch("/many/0", false, 195).unwrap();
+    assert_eq!(w.event.node.modified_index, 201);
+    // And it writes on from there.
+    cb.set("/after", "snapshot", &SetOptions::default()).unwrap();
+    assert_eq!(get_value(&mut ca, "/after").as_deref(), Some("snapshot"));
+}
