@@ -203,7 +203,8 @@ impl Store {
         rx.await.unwrap_or_else(|_| Err(EtcdError::new(ErrorCode::Internal, "the writer has stopped", 0)))
     }
 
-    /// The same, for callers outside an async runtime.
+    /// The same, for callers outside an async runtime (it blocks the thread;
+    /// from async code use `write`).
     pub fn write_blocking(&self, mutation: Mutation) -> Result<Event, EtcdError> {
         let rx = self.submit(mutation)?;
         rx.blocking_recv()

@@ -169,11 +169,56 @@ fn etcdctl_v2_works_against_the_store() {
 }
 
 #[test]
+fn the_service_renders_templates_when_their_keys_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates.d");
+    std::fs::create_dir_all(&templates).unwrap();
+    let dest = dir.path().join("etc/app.conf");
+    let reloads = dir.path().join("reloads");
+    std::fs::write(templates.join("app.tmpl"), "{% for s in gets('/services/app') %}server {{ s.value }};\n{% endfor %}").unwrap();
+    std::fs::write(
+        templates.join("app.toml"),
+        format!(
+            "[template]\nsrc = \"app.tmpl\"\ndest = \"{}\"\nkeys = [\"/services/app\"]\nmode = \"0600\"\nreload_cmd = \"echo reload >> {}\"\n",
+            dest.display(),
+            reloads.display()
+        ),
+    )
+    .unwrap();
+    let templates_arg = templates.display().to_string();
+    let store = ours(dir.path(), &["--templates-dir", &templates_arg]);
+    let mut c = Client::new(store.endpoint.clone());
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if std::fs::read_to_string(&dest).ok().as_deref() == Some(want) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} never became {want:?}", dest.display());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("");
+    c.set("/services/app/a", "10.0.0.1:80", &SetOptions::default()).unwrap();
+    wait_for("server 10.0.0.1:80;\n");
+    c.set("/services/app/b", "10.0.0.2:80", &SetOptions::default()).unwrap();
+    wait_for("server 10.0.0.1:80;\nserver 10.0.0.2:80;\n");
+    c.delete("/services/app/a", false).unwrap();
+    wait_for("server 10.0.0.2:80;\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777, 0o600);
+    let reloaded = std::fs::read_to_string(&reloads).unwrap();
+    assert!(reloaded.lines().count() >= 3, "reload ran after each change: {reloaded:?}");
+}
+
+#[test]
 fn unix_socket_and_fleetlock() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/store.sock");
     let socket_arg = socket.display().to_string();
     let store = ours(dir.path(), &["--socket", &socket_arg]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
     let mut unix = Client::new(Endpoint::Unix(socket.clone()));
     unix.set("/via/socket", "yes", &SetOptions::default()).unwrap();
     let mut tcp = Client::new(store.endpoint.clone());
