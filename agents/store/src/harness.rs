@@ -107,7 +107,7 @@ impl Etcd {
                     .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
                     .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
                     .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
-                    .args(["--initial-cluster-token", "basalt-store-test"])
+                    .args(["--initial-cluster-token", "basalt-store-test", "--enable-v2=true"])
                     .stdout(Stdio::null())
                     .stderr(log)
                     .spawn()

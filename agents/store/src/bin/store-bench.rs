@@ -4,7 +4,11 @@
 //! writes and reads, then concurrent ones. Prints writes/s, reads/s, p50 and
 //! p99 latency, and the ratios ours/etcd.
 //!
-//! cargo run --release -p basalt-store --bin store-bench [-- --ops N --clients C]
+//! With `--cluster`, both sides run on a 3-member etcd cluster on loopback:
+//! etcd's v2 API through its leader, against basalt-store's cluster backend
+//! (its log in the same cluster).
+//!
+//! cargo run --release -p basalt-store --bin store-bench [-- --ops N --clients C] [--cluster]
 
 use basalt_store::client::{form, Client, Endpoint};
 use basalt_store::harness::{Etcd, StoreProcess};
@@ -76,6 +80,24 @@ fn drive(endpoint: &Endpoint, clients: usize, ops: usize, write: bool, tag: &str
     tally.latencies.extend(latencies);
 }
 
+struct EtcdSide {
+    endpoint: Endpoint,
+}
+
+/// Which member leads, by etcd's own account.
+fn leader_of(members: &[Etcd]) -> usize {
+    for (i, m) in members.iter().enumerate() {
+        let mut c = Client::new(m.endpoint.clone());
+        if let Ok(r) = c.request_with_type("POST", "/v3/maintenance/status", "application/json", "{}") {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
+                return i;
+            }
+        }
+    }
+    0
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -93,14 +115,31 @@ fn main() {
     };
     let ops = flag("--ops", 2000);
     let clients = flag("--clients", 16);
+    let cluster = args.iter().any(|a| a == "--cluster");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let etcd = Etcd::start(&dir.path().join("etcd"));
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.arg("serve");
-    let ours = StoreProcess::start_command(cmd, &dir.path().join("ours"), &[]);
+    let (_members, etcd, ours) = if cluster {
+        let members = Etcd::start_cluster(&dir.path().join("etcd"), 3);
+        let leader = leader_of(&members);
+        let urls: Vec<String> = members.iter().map(Etcd::url).collect();
+        let ours = StoreProcess::start_command(cmd, &dir.path().join("ours"), &["--cluster", &urls.join(",")]);
+        let etcd = members[leader].endpoint.clone();
+        (members, etcd, ours)
+    } else {
+        let etcd = Etcd::start(&dir.path().join("etcd"));
+        let ours = StoreProcess::start_command(cmd, &dir.path().join("ours"), &[]);
+        let endpoint = etcd.endpoint.clone();
+        (vec![etcd], endpoint, ours)
+    };
+    let etcd = EtcdSide { endpoint: etcd };
     let etcd_version = Command::new("etcd").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
     println!("store-bench: {ops} sequential ops, then {clients} clients x {} ops, each in {ROUNDS} rounds alternating etcd and ours; values of 64 bytes; {} cores", ops / 4, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("etcd: {etcd_version}, v2 API, data on {}", dir.path().display());
+    if cluster {
+        println!("etcd: {etcd_version}, 3 members on loopback; etcd's v2 API through the leader against basalt-store's cluster backend on the same cluster");
+    } else {
+        println!("etcd: {etcd_version}, v2 API, data on {}", dir.path().display());
+    }
     println!();
     println!("{:<22} {:>11} {:>9} {:>9} {:>11} {:>9} {:>9} {:>7}", "phase", "etcd op/s", "p50 ms", "p99 ms", "ours op/s", "p50 ms", "p99 ms", "ratio");
     let phases: [(&str, usize, usize, bool); 4] = [
