@@ -211,6 +211,22 @@ fn keys_api_matches_etcd() {
     p.same("DELETE", "/v2/keys/queue?prevValue=v", None);
     p.same("DELETE", "/v2/keys/cad?prevValue=", None);
     p.same("PATCH", "/v2/keys/x", None);
+    // Odd corners.
+    p.put("/dv", &[("dir", "true"), ("value", "ignored")]);
+    p.put("/file1", &[("value", "1")]);
+    p.put("/file2", &[("value", "2")]);
+    p.same("DELETE", "/v2/keys/file1?dir=true", None);
+    p.same("DELETE", "/v2/keys/file2?recursive=true", None);
+    p.put("/enc%2Fslash", &[("value", "x")]);
+    p.same("GET", "/v2/keys/enc/slash", None);
+    p.same("GET", "/v2/keys/enc%2fslash", None);
+    p.put("/sp%20ace/k", &[("value", "a b")]);
+    p.same("GET", "/v2/keys/sp%20ace?recursive=true", None);
+    p.put("/hid/_d/x", &[("value", "1")]);
+    p.same("GET", "/v2/keys/hid?recursive=true", None);
+    p.same("GET", "/v2/keys/hid/_d?recursive=true", None);
+    p.same("GET", "/v2/keys/dv?dir=true", None);
+    p.same("POST", "/v2/keys/dv", Some("value=x&prevExist=false"));
     p.same("GET", "/v2/keys/?recursive=true&sorted=true", None);
     p.finish();
 }
@@ -224,6 +240,10 @@ fn ttl_expiry_and_watches_match_etcd() {
     p.put("/w/sub/c", &[("value", "3")]);
     p.put("/other", &[("value", "o")]);
     p.same("DELETE", "/v2/keys/w/sub?recursive=true", None);
+    p.put("/w/cas", &[("value", "x")]);
+    p.same("DELETE", "/v2/keys/w/cas?prevValue=x", None);
+    p.same("GET", &format!("/v2/keys/w/cas?wait=true&waitIndex={}", first + 5), None);
+    p.same("GET", &format!("/v2/keys/w?wait=true&recursive=true&waitIndex={}", first + 5), None);
     // Watches answered from history.
     for q in [
         format!("/v2/keys/w/a?wait=true&waitIndex={first}"),
