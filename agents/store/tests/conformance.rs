@@ -295,3 +295,49 @@ fn ttl_expiry_and_watches_match_etcd() {
     p.same("GET", &format!("/v2/keys/many?wait=true&recursive=true&waitIndex={}", now - 999), None);
     p.finish();
 }
+
+/// A fixed pseudo-random walk over a small keyspace — every verb and
+/// condition, files and directories colliding — answered alike by both.
+#[test]
+fn random_operations_match_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = start(dir.path());
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let names = ["a", "b", "_h", "a/b", "a/c", "b/a/c", "q"];
+    for _ in 0..400 {
+        let key = format!("/r/{}", names[next(names.len() as u64) as usize]);
+        let value = format!("v{}", next(4));
+        let index = p.same("GET", "/v2/keys/", None)["index"].as_u64().unwrap();
+        // Sometimes a real recent index, sometimes a stale one.
+        let prev_index = (index.saturating_sub(next(6))).max(1).to_string();
+        let path = format!("/v2/keys{key}");
+        match next(14) {
+            0 => p.put(&key, &[("value", &value)]),
+            1 => p.put(&key, &[("value", &value), ("prevExist", "false")]),
+            2 => p.put(&key, &[("value", &value), ("prevExist", "true")]),
+            3 => p.put(&key, &[("value", &value), ("prevValue", &format!("v{}", next(4)))]),
+            4 => p.put(&key, &[("value", &value), ("prevIndex", &prev_index)]),
+            5 => p.put(&key, &[("dir", "true")]),
+            6 => p.put(&key, &[("dir", "true"), ("prevExist", "false")]),
+            7 => p.same("POST", &path, Some(&format!("value={value}"))),
+            8 => p.same("DELETE", &path, None),
+            9 => p.same("DELETE", &format!("{path}?dir=true"), None),
+            10 => p.same("DELETE", &format!("{path}?recursive=true"), None),
+            11 => p.same("DELETE", &format!("{path}?prevValue={value}"), None),
+            12 => p.same("DELETE", &format!("{path}?prevIndex={prev_index}"), None),
+            _ => p.same("GET", &format!("{path}?recursive=true&sorted=true"), None),
+        };
+    }
+    p.same("GET", "/v2/keys/r?recursive=true&sorted=true", None);
+    let now = p.same("GET", "/v2/keys/", None)["index"].as_u64().unwrap();
+    for back in [1, 50, 300, 700] {
+        p.same("GET", &format!("/v2/keys/r?wait=true&recursive=true&waitIndex={}", now.saturating_sub(back).max(1)), None);
+    }
+    p.finish();
+}
