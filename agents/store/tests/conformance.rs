@@ -254,7 +254,10 @@ fn ttl_expiry_and_watches_match_etcd() {
     ] {
         p.same("GET", &q, None);
     }
-    // A watch that waits: both block until the write, then answer alike.
+    // A watch that waits: both block until the write, then answer alike. It
+    // asks for the next index explicitly, so it sees the write even if it
+    // reaches the server after it.
+    let next = p.same("GET", "/v2/keys/", None)["index"].as_u64().unwrap() + 1;
     let mut answers = Vec::new();
     std::thread::scope(|s| {
         let (etcd_ep, ours_ep) = (p.etcd.endpoint().clone(), p.ours.endpoint().clone());
@@ -263,7 +266,7 @@ fn ttl_expiry_and_watches_match_etcd() {
             .map(|ep| {
                 s.spawn(move || {
                     let mut c = Client::new(ep);
-                    c.request("GET", "/v2/keys/w?wait=true&recursive=true", None).unwrap()
+                    c.request("GET", &format!("/v2/keys/w?wait=true&recursive=true&waitIndex={next}"), None).unwrap()
                 })
             })
             .collect();
