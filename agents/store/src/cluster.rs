@@ -158,8 +158,11 @@ pub struct Members {
 impl Members {
     pub fn new(endpoints: Vec<Endpoint>) -> Members {
         assert!(!endpoints.is_empty(), "the cluster backend needs at least one etcd member");
-        let client = Client::new(endpoints[0].clone());
-        Members { endpoints, current: 0, client }
+        // Start with the leader if one says so: a follower would forward every
+        // write to it, one more hop each. Any member works if none answers.
+        let current = endpoints.iter().position(is_leader).unwrap_or(0);
+        let client = Client::new(endpoints[current].clone());
+        Members { endpoints, current, client }
     }
 
     /// POST a JSON request to the gateway, retrying on other members.
@@ -188,6 +191,17 @@ impl Members {
         }
         Err(ClusterError::Unavailable(last))
     }
+}
+
+/// Whether this member says it leads (`/v3/maintenance/status`).
+pub fn is_leader(endpoint: &Endpoint) -> bool {
+    let mut c = Client::new(endpoint.clone());
+    c.set_timeout(Some(Duration::from_secs(2)));
+    let Ok(r) = c.request_with_type("POST", "/v3/maintenance/status", "application/json", "{}") else {
+        return false;
+    };
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    v["leader"].is_string() && v["leader"] == v["header"]["member_id"]
 }
 
 /// The log in the cluster.

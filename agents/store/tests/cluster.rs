@@ -14,17 +14,9 @@ fn store(dir: &Path, name: &str, members: &str) -> StoreProcess {
     StoreProcess::start(Path::new(env!("CARGO_BIN_EXE_basalt-store")), &dir.join(name), &["--cluster", members])
 }
 
-/// Which member leads, by etcd's own account (`/v3/maintenance/status`).
+/// Which member leads, by etcd's own account.
 fn leader_of(members: &[Etcd]) -> usize {
-    for (i, m) in members.iter().enumerate() {
-        let mut c = Client::new(m.endpoint.clone());
-        let r = c.request_with_type("POST", "/v3/maintenance/status", "application/json", "{}").unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
-            return i;
-        }
-    }
-    panic!("no member says it leads");
+    members.iter().position(|m| basalt_store::cluster::is_leader(&m.endpoint)).unwrap_or(0)
 }
 
 fn get_value(c: &mut Client, key: &str) -> Option<String> {

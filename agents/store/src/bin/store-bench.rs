@@ -86,16 +86,7 @@ struct EtcdSide {
 
 /// Which member leads, by etcd's own account.
 fn leader_of(members: &[Etcd]) -> usize {
-    for (i, m) in members.iter().enumerate() {
-        let mut c = Client::new(m.endpoint.clone());
-        if let Ok(r) = c.request_with_type("POST", "/v3/maintenance/status", "application/json", "{}") {
-            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-            if v["leader"].is_string() && v["leader"] == v["header"]["member_id"] {
-                return i;
-            }
-        }
-    }
-    0
+    members.iter().position(|m| basalt_store::cluster::is_leader(&m.endpoint)).unwrap_or(0)
 }
 
 fn ms(d: Duration) -> String {
