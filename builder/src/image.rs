@@ -130,6 +130,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let init = read_bin(&opts.bin_dir, "init")?;
     tree.file("/usr/lib/basalt/init", 0o755, init.clone())?;
     tree.file("/usr/bin/basaltctl", 0o755, read_bin(&opts.bin_dir, "basaltctl")?)?;
+    tree.file("/usr/lib/basalt/basalt-network", 0o755, read_bin(&opts.bin_dir, "basalt-network")?)?;
     if let Some(keys) = &opts.authorized_keys {
         tree.file(DEV_AUTHORIZED_KEYS, 0o644, keys.clone().into_bytes())?;
     }
@@ -250,7 +251,7 @@ const BUSYBOX_APPLETS: &[&str] = &[
     "echo", "env", "expr", "false", "find", "free", "grep", "gunzip", "gzip", "halt", "head", "hexdump", "hostname", "id", "ip", "kill", "less", "ln",
     "ls", "lsmod", "md5sum", "mkdir", "mktemp", "modprobe", "mount", "mv", "nc", "nslookup", "od", "ping", "poweroff", "printf", "ps", "pwd", "readlink",
     "realpath", "reboot", "rm", "rmdir", "sed", "seq", "sh", "sha256sum", "sleep", "sort", "stat", "sync", "tail", "tar", "tee", "test", "top", "touch",
-    "tr", "true", "umount", "uname", "uniq", "uptime", "vi", "wc", "wget", "which", "whoami", "xargs", "zcat",
+    "tr", "true", "udhcpc", "umount", "uname", "uniq", "uptime", "vi", "wc", "wget", "which", "whoami", "xargs", "zcat",
 ];
 
 fn add_busybox_links(tree: &mut Tree) -> Result<()> {

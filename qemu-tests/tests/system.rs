@@ -109,3 +109,37 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     assert!(vm.wait_exit(Duration::from_secs(60)).unwrap().success());
     let _ = default_image;
 }
+
+/// The static-address format cloud-config writes (.network files) is applied
+/// by network.service, at once on restart and on every boot.
+#[test]
+fn static_address_from_a_network_file() {
+    let mut vm = Vm::boot("static_network", &default_image()).unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    vm.wait_for("DHCP on eth0", BOOT).unwrap();
+    vm.run_ok(
+        "printf '[Match]\\nName=eth0\\n[Network]\\nAddress=10.0.2.50/24\\nGateway=10.0.2.2\\nDNS=10.0.2.3\\nDomains=basalt.test\\n[Route]\\nDestination=192.168.77.0/24\\nGateway=10.0.2.1\\n' > /etc/systemd/network/10-static.network && basaltctl restart network",
+        CMD,
+    )
+    .unwrap();
+    vm.wait_for("static configuration applied", CMD).unwrap();
+    let addr = vm.run_ok("ip -4 addr show eth0", CMD).unwrap();
+    assert!(addr.contains("inet 10.0.2.50/24"), "{addr}");
+    let routes = vm.run_ok("ip route", CMD).unwrap();
+    assert!(routes.contains("default via 10.0.2.2") && routes.contains("192.168.77.0/24 via 10.0.2.1"), "{routes}");
+    let resolv = vm.run_ok("cat /etc/resolv.conf", CMD).unwrap();
+    assert_eq!(resolv, "search basalt.test\nnameserver 10.0.2.3\n");
+
+    // Every boot: only the static address, no DHCP lease.
+    vm.send("reboot").unwrap();
+    vm.wait_for("rebooting", CMD).unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    vm.wait_for("static configuration applied", BOOT).unwrap();
+    let addr = vm.run_ok("ip -4 addr show eth0", CMD).unwrap();
+    assert!(addr.contains("inet 10.0.2.50/24") && !addr.contains("10.0.2.15"), "{addr}");
+    // A broken file is reported by name and does not take the network down.
+    vm.run_ok("printf '[Network]\\nAddress=10.0.2.300/24\\n' > /etc/systemd/network/05-broken.network && basaltctl restart network", CMD).unwrap();
+    vm.wait_for("05-broken.network: ignored: line 2: Address=10.0.2.300/24", CMD).unwrap();
+    vm.wait_for("static configuration applied", CMD).unwrap();
+    vm.power_cut().unwrap();
+}
