@@ -96,13 +96,13 @@ fn failed_check_keeps_old_file_and_reload_runs_after_replace() {
 fn resource_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.toml");
-    fs::write(&p, "[template]\nsrc = \"none.tmpl\"\ndest = \"/tmp/x\"\n").unwrap();
+    fs::write(&p, "[template]\nsrc = \"none.tmpl\"\ndest = \"/etc/app.conf\"\n").unwrap();
     let e = Template::load(&p).unwrap_err().to_string();
     assert!(e.contains("x.toml") && e.contains("none.tmpl"), "{e}");
     fs::write(dir.path().join("t"), "").unwrap();
-    fs::write(&p, "[template]\nsrc = \"t\"\ndest = \"/tmp/x\"\nmode = \"rw\"\n").unwrap();
+    fs::write(&p, "[template]\nsrc = \"t\"\ndest = \"/etc/app.conf\"\nmode = \"rw\"\n").unwrap();
     assert!(Template::load(&p).unwrap_err().to_string().contains("mode"));
-    fs::write(&p, "[template]\nsrc = \"t\"\ndest = \"/tmp/x\"\nowner = \"no-such-user-here\"\n").unwrap();
+    fs::write(&p, "[template]\nsrc = \"t\"\ndest = \"/etc/app.conf\"\nowner = \"no-such-user-here\"\n").unwrap();
     assert!(Template::load(&p).unwrap_err().to_string().contains("owner"));
 }
 
