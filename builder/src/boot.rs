@@ -68,21 +68,11 @@ impl fatfs::TimeProvider for FixedTime {
 }
 
 fn fat_time(epoch: u64) -> fatfs::DateTime {
-    // Civil date from days since 1970 (Howard Hinnant's algorithm).
-    let days = (epoch / 86400) as i64;
-    let secs = epoch % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
-    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(1980, 2107) as u16;
+    let c = crate::civil::civil(epoch);
+    let year = c.year.clamp(1980, 2107) as u16;
     fatfs::DateTime {
-        date: fatfs::Date { year, month, day },
-        time: fatfs::Time { hour: (secs / 3600) as u16, min: (secs / 60 % 60) as u16, sec: (secs % 60) as u16, millis: 0 },
+        date: fatfs::Date { year, month: c.month as u16, day: c.day as u16 },
+        time: fatfs::Time { hour: c.hour as u16, min: c.minute as u16, sec: c.second as u16, millis: 0 },
     }
 }
 

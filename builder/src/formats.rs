@@ -7,9 +7,8 @@
 //! reasons are in docs/formats.md. Compressed raw is zstd, written in process.
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -154,29 +153,8 @@ pub fn zstd_compress(raw: &Path, out: &File) -> Result<()> {
     Ok(())
 }
 
-/// The sha256 of a file, lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes `IMAGE.sha256` in `sha256sum` format (`sha256sum -c` reads it;
-/// `basalt flash` finds it next to the image).
 pub fn write_sha256_file(image: &Path) -> Result<PathBuf> {
-    let sum = sha256_file(image)?;
+    let sum = crate::inputs::sha256_file(image)?;
     let name = image.file_name().and_then(|n| n.to_str()).context("image path has no file name")?;
     let path = sha256_path(image);
     std::fs::write(&path, format!("{sum}  {name}\n")).with_context(|| format!("writing {}", path.display()))?;

@@ -1,6 +1,7 @@
 //! `basalt`: builds, runs and ships basalt disk images.
 
 mod boot;
+mod civil;
 mod fat_fixup;
 mod flash;
 mod formats;

@@ -22,7 +22,7 @@ impl HashHandle {
     /// The sha256 (lowercase hex) and byte count of everything read so far.
     pub fn digest(&self) -> (String, u64) {
         let state = self.0.lock().unwrap();
-        (crate::formats::hex(&state.0.clone().finalize()), state.1)
+        (basalt_verity::hex(&state.0.clone().finalize()), state.1)
     }
 }
 

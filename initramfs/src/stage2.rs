@@ -69,9 +69,7 @@ pub fn spawn_console_shell() -> Option<i32> {
     cmd.arg0("-sh").env_clear().env("PATH", "/usr/bin:/usr/sbin").env("HOME", "/root").env("TERM", "vt100").env("PS1", "# ").current_dir("/root");
     unsafe {
         cmd.pre_exec(|| {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            sys::unblock_all_signals();
             libc::setsid();
             libc::ioctl(0, libc::TIOCSCTTY, 1);
             Ok(())

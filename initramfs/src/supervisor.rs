@@ -417,9 +417,7 @@ impl Supervisor {
         cmd.stderr(std::process::Stdio::from(write_end));
         unsafe {
             cmd.pre_exec(|| {
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                sys::unblock_all_signals();
                 // Its own session and process group: stopping a service signals all of it.
                 libc::setsid();
                 Ok(())

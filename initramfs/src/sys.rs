@@ -71,3 +71,13 @@ pub fn halt(how: Halt) -> ! {
 pub fn is_pid1() -> bool {
     std::process::id() == 1
 }
+
+/// In a child before exec: PID 1 blocks signals it waits for; a program
+/// must start with none blocked.
+pub fn unblock_all_signals() {
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}

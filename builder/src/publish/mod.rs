@@ -94,7 +94,7 @@ pub fn plan(image: &Path) -> Result<Plan> {
     }
     let image_sha256 = match std::fs::read_to_string(crate::formats::sha256_path(image)) {
         Ok(t) => t.split_whitespace().next().unwrap_or("").to_string(),
-        Err(_) => crate::formats::sha256_file(image)?,
+        Err(_) => crate::inputs::sha256_file(image)?,
     };
     Ok(Plan { image_bytes, image_sha256, volume_gib: image_bytes.div_ceil(GIB).max(1), total_blocks, data_blocks })
 }

@@ -31,7 +31,7 @@ pub struct Request<'a> {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    crate::formats::hex(&Sha256::digest(data))
+    basalt_verity::hex(&Sha256::digest(data))
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -80,7 +80,7 @@ pub fn sign(req: &Request, creds: &Credentials) -> Vec<(String, String)> {
     for part in [req.region, req.service, "aws4_request"] {
         key = hmac(&key, part.as_bytes());
     }
-    let signature = crate::formats::hex(&hmac(&key, string_to_sign.as_bytes()));
+    let signature = basalt_verity::hex(&hmac(&key, string_to_sign.as_bytes()));
     let mut out = vec![("x-amz-date".to_string(), req.amz_date.to_string())];
     if let Some(token) = &creds.session_token {
         out.push(("x-amz-security-token".into(), token.clone()));
@@ -94,19 +94,8 @@ pub fn sign(req: &Request, creds: &Credentials) -> Vec<(String, String)> {
 
 /// `YYYYMMDDTHHMMSSZ` for a time in seconds since 1970.
 pub fn amz_date(unix_seconds: u64) -> String {
-    let days = (unix_seconds / 86400) as i64;
-    let secs = unix_seconds % 86400;
-    // Civil date from days since 1970 (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    let c = crate::civil::civil(unix_seconds);
+    format!("{:04}{:02}{:02}T{:02}{:02}{:02}Z", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 #[cfg(test)]
