@@ -68,7 +68,7 @@ pub fn fix(path: &Path) -> Result<()> {
     let mut boot = vec![0u8; 512];
     f.read_exact(&mut boot)?;
     let g = geometry(&boot)?;
-    // Walk directories from the root; fix each subdirectory's first cluster.
+    // Walk directories from the root; fix each one's first cluster in place.
     let mut stack = vec![g.root_cluster];
     while let Some(cluster) = stack.pop() {
         let mut buf = vec![0u8; g.cluster_bytes];
@@ -87,9 +87,13 @@ pub fn fix(path: &Path) -> Result<()> {
             let name = &e[0..11];
             let dot = name == b".          ";
             let dotdot = name == b"..         ";
-            let e = e.to_vec();
+            let mut e = e.to_vec();
             if dot || dotdot {
                 pending_lfn.clear(); // no long names for the dot entries
+                // `..` of a directory in the root says 0, not the root's cluster.
+                if dotdot && entry_cluster(&e) == g.root_cluster {
+                    set_entry_cluster(&mut e, 0);
+                }
             } else {
                 kept.append(&mut pending_lfn);
                 if e[0] != 0xe5 && e[11] & ATTR_DIR != 0 {
@@ -105,42 +109,7 @@ pub fn fix(path: &Path) -> Result<()> {
             f.write_all(&out)?;
         }
     }
-    fix_dotdot_clusters(&mut f, &g)?;
     write_free_count(&mut f, &g)?;
-    Ok(())
-}
-
-/// `..` of a directory whose parent is the root must say 0. The walk above
-/// cannot see the parent of a directory from inside it, so this pass
-/// compares `..` with the root cluster directly.
-fn fix_dotdot_clusters(f: &mut File, g: &Geometry) -> Result<()> {
-    let mut stack = vec![g.root_cluster];
-    while let Some(cluster) = stack.pop() {
-        let mut buf = vec![0u8; g.cluster_bytes];
-        f.seek(SeekFrom::Start(cluster_offset(g, cluster)))?;
-        f.read_exact(&mut buf)?;
-        let mut changed = false;
-        for e in buf.chunks_mut(ENTRY) {
-            if e[0] == 0 {
-                break;
-            }
-            if e[11] == ATTR_LFN || e[0] == 0xe5 {
-                continue;
-            }
-            if &e[0..11] == b"..         " {
-                if entry_cluster(e) == g.root_cluster {
-                    set_entry_cluster(e, 0);
-                    changed = true;
-                }
-            } else if &e[0..11] != b".          " && e[11] & ATTR_DIR != 0 {
-                stack.push(entry_cluster(e));
-            }
-        }
-        if changed {
-            f.seek(SeekFrom::Start(cluster_offset(g, cluster)))?;
-            f.write_all(&buf)?;
-        }
-    }
     Ok(())
 }
 

@@ -21,12 +21,19 @@ pub async fn serve_tcp(listener: TcpListener, app: Arc<App>) {
         };
         // Small request/response pairs: Nagle would add 40 ms to each.
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(app.clone(), req));
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
-        });
+        spawn_connection(stream, app.clone());
     }
+}
+
+/// Serves one keep-alive HTTP/1 connection, TCP or Unix, on its own task.
+fn spawn_connection<S>(stream: S, app: Arc<App>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = service_fn(move |req| handle(app.clone(), req));
+        let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
+    });
 }
 
 pub async fn serve_unix(listener: UnixListener, app: Arc<App>) {
@@ -39,11 +46,7 @@ pub async fn serve_unix(listener: UnixListener, app: Arc<App>) {
                 continue;
             }
         };
-        let app = app.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(app.clone(), req));
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
-        });
+        spawn_connection(stream, app.clone());
     }
 }
 
