@@ -5,6 +5,7 @@
 //! a dm-verity error or a basalt error unless the test expects them.
 
 pub mod image;
+pub mod registry;
 
 use anyhow::{bail, Context, Result};
 use basalt_vm::VmConfig;

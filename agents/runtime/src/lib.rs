@@ -1,1 +1,13 @@
-//! The OCI container runtime agent. Nothing here yet.
+//! basalt's container runtime: pulls OCI and Docker images from registries
+//! into a content-addressed store on ROOT and runs them as supervised
+//! containers in their own namespaces, under cgroup v2 limits. See
+//! docs/runtime.md.
+
+pub mod digest;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod settings;
+pub mod store;
+pub mod unpack;
