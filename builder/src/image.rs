@@ -131,6 +131,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     tree.file("/usr/lib/basalt/init", 0o755, init.clone())?;
     tree.file("/usr/bin/basaltctl", 0o755, read_bin(&opts.bin_dir, "basaltctl")?)?;
     tree.file("/usr/lib/basalt/basalt-network", 0o755, read_bin(&opts.bin_dir, "basalt-network")?)?;
+    tree.file("/usr/lib/basalt/basalt-store", 0o755, read_bin(&opts.bin_dir, "basalt-store")?)?;
     if let Some(keys) = &opts.authorized_keys {
         tree.file(DEV_AUTHORIZED_KEYS, 0o644, keys.clone().into_bytes())?;
     }

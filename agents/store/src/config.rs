@@ -6,10 +6,12 @@
 //! data_dir = "/var/lib/basalt/store"     # on ROOT
 //! listen = ["127.0.0.1:2379"]            # loopback only
 //! socket = "/run/basalt/store.sock"      # "" for none
+//! socket_group = "wheel"                 # may use the socket, with root
 //! history = 1000                         # events kept for watches
 //! max_key_bytes = 4096
 //! max_value_bytes = 1048576
 //! templates_dir = "/etc/basalt/templates.d"
+//! seed_file = "/etc/basalt/store-seed.json"  # "" for none
 //! # The cluster backend: serve the keyspace from a real etcd v3 cluster
 //! # instead of data_dir (all stores naming the same cluster and prefix share it).
 //! cluster = ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"]
@@ -29,10 +31,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: Vec<String>,
     pub socket: PathBuf,
+    pub socket_group: String,
     pub history: usize,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub templates_dir: PathBuf,
+    pub seed_file: PathBuf,
     pub cluster: Vec<String>,
     pub cluster_prefix: String,
     pub cluster_snapshot_every: u64,
@@ -44,10 +48,12 @@ impl Default for Config {
             data_dir: "/var/lib/basalt/store".into(),
             listen: vec!["127.0.0.1:2379".into()],
             socket: "/run/basalt/store.sock".into(),
+            socket_group: "wheel".into(),
             history: crate::history::DEFAULT_CAPACITY,
             max_key_bytes: 4096,
             max_value_bytes: 1024 * 1024,
             templates_dir: "/etc/basalt/templates.d".into(),
+            seed_file: crate::seed::DEFAULT_PATH.into(),
             cluster: Vec::new(),
             cluster_prefix: "/basalt/store".into(),
             cluster_snapshot_every: crate::cluster::DEFAULT_SNAPSHOT_EVERY,

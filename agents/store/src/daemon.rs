@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::http::App;
 use crate::client::Endpoint;
 use crate::service::{Backend, Limits, Store};
-use crate::{server, template};
+use crate::{seed, server, template};
 use anyhow::{bail, Context, Result};
 use crate::config::DEFAULT_PATH;
 use std::path::PathBuf;
@@ -37,13 +37,14 @@ pub fn parse_args(args: Vec<String>) -> Result<Config> {
             "--socket" => config.socket = value("--socket")?.into(),
             "--no-socket" => config.socket = PathBuf::new(),
             "--templates-dir" => config.templates_dir = value("--templates-dir")?.into(),
+            "--seed-file" => config.seed_file = value("--seed-file")?.into(),
             "--cluster" => config.cluster = value("--cluster")?.split(',').map(str::to_string).collect(),
             "--cluster-prefix" => config.cluster_prefix = value("--cluster-prefix")?,
             "--cluster-snapshot-every" => {
                 config.cluster_snapshot_every = value("--cluster-snapshot-every")?.parse().context("--cluster-snapshot-every takes a number")?
             }
             "-h" | "--help" => {
-                println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]... [--socket PATH | --no-socket] [--templates-dir DIR] [--cluster URL,URL,... [--cluster-prefix PREFIX]]");
+                println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]... [--socket PATH | --no-socket] [--templates-dir DIR] [--seed-file PATH] [--cluster URL,URL,... [--cluster-prefix PREFIX]]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -71,6 +72,20 @@ pub fn run(config: Config) -> Result<()> {
         Store::open_backend(backend, limits, config.history)
             .with_context(|| format!("reading the store's log from the etcd cluster {}", config.cluster.join(", ")))?
     };
+    // Seed keys go in before anybody is served or a template renders.
+    if !config.seed_file.as_os_str().is_empty() {
+        match seed::seed_from_file(&store, &config.seed_file) {
+            Ok(seed::Outcome::Absent | seed::Outcome::AlreadyApplied) => {}
+            Ok(seed::Outcome::Applied { created, kept }) => {
+                eprintln!("basalt-store: seeded {created} key(s) from {}, {} already there", config.seed_file.display(), kept.len());
+                for (key, why) in kept.iter().filter(|(_, why)| !why.is_empty()) {
+                    eprintln!("basalt-store: seed key {key} left alone: {why}");
+                }
+            }
+            // The store serves without the seed rather than not at all.
+            Err(e) => eprintln!("basalt-store: {e}"),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -92,12 +107,24 @@ pub fn run(config: Config) -> Result<()> {
         if !config.socket.as_os_str().is_empty() {
             let listener = server::bind_unix(&config.socket)
                 .with_context(|| format!("listening on {}", config.socket.display()))?;
+            // Like init's control socket: root and the wheel group (core is in it).
+            if !config.socket_group.is_empty() {
+                let gid = template::lookup_group(&config.socket_group);
+                match gid.map(|gid| std::os::unix::fs::chown(&config.socket, None, Some(gid))) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => eprintln!("basalt-store: cannot give {} to group {}: {e}", config.socket.display(), config.socket_group),
+                    None => eprintln!("basalt-store: no group {:?}: {} is for root only", config.socket_group, config.socket.display()),
+                }
+            }
             eprintln!("basalt-store: listening on unix:{}", config.socket.display());
             tokio::spawn(server::serve_unix(listener, app.clone()));
         }
         if config.templates_dir.is_dir() {
-            let templates = template::load_dir(&config.templates_dir)
-                .with_context(|| format!("loading templates from {}", config.templates_dir.display()))?;
+            // A broken resource file is reported and skipped; the others run.
+            let (templates, errors) = template::load_dir(&config.templates_dir);
+            for e in &errors {
+                eprintln!("basalt-store: {e}; template skipped");
+            }
             eprintln!("basalt-store: {} template(s) from {}", templates.len(), config.templates_dir.display());
             let store = store.clone();
             std::thread::Builder::new()

@@ -14,6 +14,7 @@ use crate::timestamp::Timestamp;
 use crate::tree::{Change, NodeRecord, Tree};
 use crate::wal::Wal;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
@@ -63,8 +64,16 @@ impl Engine {
     /// Open (or create) the store in `data_dir`: rebuild the tree from redb
     /// and the log, and fold the log into redb.
     pub fn open(data_dir: &Path, history_capacity: usize) -> Result<(Engine, Tree), EngineError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| EngineError::DataDir { path: data_dir.to_path_buf(), source })?;
+        // Values may be secrets: the directory is the owner's alone (a
+        // directory that exists keeps the mode it was given).
+        let dir_error = |source| EngineError::DataDir { path: data_dir.to_path_buf(), source };
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(dir_error)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(data_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(dir_error(e)),
+            _ => {}
+        }
         let path = data_dir.join(DB_FILE);
         let db = Database::create(&path).map_err(|e| EngineError::Open { path: path.clone(), source: Box::new(e) })?;
         {
@@ -370,6 +379,15 @@ mod tests {
         tree.apply(&set("/t/child", "c"), now).unwrap();
         tree.apply(&Mutation::Update { key: "/t".into(), value: String::new(), expires: None, refresh: false }, now).unwrap();
         engine.commit(tree).unwrap();
+    }
+
+    #[test]
+    fn a_new_data_directory_is_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("var/lib/store");
+        drop(Engine::open(&data, 5).unwrap());
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl StoreProcess {
         let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--no-socket", "--templates-dir", "/nonexistent"])
+            .args(["--listen", "127.0.0.1:0", "--no-socket", "--templates-dir", "/nonexistent", "--seed-file", ""])
             .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,8 +1,8 @@
 //! The node's versioned key/value store: the etcd v2 keys API with its
 //! semantics (`tree`), kept durable by an embedded engine (`engine`), run by
 //! a writer thread with group commit (`service`), served over HTTP (`http`,
-//! `server`), with confd-style templates (`template`), a reboot lock
-//! (`reboot_lock`) and a client (`client`).
+//! `server`), seeded from cloud-config (`seed`), with confd-style templates
+//! (`template`), a reboot lock (`reboot_lock`) and a client (`client`).
 
 pub mod client;
 pub mod cluster;
@@ -17,6 +17,7 @@ pub mod history;
 pub mod http;
 pub mod reboot_lock;
 pub mod request;
+pub mod seed;
 pub mod server;
 pub mod service;
 pub mod template;

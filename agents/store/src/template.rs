@@ -327,22 +327,35 @@ fn lookup_in_by_id(uid: u32) -> Option<u32> {
     })
 }
 
-fn lookup_group(group: &str) -> Option<u32> {
+/// A group name from /etc/group, or a number.
+pub fn lookup_group(group: &str) -> Option<u32> {
     if let Ok(gid) = group.parse::<u32>() {
         return Some(gid);
     }
     lookup_in("/etc/group", group, 2).map(|(g, _)| g)
 }
 
-/// Every `*.toml` resource in `dir`, sorted by name.
-pub fn load_dir(dir: &Path) -> Result<Vec<Template>, TemplateError> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| TemplateError::Resource { path: dir.to_path_buf(), message: format!("cannot list: {e}") })?
+/// Every `*.toml` resource in `dir`, sorted by name: those that load, and
+/// the errors of those that do not (a directory that cannot be listed is
+/// one error).
+pub fn load_dir(dir: &Path) -> (Vec<Template>, Vec<TemplateError>) {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return (Vec::new(), vec![TemplateError::Resource { path: dir.to_path_buf(), message: format!("cannot list: {e}") }]),
+    };
+    let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     paths.sort();
-    paths.iter().map(|p| Template::load(p)).collect()
+    let (mut templates, mut errors) = (Vec::new(), Vec::new());
+    for p in &paths {
+        match Template::load(p) {
+            Ok(t) => templates.push(t),
+            Err(e) => errors.push(e),
+        }
+    }
+    (templates, errors)
 }
 
 fn apply_and_report(t: &Template, store: &Store) {

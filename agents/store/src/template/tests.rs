@@ -107,6 +107,22 @@ fn resource_errors_name_the_file() {
 }
 
 #[test]
+fn a_broken_resource_is_reported_and_the_others_load() {
+    let f = fixture();
+    let good = f.resource("good", "x\n", "");
+    let conf = good.src.parent().unwrap().to_path_buf();
+    fs::write(conf.join("bad.toml"), "[template]\nsrc = \"good.tmpl\"\n").unwrap();
+    fs::write(conf.join("notes.txt"), "not a resource").unwrap();
+    let (templates, errors) = load_dir(&conf);
+    assert_eq!(templates.iter().map(|t| t.dest.clone()).collect::<Vec<_>>(), [good.dest]);
+    assert_eq!(errors.len(), 1);
+    let e = errors[0].to_string();
+    assert!(e.contains("bad.toml") && e.contains("dest"), "{e}");
+    let (templates, errors) = load_dir(&f.dir.path().join("missing"));
+    assert!(templates.is_empty() && errors[0].to_string().contains("cannot list"));
+}
+
+#[test]
 fn runner_rerenders_when_watched_keys_change() {
     let f = fixture();
     set(&f.store, "/services/x", "1");
