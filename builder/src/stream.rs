@@ -1,78 +1,8 @@
-//! Readers that stack (coreos-installer's lesson): hashing, limiting and
-//! progress each live in one small adapter, so flashing and uploading compose
-//! them instead of mixing the concerns in one loop.
+//! Small pieces shared by flashing and uploading: reading a buffer full,
+//! spotting all-zero blocks, and a progress line with rate and ETA.
 
-use sha2::{Digest, Sha256};
 use std::io::{self, IsTerminal, Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Hashes every byte read through it. The digest is read through the
-/// [`HashHandle`], because the reader itself ends up deep inside other
-/// adapters (a decompressor) that do not give it back.
-pub struct HashingReader<R> {
-    inner: R,
-    state: Arc<Mutex<(Sha256, u64)>>,
-}
-
-#[derive(Clone)]
-pub struct HashHandle(Arc<Mutex<(Sha256, u64)>>);
-
-impl HashHandle {
-    /// The sha256 (lowercase hex) and byte count of everything read so far.
-    pub fn digest(&self) -> (String, u64) {
-        let state = self.0.lock().unwrap();
-        (basalt_verity::hex(&state.0.clone().finalize()), state.1)
-    }
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> (HashingReader<R>, HashHandle) {
-        let state = Arc::new(Mutex::new((Sha256::new(), 0)));
-        (HashingReader { inner, state: state.clone() }, HashHandle(state))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut state = self.state.lock().unwrap();
-        state.0.update(&buf[..n]);
-        state.1 += n as u64;
-        Ok(n)
-    }
-}
-
-/// Fails, instead of ending quietly, once more than `limit` bytes come
-/// through: an image larger than its target must never be cut short.
-pub struct LimitReader<R> {
-    inner: R,
-    left: u64,
-    limit: u64,
-}
-
-impl<R: Read> LimitReader<R> {
-    pub fn new(inner: R, limit: u64) -> LimitReader<R> {
-        LimitReader { inner, left: limit, limit }
-    }
-}
-
-impl<R: Read> Read for LimitReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            // One probe byte tells "exactly the limit" from "more than the limit".
-            let mut probe = [0u8; 1];
-            return match self.inner.read(&mut probe)? {
-                0 => Ok(0),
-                _ => Err(io::Error::other(format!("the image is larger than the target ({} bytes)", self.limit))),
-            };
-        }
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -167,23 +97,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashing_reader_hashes_what_passes_through() {
-        let (mut r, h) = HashingReader::new(&b"abc"[..]);
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
-        assert_eq!(h.digest(), ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".to_string(), 3));
-    }
-
-    #[test]
-    fn limit_reader_passes_exactly_the_limit_and_fails_beyond_it() {
-        let mut out = Vec::new();
-        LimitReader::new(&[1u8; 10][..], 10).read_to_end(&mut out).unwrap();
-        assert_eq!(out.len(), 10);
-        let err = LimitReader::new(&[1u8; 11][..], 10).read_to_end(&mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("larger than the target (10 bytes)"), "{err}");
-    }
 
     #[test]
     fn zero_detection_covers_unaligned_edges() {

@@ -4,9 +4,9 @@
 //! - refuse a mounted or busy target, one smaller than the image, and one
 //!   whose logical sectors are not the image's 512 bytes (its GPT would be
 //!   at the wrong place) — all before the first byte is written;
-//! - stream the source through stacked readers: hash (sha256 of the file as
-//!   stored) ⟶ decompress (zstd, detected by magic) ⟶ limit (never more than
-//!   the target holds);
+//! - stream the source through a pipeline of threads (`pipeline`): read ⟶
+//!   hash (sha256 of the file as stored) and, side by side, decompress (zstd,
+//!   detected by magic) ⟶ write; never more than the target holds;
 //! - wipe the old partition table first, hold the image's first MiB (its
 //!   GPT) back, write the rest, verify the sha256, and only then write the
 //!   first MiB and fsync. A flash that is interrupted at any point therefore
@@ -15,21 +15,23 @@
 //! - optionally keep a partition (e.g. OEM) of the old disk where the new
 //!   table has the same partition, and write a cloud-config into OEM.
 
+pub mod pipeline;
 pub mod source;
 pub mod target;
 
-use crate::stream::{is_zero, read_full, HashingReader, LimitReader, Progress};
+use crate::stream::{is_zero, Progress};
 use anyhow::{bail, Context, Result};
 use basalt_disk::{layout, Gpt};
-use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom, Write};
+use pipeline::{Piece, Pipeline, Pool, ZEROS};
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Instant;
 use target::{Target, TargetKind};
 
 const MIB: usize = 1 << 20;
-/// Write unit: large enough for full device throughput, small enough to pipeline.
-const CHUNK: usize = 4 * MIB;
+/// Runs of zeros are zeroed in requests of up to this much.
+const ZERO_BATCH: u64 = 256 << 20;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Test hook: the process SIGKILLs itself once this many bytes are written,
 /// standing in for a power cut or a killed flash.
@@ -59,11 +61,12 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport> {
         None => None,
     };
     let src = source::open(&opts.source)?;
-    let (hashing, hash) = HashingReader::new(src.reader);
-    let mut buffered = BufReader::with_capacity(MIB, hashing);
-    let peek = buffered.fill_buf().with_context(|| format!("reading {}", src.name))?;
-    let compressed = peek.starts_with(&ZSTD_MAGIC);
-    let image_size = if compressed { zstd::zstd_safe::get_frame_content_size(peek).ok().flatten() } else { src.len };
+    let name = src.name;
+    let pool = Pool::default();
+    let mut input = src.input;
+    let first = input.first_block(&pool).with_context(|| format!("reading {name}"))?;
+    let compressed = first.starts_with(&ZSTD_MAGIC);
+    let image_size = if compressed { zstd::zstd_safe::get_frame_content_size(&first).ok().flatten() } else { src.len };
 
     let target = Target::open(&opts.target)?;
     if target.logical_sector != 512 {
@@ -82,43 +85,56 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport> {
         bail!("{} is the image itself", target.path.display());
     }
 
-    let decoded: Box<dyn Read + Send> = if compressed { Box::new(zstd::Decoder::with_buffer(buffered)?) } else { Box::new(buffered) };
-    let mut limited = LimitReader::new(decoded, target.size);
+    let pipeline = Pipeline::start(input, first, compressed, pool);
+    // The image's first MiB (protective MBR, primary GPT): checked now,
+    // written last.
     let mut head = vec![0u8; MIB];
-    let n = read_full(&mut limited, &mut head).with_context(|| format!("reading {}", src.name))?;
-    if n < MIB {
-        bail!("{} is {n} bytes: too short to be a disk image", src.name);
+    let mut early = Vec::new();
+    let mut got = 0u64;
+    while got < MIB as u64 {
+        let Ok(piece) = pipeline.pieces.recv() else { break };
+        if let Piece::Data(b) = &piece {
+            let n = b.len().min(MIB - got as usize);
+            head[got as usize..got as usize + n].copy_from_slice(&b[..n]);
+        }
+        got += piece.len();
+        early.push(piece);
     }
-    let image_gpt = Gpt::read(&mut Cursor::new(&head)).with_context(|| format!("{} is not a raw disk image (no GPT in its first MiB)", src.name))?;
+    if got < MIB as u64 {
+        pipeline.finish().with_context(|| format!("reading {name}"))?;
+        bail!("{name} is {got} bytes: too short to be a disk image");
+    }
+    let image_gpt = Gpt::read(&mut Cursor::new(&head)).with_context(|| format!("{name} is not a raw disk image (no GPT in its first MiB)"))?;
     let keep = kept_ranges(&image_gpt, &target, &opts.keep_partitions)?;
     if cloud_config.is_some() && image_gpt.partition(layout::OEM).is_none() {
-        bail!("{} has no OEM partition to write the cloud-config into", src.name);
+        bail!("{name} has no OEM partition to write the cloud-config into");
     }
 
-    let mut target = target;
-    let written = std::cell::Cell::new(0u64);
-    let result = (|| -> Result<String> {
+    let kill_after: Option<u64> = std::env::var(KILL_AFTER_ENV).ok().and_then(|v| v.parse().ok());
+    let result = (|| -> Result<(String, u64)> {
         // No table while the disk holds a mix of old and new data.
         wipe_table(&target)?;
-        let kill_after: Option<u64> = std::env::var(KILL_AFTER_ENV).ok().and_then(|v| v.parse().ok());
+        let mut skip = vec![(0, MIB as u64)];
+        skip.extend(keep);
+        let mut writer = Writer { target: &target, direct: target.open_direct(), skip, zeros: None, written: 0, kill_after };
         let mut progress = Progress::new("flash", image_size);
-        progress.advance(MIB as u64);
-        let total = stream_rest(limited, &target, &keep, MIB as u64, &mut progress, |bytes| {
-            written.set(written.get() + bytes);
-            if kill_after.is_some_and(|k| written.get() >= k) {
-                // SAFETY: sending ourselves SIGKILL; nothing runs after it.
-                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-            }
-        })?;
+        let mut pos = 0;
+        let rest = std::iter::from_fn(|| pipeline.pieces.recv().ok());
+        for piece in early.into_iter().chain(rest) {
+            writer.write(pos, &piece).with_context(|| format!("writing {}", target.path.display()))?;
+            pos += piece.len();
+            progress.advance(piece.len());
+        }
+        writer.flush_zeros().with_context(|| format!("writing {}", target.path.display()))?;
+        let (actual, _) = pipeline.finish().with_context(|| format!("reading {name}"))?;
         progress.finish();
         if let Some(size) = image_size {
-            if total != size {
-                bail!("the image ended after {total} bytes, {size} were announced");
+            if pos != size {
+                bail!("the image ended after {pos} bytes, {size} were announced");
             }
         }
-        let (actual, _) = hash.digest();
         if actual != expected {
-            bail!("sha256 mismatch: {} has {actual}, expected {expected}; the download is corrupt or the checksum belongs to another image", src.name);
+            bail!("sha256 mismatch: {name} has {actual}, expected {expected}; the download is corrupt or the checksum belongs to another image");
         }
         target.file.sync_all()?;
         if let Some(text) = &cloud_config {
@@ -129,14 +145,12 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport> {
         // The image is complete and verified: now it may become bootable.
         target.file.write_all_at(&head, 0)?;
         target.file.sync_all()?;
-        written.set(written.get() + MIB as u64);
-        Ok(actual)
+        Ok((actual, pos))
     })();
     match result {
-        Ok(sha256) => {
+        Ok((sha256, image_bytes)) => {
             target.reread_partitions();
-            let _ = target.file.flush();
-            Ok(FlashReport { image_bytes: image_size.unwrap_or(0).max(written.get()), sha256, seconds: started.elapsed().as_secs_f64() })
+            Ok(FlashReport { image_bytes, sha256, seconds: started.elapsed().as_secs_f64() })
         }
         Err(e) => {
             let wiped = wipe_table(&target);
@@ -151,7 +165,7 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport> {
 
 /// Zeroes the first and the last MiB (primary and backup GPT) and syncs.
 fn wipe_table(target: &Target) -> Result<()> {
-    let zeros = vec![0u8; MIB];
+    let zeros = &ZEROS.0[..MIB];
     let first = (MIB as u64).min(target.size);
     target.file.write_all_at(&zeros[..first as usize], 0)?;
     let last_start = target.size.saturating_sub(MIB as u64).max(first);
@@ -160,93 +174,120 @@ fn wipe_table(target: &Target) -> Result<()> {
     Ok(())
 }
 
-/// Reads the rest of the image in chunks on one thread (hashing and
-/// decompressing) and writes them on this one, so neither waits for the other.
-fn stream_rest(
-    mut reader: impl Read + Send,
-    target: &Target,
-    keep: &[(u64, u64)],
-    mut pos: u64,
-    progress: &mut Progress,
-    mut on_written: impl FnMut(u64),
-) -> Result<u64> {
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..6 {
-        empty_tx.send(vec![0u8; CHUNK]).unwrap();
-    }
-    std::thread::scope(|s| {
-        let producer = s.spawn(move || -> Result<()> {
-            while let Ok(mut buf) = empty_rx.recv() {
-                buf.resize(CHUNK, 0);
-                let n = read_full(&mut reader, &mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.truncate(n);
-                if full_tx.send(buf).is_err() {
-                    return Ok(());
-                }
-            }
-            Ok(())
-        });
-        let mut write_result = Ok(());
-        for buf in full_rx.iter() {
-            if let Err(e) = write_chunk(target, keep, pos, &buf) {
-                write_result = Err(e);
-                break;
-            }
-            pos += buf.len() as u64;
-            progress.advance(buf.len() as u64);
-            on_written(buf.len() as u64);
-            let _ = empty_tx.send(buf);
-        }
-        drop(empty_tx);
-        drop(full_rx);
-        let read_result = producer.join().expect("reader thread panicked");
-        read_result.context("reading the image")?;
-        write_result.with_context(|| format!("writing {}", target.path.display()))?;
-        Ok(pos)
-    })
+/// Puts image pieces at their place on the target. Data goes through
+/// O_DIRECT where the target takes it (no copy into the page cache, so the
+/// final fsync has little left to do); runs of zeros, from the source's
+/// holes or found in its data, become zeroing requests (`Target::zero_range`)
+/// of up to ZERO_BATCH, so every byte of the target ends up as the image has
+/// it without the zeros being copied through memory.
+struct Writer<'a> {
+    target: &'a Target,
+    direct: Option<std::fs::File>,
+    /// Ranges left alone: the held-back first MiB and kept partitions.
+    skip: Vec<(u64, u64)>,
+    /// Zeros not yet written: (offset, length), grown while runs follow each other.
+    zeros: Option<(u64, u64)>,
+    written: u64,
+    kill_after: Option<u64>,
 }
 
-/// Writes one chunk at `pos`, leaving kept partitions alone. A file target
-/// gets holes where the image has zeros (same content, no wasted writes); a
-/// block device gets every byte, since its old contents must be overwritten.
-fn write_chunk(target: &Target, keep: &[(u64, u64)], pos: u64, buf: &[u8]) -> std::io::Result<()> {
-    let end = pos + buf.len() as u64;
-    let mut at = pos;
+impl Writer<'_> {
+    fn write(&mut self, pos: u64, piece: &Piece) -> Result<()> {
+        let end = pos + piece.len();
+        if end > self.target.size {
+            bail!("the image is larger than the target ({} bytes)", self.target.size);
+        }
+        for (a, b) in unskipped(&self.skip, pos, end) {
+            match piece {
+                Piece::Zeros(_) => self.zeros(a, b - a)?,
+                Piece::Data(block) => {
+                    let bytes = &block[(a - pos) as usize..(b - pos) as usize];
+                    if is_zero(bytes) {
+                        self.zeros(a, b - a)?;
+                    } else {
+                        self.flush_zeros()?;
+                        self.data(a, bytes)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn zeros(&mut self, at: u64, len: u64) -> Result<()> {
+        if let Some((s, l)) = &mut self.zeros {
+            if *s + *l == at && *l + len <= ZERO_BATCH {
+                *l += len;
+                return Ok(());
+            }
+        }
+        self.flush_zeros()?;
+        self.zeros = Some((at, len));
+        Ok(())
+    }
+
+    fn flush_zeros(&mut self) -> Result<()> {
+        let Some((at, len)) = self.zeros.take() else { return Ok(()) };
+        if self.target.zero_range(at, len) {
+            self.count(len);
+        } else {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(ZEROS.0.len() as u64);
+                self.data(at + done, &ZEROS.0[..n as usize])?;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, at: u64, bytes: &[u8]) -> Result<()> {
+        let sector = self.target.logical_sector as u64;
+        let aligned = at.is_multiple_of(sector) && (bytes.len() as u64).is_multiple_of(sector) && (bytes.as_ptr() as u64).is_multiple_of(sector);
+        match &self.direct {
+            Some(d) if aligned => match d.write_all_at(bytes, at) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // The device (or its driver) does not do O_DIRECT after all.
+                    self.direct = None;
+                    self.target.file.write_all_at(bytes, at)?;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ => self.target.file.write_all_at(bytes, at)?,
+        }
+        self.count(bytes.len() as u64);
+        Ok(())
+    }
+
+    fn count(&mut self, bytes: u64) {
+        self.written += bytes;
+        if self.kill_after.is_some_and(|k| self.written >= k) {
+            // SAFETY: sending ourselves SIGKILL; nothing runs after it.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }
+}
+
+/// The parts of [start, end) outside every `skip` range, in order.
+fn unskipped(skip: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
     while at < end {
-        // The next kept range that overlaps [at, end).
-        let next_keep = keep.iter().filter(|(s, e)| *e > at && *s < end).min_by_key(|(s, _)| *s);
-        let (write_end, skip_to) = match next_keep {
-            Some(&(s, e)) if s <= at => (at, e.min(end)),
-            Some(&(s, e)) => (s, e.min(end)),
-            None => (end, end),
-        };
-        if write_end > at {
-            let piece = &buf[(at - pos) as usize..(write_end - pos) as usize];
-            if target.kind == TargetKind::File && is_zero(piece) {
-                punch_hole(&target.file, at, piece.len() as u64)?;
-            } else {
-                target.file.write_all_at(piece, at)?;
+        // The next skipped range that overlaps [at, end).
+        match skip.iter().filter(|(s, e)| *e > at && *s < end).min_by_key(|(s, _)| *s) {
+            Some(&(s, e)) if s <= at => at = e.min(end),
+            Some(&(s, e)) => {
+                out.push((at, s));
+                at = e.min(end);
+            }
+            None => {
+                out.push((at, end));
+                at = end;
             }
         }
-        at = skip_to.max(write_end);
     }
-    Ok(())
-}
-
-fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: fallocate on an open descriptor; no memory is passed.
-    let r = unsafe {
-        libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(file), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as i64, len as i64)
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    // A filesystem without hole punching gets the zeros written.
-    file.write_all_at(&vec![0u8; len as usize], offset)
+    out
 }
 
 /// Byte ranges of the old disk to leave as they are: each named partition
@@ -366,24 +407,50 @@ mod tests {
     }
 
     #[test]
-    fn kept_ranges_are_not_written() {
-        let (_d, t) = file_target(64);
-        t.file.write_all_at(&[7u8; 64], 0).unwrap();
-        write_chunk(&t, &[(8, 16), (40, 48)], 0, &[1u8; 64]).unwrap();
-        let mut back = vec![0u8; 64];
-        t.file.read_exact_at(&mut back, 0).unwrap();
-        let expect: Vec<u8> = (0..64).map(|i| if (8..16).contains(&i) || (40..48).contains(&i) { 7 } else { 1 }).collect();
-        assert_eq!(back, expect);
+    fn skipped_ranges_are_cut_out() {
+        assert_eq!(unskipped(&[(8, 16), (40, 48)], 0, 64), [(0, 8), (16, 40), (48, 64)]);
+        assert_eq!(unskipped(&[(0, 16)], 0, 64), [(16, 64)]);
+        assert_eq!(unskipped(&[(0, 16)], 4, 12), []);
+        assert_eq!(unskipped(&[(60, 100)], 0, 64), [(0, 60)]);
+        assert_eq!(unskipped(&[], 5, 9), [(5, 9)]);
+    }
+
+    fn data_piece(bytes: &[u8]) -> Piece {
+        let pool = Pool::default();
+        let mut input = pipeline::Input::Stream(Box::new(std::io::Cursor::new(bytes.to_vec())));
+        Piece::Data(std::sync::Arc::new(input.first_block(&pool).unwrap()))
+    }
+
+    fn writer(t: &Target, skip: Vec<(u64, u64)>) -> Writer<'_> {
+        Writer { target: t, direct: t.open_direct(), skip, zeros: None, written: 0, kill_after: None }
     }
 
     #[test]
-    fn zero_chunks_of_a_file_target_read_back_as_zeros() {
-        let (_d, t) = file_target(2 * CHUNK as u64);
-        t.file.write_all_at(&vec![9u8; 2 * CHUNK], 0).unwrap();
-        write_chunk(&t, &[], 0, &vec![0u8; CHUNK]).unwrap();
-        let mut back = vec![1u8; CHUNK];
+    fn skipped_ranges_are_not_written_and_zeros_become_holes() {
+        let (_d, t) = file_target(64 << 10);
+        t.file.write_all_at(&[7u8; 64 << 10], 0).unwrap();
+        let mut w = writer(&t, vec![(8 << 10, 16 << 10)]);
+        w.write(0, &data_piece(&[1u8; 32 << 10])).unwrap();
+        w.write(32 << 10, &Piece::Zeros(16 << 10)).unwrap();
+        w.write(48 << 10, &data_piece(&[0u8; 16 << 10])).unwrap();
+        w.flush_zeros().unwrap();
+        let mut back = vec![0u8; 64 << 10];
         t.file.read_exact_at(&mut back, 0).unwrap();
-        assert!(is_zero(&back));
+        let expect: Vec<u8> = (0..64 << 10).map(|i| if (8 << 10..16 << 10).contains(&i) { 7 } else if i < 32 << 10 { 1 } else { 0 }).collect();
+        assert!(back == expect, "target content differs");
+        // The last 32 KiB of zeros were punched out, not written.
+        use std::os::unix::fs::MetadataExt;
+        let blocks = t.file.metadata().unwrap().blocks();
+        assert!(blocks * 512 <= 32 << 10, "{blocks} blocks allocated");
+    }
+
+    #[test]
+    fn an_image_longer_than_the_target_is_refused_before_writing_past_it() {
+        let (_d, t) = file_target(8 << 10);
+        let mut w = writer(&t, vec![]);
+        let err = w.write(0, &data_piece(&[1u8; 12 << 10])).unwrap_err();
+        assert!(err.to_string().contains("larger than the target (8192 bytes)"), "{err}");
+        assert_eq!(t.file.metadata().unwrap().len(), 8 << 10);
     }
 
     #[test]

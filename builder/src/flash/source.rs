@@ -1,13 +1,13 @@
 //! Where an image comes from: a local file or an http(s) URL, plain or
 //! zstd-compressed, and the sha256 it must have.
 
+use super::pipeline::Input;
 use anyhow::{bail, Context, Result};
-use std::io::Read;
 use std::path::Path;
 
 pub struct Source {
     pub name: String,
-    pub reader: Box<dyn Read + Send>,
+    pub input: Input,
     /// Length of the (possibly compressed) stream, when known.
     pub len: Option<u64>,
 }
@@ -20,11 +20,16 @@ pub fn open(source: &str) -> Result<Source> {
     if is_url(source) {
         let resp = ureq::get(source).call().with_context(|| format!("downloading {source}"))?;
         let len = resp.body().content_length();
-        Ok(Source { name: source.to_string(), reader: Box::new(resp.into_body().into_reader()), len })
+        Ok(Source { name: source.to_string(), input: Input::Stream(Box::new(resp.into_body().into_reader())), len })
     } else {
         let f = std::fs::File::open(source).with_context(|| format!("opening image {source}"))?;
-        let len = f.metadata()?.len();
-        Ok(Source { name: source.to_string(), reader: Box::new(f), len: Some(len) })
+        let meta = f.metadata()?;
+        if meta.is_file() {
+            Ok(Source { name: source.to_string(), input: Input::File(f, meta.len()), len: Some(meta.len()) })
+        } else {
+            // A pipe or a device: read in order, of unknown length.
+            Ok(Source { name: source.to_string(), input: Input::Stream(Box::new(f)), len: None })
+        }
     }
 }
 
@@ -55,7 +60,7 @@ fn file_name(source: &str) -> &str {
 fn parse_sums_file(path: &str, text: &str, image_name: &str) -> Result<String> {
     let line = text.lines().find(|l| !l.trim().is_empty()).with_context(|| format!("{path} is empty"))?;
     let mut words = line.split_whitespace();
-    let hex = parse_hex(words.next().unwrap_or("")).with_context(|| format!("{path}"))?;
+    let hex = parse_hex(words.next().unwrap_or("")).with_context(|| path.to_string())?;
     if let Some(name) = words.next() {
         let name = name.trim_start_matches('*');
         if Path::new(name).file_name().and_then(|n| n.to_str()) != Some(image_name) {

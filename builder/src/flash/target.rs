@@ -27,6 +27,7 @@ pub struct Target {
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKRRPART: libc::c_ulong = 0x125f;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
 
 impl Target {
     pub fn open(path: &Path) -> Result<Target> {
@@ -66,6 +67,43 @@ impl Target {
             Ok(Target { path: path.to_owned(), file, kind: TargetKind::File, size: meta.len(), logical_sector: 512 })
         } else {
             bail!("{} is neither a block device nor a regular file", path.display());
+        }
+    }
+
+    /// A second descriptor of a block device, opened with O_DIRECT: large
+    /// aligned writes through it go straight to the device instead of being
+    /// copied into the page cache first. None for files, or where the device
+    /// refuses O_DIRECT.
+    pub fn open_direct(&self) -> Option<File> {
+        if self.kind != TargetKind::BlockDevice {
+            return None;
+        }
+        // Through /proc/self/fd: the very device already opened (and held
+        // with O_EXCL), whatever the path points at by now.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC).open(format!("/proc/self/fd/{fd}")).ok()
+    }
+
+    /// Zeroes `len` bytes at `offset` without sending zeros: BLKZEROOUT on a
+    /// block device (the device zeroes, or the kernel writes its zero page),
+    /// a punched hole in a file. False where neither is possible; the caller
+    /// then writes zeros.
+    pub fn zero_range(&self, offset: u64, len: u64) -> bool {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        match self.kind {
+            TargetKind::BlockDevice => {
+                let sector = self.logical_sector as u64;
+                if !offset.is_multiple_of(sector) || !len.is_multiple_of(sector) {
+                    return false;
+                }
+                let range: [u64; 2] = [offset, len];
+                // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer.
+                unsafe { libc::ioctl(fd, BLKZEROOUT, &range) == 0 }
+            }
+            TargetKind::File => {
+                // SAFETY: fallocate on an open descriptor; no memory is passed.
+                unsafe { libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as i64, len as i64) == 0 }
+            }
         }
     }
 
