@@ -1,5 +1,6 @@
-//! `basalt flash` as a user runs it, onto files standing in for disks and
-//! onto loop block devices: the flashed disk boots; an interrupted flash
+//! `basalt flash` as a user runs it, from files and from a URL, onto files
+//! standing in for disks, loop block devices and (where the machine has the
+//! nbd module) a qemu-nbd device: the flashed disk boots; an interrupted flash
 //! leaves a disk the firmware refuses; a corrupted source or a too-small,
 //! mounted, busy or 4K-sector target is refused, and the refusals happen
 //! before the image's first MiB (its partition table) reaches the target.
@@ -102,8 +103,19 @@ fn a_flashed_disk_boots_with_its_cloud_config_and_keeps_oem_on_reflash() {
     cmp(0, oem.offset_bytes());
     cmp(oem.offset_bytes() + oem.size_bytes(), image_bytes);
 
-    let (which, console) = boot_outcome("flashed_disk", &disk);
-    assert_eq!(which, 0, "the flashed disk did not boot:\n{console}");
+    // It boots; first boot moves the backup GPT from where the image ended to
+    // the end of this larger disk, after which sgdisk finds nothing wrong.
+    let mut vm = Vm::boot("flashed_disk", &disk).unwrap();
+    vm.wait_ready(BOOT).unwrap_or_else(|e| panic!("the flashed disk did not boot: {e:#}"));
+    vm.power_cut().unwrap();
+    let after = dir.path().join("after-first-boot.raw");
+    let o = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(vm.overlay_path()).arg(&after).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    drop(vm);
+    let o = Command::new("sgdisk").arg("-v").arg(&after).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("No problems found"), "sgdisk -v after first boot: {}", text(&o));
+    assert_eq!(image::gpt(&after).unwrap().backup_lba + 1, (image_bytes + 512 * MIB) / 512, "the backup GPT is at the end of the disk");
+    std::fs::remove_file(&after).unwrap();
 
     // Reflash the plain image keeping OEM: the cloud-config survives.
     let o = flash(&[s(&img), s(&disk), "--keep-partition", "OEM"], &[]);
@@ -177,6 +189,147 @@ fn a_too_small_target_is_refused_untouched() {
     std::fs::remove_file(dir.path().join("basalt.img.sha256")).unwrap();
     let o = flash(&[s(&img), s(&disk)], &[]);
     assert!(!o.status.success() && text(&o).contains("--sha256"), "{}", text(&o));
+}
+
+/// Serves the files of `dir` over HTTP on a loopback port (GET, one request
+/// per connection); returns the base URL.
+fn serve(dir: &Path) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let dir = dir.clone();
+            std::thread::spawn(move || answer(conn, &dir));
+        }
+    });
+    base
+}
+
+fn answer(mut conn: std::net::TcpStream, dir: &Path) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut reader = std::io::BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? <= 2 {
+            break;
+        }
+    }
+    let name = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+    match File::open(dir.join(&name)) {
+        Ok(mut f) if !name.is_empty() && !name.contains("..") => {
+            write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", f.metadata()?.len())?;
+            std::io::copy(&mut f, &mut conn)?;
+        }
+        _ => write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?,
+    }
+    Ok(())
+}
+
+#[test]
+fn a_download_is_flashed_from_a_url_and_a_cut_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_copy(dir.path());
+    let image_bytes = std::fs::metadata(&img).unwrap().len();
+    let web = dir.path().join("web");
+    std::fs::create_dir(&web).unwrap();
+    let zst = web.join("basalt.img.zst");
+    let o = Command::new(basalt_bin()).arg("convert").arg(&img).args(["--format", "raw.zst", "-o"]).arg(&zst).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let base = serve(&web);
+
+    // The checksum comes from URL.sha256; the disk is the image byte for byte.
+    let disk = dir.path().join("disk.raw");
+    blank_disk(&disk, image_bytes);
+    let o = flash(&[&format!("{base}/basalt.img.zst"), s(&disk)], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("cmp").arg(&img).arg(&disk).output().unwrap();
+    assert!(o.status.success(), "disk differs from the image: {}", text(&o));
+
+    // A download cut short, served with the checksum of the whole file:
+    // refused, and the disk is left without a partition table.
+    let packed = std::fs::read(&zst).unwrap();
+    std::fs::write(web.join("cut.img.zst"), &packed[..packed.len() / 2]).unwrap();
+    let sum = std::fs::read_to_string(web.join("basalt.img.zst.sha256")).unwrap().replace("basalt.img.zst", "cut.img.zst");
+    std::fs::write(web.join("cut.img.zst.sha256"), sum).unwrap();
+    let o = flash(&[&format!("{base}/cut.img.zst"), s(&disk)], &[]);
+    assert!(!o.status.success() && text(&o).contains("partition table was wiped"), "{}", text(&o));
+    assert_no_partition_table(&disk);
+
+    // No checksum published: nothing is written.
+    File::options().write(true).open(&disk).unwrap().write_all_at(&[0xa5; 4096], 0).unwrap();
+    std::fs::remove_file(web.join("basalt.img.zst.sha256")).unwrap();
+    let o = flash(&[&format!("{base}/basalt.img.zst"), s(&disk)], &[]);
+    assert!(!o.status.success() && text(&o).contains("basalt.img.zst.sha256") && text(&o).contains("--sha256"), "{}", text(&o));
+    assert!(first_mib(&disk)[..4096].iter().all(|&b| b == 0xa5), "a refused flash must not touch the disk");
+}
+
+/// A free NBD device, or None (printed) where the machine has none: the nbd
+/// module is missing and cannot be loaded, or every device is in use.
+fn free_nbd_device() -> Option<String> {
+    if !Path::new("/sys/module/nbd").exists() {
+        match Command::new("modprobe").arg("nbd").output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!("SKIPPED: no nbd module on this machine (modprobe nbd: {})", text(&o).trim());
+                return None;
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: no nbd module on this machine, and modprobe cannot run: {e}");
+                return None;
+            }
+        }
+    }
+    for i in 0..16 {
+        let sys = format!("/sys/block/nbd{i}");
+        let unused = std::fs::read_to_string(format!("{sys}/size")).is_ok_and(|s| s.trim() == "0") && !Path::new(&format!("{sys}/pid")).exists();
+        if unused && Path::new(&format!("/dev/nbd{i}")).exists() {
+            return Some(format!("/dev/nbd{i}"));
+        }
+    }
+    eprintln!("SKIPPED: the nbd module is loaded but no /dev/nbdN is free");
+    None
+}
+
+/// A qemu-nbd connection, disconnected (and flushed) when dropped.
+struct Nbd(String);
+
+impl Drop for Nbd {
+    fn drop(&mut self) {
+        let _ = Command::new("qemu-nbd").arg("--disconnect").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn an_nbd_device_made_by_qemu_nbd_is_flashed_and_boots() {
+    let Some(dev) = free_nbd_device() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_copy(dir.path());
+    let image_bytes = std::fs::metadata(&img).unwrap().len();
+    let disk = dir.path().join("disk.qcow2");
+    let o = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg((image_bytes + 256 * MIB).to_string()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("qemu-nbd").args(["--format", "qcow2", "--connect", &dev]).arg(&disk).output().unwrap();
+    assert!(o.status.success(), "qemu-nbd --connect: {}", text(&o));
+    let nbd = Nbd(dev.clone());
+    let size = format!("/sys/block/{}/size", dev.trim_start_matches("/dev/"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&size).map_or(true, |s| s.trim() == "0") {
+        assert!(std::time::Instant::now() < deadline, "{dev} never got a size");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let o = flash(&[s(&img), &dev], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new("cmp").arg(format!("--bytes={image_bytes}")).arg(&img).arg(&dev).output().unwrap();
+    assert!(o.status.success(), "{dev} differs from the image: {}", text(&o));
+    drop(nbd);
+
+    let mut vm = Vm::boot_with("nbd_flashed", &disk, |c| c.disk_format = "qcow2".to_string()).unwrap();
+    vm.wait_ready(BOOT).unwrap_or_else(|e| panic!("the disk flashed through NBD did not boot: {e:#}"));
+    vm.power_cut().unwrap();
 }
 
 /// A loop device over a file, detached when dropped.
