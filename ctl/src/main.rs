@@ -2,6 +2,8 @@
 //! to init over its control socket and reads service logs from
 //! /var/log/basalt. Later agents add their own verbs here.
 
+mod store;
+
 use basalt_control::{call, Request, Status, LOG_DIR};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -12,7 +14,8 @@ const USAGE: &str = "usage: basaltctl <command>
   logs NAME [-f]      a service's output (-f: keep following)
   start|stop|restart NAME
   reload              re-read unit files, start newly enabled units
-  reboot | poweroff";
+  reboot | poweroff
+  store ...           the node's key/value store:";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,12 +30,13 @@ fn main() {
         ["reload"] => simple(Request::Reload),
         ["reboot"] => simple(Request::Reboot),
         ["poweroff"] => simple(Request::PowerOff),
+        ["store", rest @ ..] => store::run(rest),
         ["-h" | "--help" | "help"] => {
-            println!("{USAGE}");
+            println!("{USAGE}\n{}", store::USAGE);
             Ok(())
         }
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}\n{}", store::USAGE);
             std::process::exit(2);
         }
     };

@@ -4,13 +4,14 @@
 //! `server`), seeded from cloud-config (`seed`), with confd-style templates
 //! (`template`), a reboot lock (`reboot_lock`) and a client (`client`).
 
-pub mod client;
+// The wire format and the client live in their own small crate (basaltctl
+// uses it); here they keep their old paths.
+pub use basalt_store_client::{client, error, event, timestamp};
+
 pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod engine;
-pub mod error;
-pub mod event;
 pub mod form;
 pub mod harness;
 pub mod history;
@@ -21,7 +22,6 @@ pub mod seed;
 pub mod server;
 pub mod service;
 pub mod template;
-pub mod timestamp;
 pub mod tree;
 pub mod wal;
 
