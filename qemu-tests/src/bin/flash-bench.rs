@@ -5,11 +5,13 @@
 //!
 //! Fairness: dd and flash take turns (dd first in even rounds, flash first in
 //! odd ones), median of 3 each, and every timed run starts from the same
-//! target: the loop device's backing file emptied (hole-punched) and the
-//! device's page cache dropped, so no run inherits blocks allocated or pages
-//! cached by the one before. Both read the same image, whose data is in the
-//! page cache for both after the first round. flash also verifies the sha256
-//! of all of it; dd checks nothing.
+//! target: the loop device's backing file emptied (hole-punched) and
+//! preallocated again (`fallocate`: every block allocated, none written, as
+//! on a physical disk no write has to allocate), and the device's page cache
+//! dropped, so no run inherits written blocks or cached pages from the one
+//! before. Both read the same image, whose data is in the page cache for both
+//! after the first round. flash also verifies the sha256 of all of it; dd
+//! checks nothing.
 //!
 //! Needs root (losetup), util-linux (fallocate, blockdev), `moto_server` (PyPI
 //! moto[server]), BASALT_BIN and BASALT_IMAGE (default out/basalt.img).
@@ -61,7 +63,10 @@ fn main() -> anyhow::Result<()> {
     let zst_sha = std::fs::read_to_string(format!("{}.sha256", zst.display()))?.split_whitespace().next().unwrap_or("").to_string();
     let zst_mib = std::fs::metadata(&zst)?.len() as f64 / 1048576.0;
     let fresh = || -> anyhow::Result<()> {
+        // Empty, then every block allocated again (unwritten): like a
+        // physical disk, no write has to allocate, and nothing is cached.
         run(Command::new("fallocate").args(["--punch-hole", "--offset", "0", "--length", &bytes.to_string()]).arg(&backing))?;
+        run(Command::new("fallocate").args(["--offset", "0", "--length", &bytes.to_string()]).arg(&backing))?;
         run(Command::new("blockdev").arg("--flushbufs").arg(&dev.0))?;
         Ok(())
     };
