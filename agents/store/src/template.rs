@@ -376,10 +376,13 @@ pub fn run(store: Store, templates: Vec<Template>) {
             return;
         }
     };
+    // The index is taken before rendering: a write that lands while the
+    // templates render is then still watched for (and maybe rendered twice),
+    // never missed.
+    let mut next = store.index() + 1;
     for t in &templates {
         apply_and_report(t, &store);
     }
-    let mut next = store.index() + 1;
     loop {
         let watched = runtime.block_on(async {
             let mut w = store.watch("/", true, next)?;
@@ -401,10 +404,10 @@ pub fn run(store: Store, templates: Vec<Template>) {
             }
             Err(e) if e.code == ErrorCode::EventIndexCleared => {
                 // Fell behind the kept history: render everything again.
+                next = store.index() + 1;
                 for t in &templates {
                     apply_and_report(t, &store);
                 }
-                next = store.index() + 1;
             }
             Err(e) => {
                 eprintln!("basalt-store: templates: watch failed: {e}");
