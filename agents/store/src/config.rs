@@ -4,7 +4,12 @@
 //!
 //! ```toml
 //! data_dir = "/var/lib/basalt/store"     # on ROOT
-//! listen = ["127.0.0.1:2379"]            # loopback only
+//! listen = ["127.0.0.1:2379"]            # plain HTTP: loopback only
+//! # Beyond loopback only over TLS, with client certificates required:
+//! # listen = ["127.0.0.1:2379", "https://10.0.0.5:2379"]
+//! # tls_cert = "/etc/basalt/store/server.pem"      # chain, PEM
+//! # tls_key = "/etc/basalt/store/server-key.pem"
+//! # tls_client_ca = "/etc/basalt/store/client-ca.pem"
 //! socket = "/run/basalt/store.sock"      # "" for none
 //! socket_group = "wheel"                 # may use the socket, with root
 //! history = 1000                         # events kept for watches
@@ -37,6 +42,9 @@ pub struct Config {
     pub max_value_bytes: usize,
     pub templates_dir: PathBuf,
     pub seed_file: PathBuf,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub tls_client_ca: PathBuf,
     pub cluster: Vec<String>,
     pub cluster_prefix: String,
     pub cluster_snapshot_every: u64,
@@ -54,6 +62,9 @@ impl Default for Config {
             max_value_bytes: 1024 * 1024,
             templates_dir: "/etc/basalt/templates.d".into(),
             seed_file: crate::seed::DEFAULT_PATH.into(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_client_ca: PathBuf::new(),
             cluster: Vec::new(),
             cluster_prefix: "/basalt/store".into(),
             cluster_snapshot_every: crate::cluster::DEFAULT_SNAPSHOT_EVERY,
@@ -67,10 +78,12 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: listen address {addr:?} is not IP:PORT")]
+    #[error("{path}: listen address {addr:?} is not IP:PORT or https://IP:PORT")]
     BadAddress { path: PathBuf, addr: String },
-    #[error("{path}: listen address {addr} is not loopback; serving beyond this machine needs TLS client certificates, which this store does not offer yet: use 127.0.0.1 or [::1]")]
+    #[error("{path}: listen address {addr} is not loopback; beyond this machine the store serves only TLS with client certificates: write it as https://{addr} and set tls_cert, tls_key and tls_client_ca")]
     NotLoopback { path: PathBuf, addr: String },
+    #[error("{path}: listen address {addr} is TLS, which needs {missing} (client certificates are always required)")]
+    TlsMissing { path: PathBuf, addr: String, missing: String },
     #[error("{path}: cluster member {url:?} is not http://HOST:PORT (the cluster backend speaks plain HTTP to etcd)")]
     BadMember { path: PathBuf, url: String },
     #[error("{path}: cluster_prefix {prefix:?} must start with '/' and not end with one")]
@@ -79,7 +92,30 @@ pub enum ConfigError {
     Zero { path: PathBuf, field: &'static str },
 }
 
+/// One `listen` entry: `IP:PORT` (or `http://IP:PORT`), plain HTTP, or
+/// `https://IP:PORT`, TLS with client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Listen {
+    pub fn parse(text: &str) -> Option<Listen> {
+        let (rest, tls) = match text.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (text.strip_prefix("http://").unwrap_or(text), false),
+        };
+        Some(Listen { addr: rest.parse().ok()?, tls })
+    }
+}
+
 impl Config {
+    /// The `listen` entries, parsed (checked by `validate`).
+    pub fn listeners(&self) -> Vec<Listen> {
+        self.listen.iter().filter_map(|l| Listen::parse(l)).collect()
+    }
+
     /// Load `path`; a missing file is the defaults only when `optional`.
     pub fn load(path: &Path, optional: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
@@ -99,10 +135,17 @@ impl Config {
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         for addr in &self.listen {
-            let parsed: SocketAddr =
-                addr.parse().map_err(|_| ConfigError::BadAddress { path: path.into(), addr: addr.clone() })?;
-            if !parsed.ip().is_loopback() {
-                return Err(ConfigError::NotLoopback { path: path.into(), addr: addr.clone() });
+            let parsed = Listen::parse(addr).ok_or_else(|| ConfigError::BadAddress { path: path.into(), addr: addr.clone() })?;
+            if !parsed.tls && !parsed.addr.ip().is_loopback() {
+                return Err(ConfigError::NotLoopback { path: path.into(), addr: parsed.addr.to_string() });
+            }
+            let missing: Vec<&str> = [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key), ("tls_client_ca", &self.tls_client_ca)]
+                .into_iter()
+                .filter(|(_, p)| p.as_os_str().is_empty())
+                .map(|(name, _)| name)
+                .collect();
+            if parsed.tls && !missing.is_empty() {
+                return Err(ConfigError::TlsMissing { path: path.into(), addr: addr.clone(), missing: missing.join(", ") });
             }
         }
         for url in &self.cluster {
@@ -142,6 +185,14 @@ mod tests {
         let p = Path::new("/etc/basalt/store.toml");
         let e = Config::parse("listen = [\"0.0.0.0:2379\"]", p).unwrap_err().to_string();
         assert!(e.contains("/etc/basalt/store.toml") && e.contains("not loopback"), "{e}");
+        let e = Config::parse("listen = [\"https://0.0.0.0:2379\"]\ntls_cert = \"/c.pem\"", p).unwrap_err().to_string();
+        assert!(e.contains("https://0.0.0.0:2379 is TLS, which needs tls_key, tls_client_ca"), "{e}");
+        let e = Config::parse("listen = [\"http://10.0.0.5:2379\"]", p).unwrap_err().to_string();
+        assert!(e.contains("write it as https://10.0.0.5:2379"), "{e}");
+        let e = Config::parse("listen = [\"ftp://[::1]:1\"]", p).unwrap_err().to_string();
+        assert!(e.contains("\"ftp://[::1]:1\" is not IP:PORT or https://IP:PORT"), "{e}");
+        let c = Config::parse("listen = [\"127.0.0.1:2379\", \"https://0.0.0.0:2379\"]\ntls_cert = \"/c\"\ntls_key = \"/k\"\ntls_client_ca = \"/ca\"", p).unwrap();
+        assert_eq!(c.listeners(), [Listen { addr: "127.0.0.1:2379".parse().unwrap(), tls: false }, Listen { addr: "0.0.0.0:2379".parse().unwrap(), tls: true }]);
         let e = Config::parse("lisen = []", p).unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
         assert!(Config::parse("history = 0", p).is_err());

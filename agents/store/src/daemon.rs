@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::http::App;
 use crate::client::Endpoint;
 use crate::service::{Backend, Limits, Store};
-use crate::{seed, server, template};
+use crate::{seed, server, template, tls};
 use anyhow::{bail, Context, Result};
 use crate::config::DEFAULT_PATH;
 use std::path::PathBuf;
@@ -38,13 +38,16 @@ pub fn parse_args(args: Vec<String>) -> Result<Config> {
             "--no-socket" => config.socket = PathBuf::new(),
             "--templates-dir" => config.templates_dir = value("--templates-dir")?.into(),
             "--seed-file" => config.seed_file = value("--seed-file")?.into(),
+            "--tls-cert" => config.tls_cert = value("--tls-cert")?.into(),
+            "--tls-key" => config.tls_key = value("--tls-key")?.into(),
+            "--tls-client-ca" => config.tls_client_ca = value("--tls-client-ca")?.into(),
             "--cluster" => config.cluster = value("--cluster")?.split(',').map(str::to_string).collect(),
             "--cluster-prefix" => config.cluster_prefix = value("--cluster-prefix")?,
             "--cluster-snapshot-every" => {
                 config.cluster_snapshot_every = value("--cluster-snapshot-every")?.parse().context("--cluster-snapshot-every takes a number")?
             }
             "-h" | "--help" => {
-                println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]... [--socket PATH | --no-socket] [--templates-dir DIR] [--seed-file PATH] [--cluster URL,URL,... [--cluster-prefix PREFIX]]");
+                println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT|https://IP:PORT]... [--tls-cert PEM --tls-key PEM --tls-client-ca PEM] [--socket PATH | --no-socket] [--templates-dir DIR] [--seed-file PATH] [--cluster URL,URL,... [--cluster-prefix PREFIX]]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -58,6 +61,13 @@ pub fn parse_args(args: Vec<String>) -> Result<Config> {
 }
 
 pub fn run(config: Config) -> Result<()> {
+    // Certificates are checked before anything else happens.
+    let tls = if config.listeners().iter().any(|l| l.tls) {
+        let server = tls::server_config(&config.tls_cert, &config.tls_key, &config.tls_client_ca)?;
+        Some(tokio_rustls::TlsAcceptor::from(server))
+    } else {
+        None
+    };
     let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
     let store = if config.cluster.is_empty() {
         Store::open(&config.data_dir, limits, config.history)
@@ -93,16 +103,25 @@ pub fn run(config: Config) -> Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let mut tcp = Vec::new();
-        for addr in &config.listen {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-            tcp.push(listener);
+        for l in &config.listeners() {
+            let listener = tokio::net::TcpListener::bind(l.addr).await.with_context(|| format!("listening on {}", l.addr))?;
+            let scheme = if l.tls { "https" } else { "http" };
+            let url = format!("{scheme}://{}", listener.local_addr().context("the listener's address")?);
+            tcp.push((listener, l.tls, url));
         }
-        let client_urls: Vec<String> =
-            tcp.iter().filter_map(|l| l.local_addr().ok()).map(|a| format!("http://{a}")).collect();
-        let app = Arc::new(App { store: store.clone(), client_urls: client_urls.clone() });
-        for (listener, url) in tcp.into_iter().zip(&client_urls) {
-            eprintln!("basalt-store: listening on {url}");
-            tokio::spawn(server::serve_tcp(listener, app.clone()));
+        let client_urls: Vec<String> = tcp.iter().map(|(_, _, url)| url.clone()).collect();
+        let app = Arc::new(App { store: store.clone(), client_urls });
+        for (listener, is_tls, url) in tcp {
+            match (&tls, is_tls) {
+                (Some(acceptor), true) => {
+                    eprintln!("basalt-store: listening on {url} (client certificates from {})", config.tls_client_ca.display());
+                    tokio::spawn(server::serve_tls(listener, acceptor.clone(), app.clone()));
+                }
+                _ => {
+                    eprintln!("basalt-store: listening on {url}");
+                    tokio::spawn(server::serve_tcp(listener, app.clone()));
+                }
+            }
         }
         if !config.socket.as_os_str().is_empty() {
             let listener = server::bind_unix(&config.socket)

@@ -157,6 +157,8 @@ impl Drop for Etcd {
 pub struct StoreProcess {
     child: Child,
     pub endpoint: Endpoint,
+    /// `host:port` of its TLS listener, when given one (`--listen https://…`).
+    pub tls_endpoint: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -182,11 +184,15 @@ impl StoreProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();
         let mut endpoint = None;
+        let mut tls_endpoint = None;
         let mut seen = Vec::new();
         for line in lines.by_ref() {
             let Ok(line) = line else { break };
             if let Some(url) = line.strip_prefix("basalt-store: listening on http://") {
                 endpoint = Some(Endpoint::Tcp(url.to_string()));
+            }
+            if let Some(rest) = line.strip_prefix("basalt-store: listening on https://") {
+                tls_endpoint = rest.split_whitespace().next().map(str::to_string);
             }
             let ready = line.starts_with("basalt-store: ready");
             seen.push(line);
@@ -200,7 +206,7 @@ impl StoreProcess {
         };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        StoreProcess { child, endpoint, data_dir: data_dir.into() }
+        StoreProcess { child, endpoint, tls_endpoint, data_dir: data_dir.into() }
     }
 
     pub fn pid(&self) -> u32 {

@@ -22,6 +22,7 @@ pub mod seed;
 pub mod server;
 pub mod service;
 pub mod template;
+pub mod tls;
 pub mod tree;
 pub mod wal;
 

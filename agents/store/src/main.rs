@@ -1,7 +1,10 @@
 //! `basalt-store`: the node's key/value store service.
 //!
-//! Usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT]...
+//! Usage: basalt-store [--config PATH] [--data-dir DIR]
+//!                     [--listen IP:PORT | --listen https://IP:PORT]...
+//!                     [--tls-cert PEM --tls-key PEM --tls-client-ca PEM]
 //!                     [--socket PATH | --no-socket] [--templates-dir DIR]
+//!                     [--seed-file PATH] [--cluster URL,URL,...]
 
 use basalt_store::daemon;
 

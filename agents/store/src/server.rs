@@ -1,5 +1,6 @@
-//! Accept loops: HTTP/1.1 with keep-alive on TCP (loopback) and on a Unix
-//! socket, each connection served by hyper on the shared runtime.
+//! Accept loops: HTTP/1.1 with keep-alive on TCP (plain on loopback, TLS
+//! with client certificates anywhere) and on a Unix socket, each connection
+//! served by hyper on the shared runtime.
 
 use crate::http::{handle, App};
 use hyper::server::conn::http1;
@@ -22,6 +23,35 @@ pub async fn serve_tcp(listener: TcpListener, app: Arc<App>) {
         // Small request/response pairs: Nagle would add 40 ms to each.
         let _ = stream.set_nodelay(true);
         spawn_connection(stream, app.clone());
+    }
+}
+
+/// How long a TLS client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TLS: the handshake (client certificate required) on the connection's own
+/// task, then HTTP as on any other connection. A refused handshake is
+/// logged with the peer's address and the reason.
+pub async fn serve_tls(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: Arc<App>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("basalt-store: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => spawn_connection(tls, app),
+                Ok(Err(e)) => eprintln!("basalt-store: TLS from {peer} refused: {e}"),
+                Err(_) => eprintln!("basalt-store: TLS from {peer}: no handshake within {HANDSHAKE_TIMEOUT:?}"),
+            }
+        });
     }
 }
 
