@@ -82,10 +82,22 @@ enum Cmd {
         #[command(subcommand)]
         cloud: PublishCloud,
     },
+    /// Check a cloud-config (user data) file as the machine's cloud-config
+    /// agent would: each problem as FILE:LINE:COLUMN: error|warning: KEY: reason.
+    /// Exits 1 if anything would be rejected.
+    ValidateConfig {
+        file: PathBuf,
+        /// Print the problems as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot an image in QEMU with OVMF; the serial console is this terminal (Ctrl-A X quits).
     Run {
         #[arg(default_value = "out/basalt.img")]
         image: PathBuf,
+        /// Give the machine this user data (QEMU fw_cfg opt/org.basalt/user-data).
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
         /// Host port forwarded to the guest's ssh port.
         #[arg(long, default_value_t = 2222)]
         ssh_port: u16,
@@ -236,9 +248,27 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} ({})", output.display(), format.name());
             Ok(())
         }
-        Cmd::Run { image, ssh_port, memory_mib } => {
+        Cmd::ValidateConfig { file, json } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let report = basalt_cloud_config::validate(&bytes);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render(&file.display().to_string()));
+            }
+            if report.has_errors() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Run { image, user_data, ssh_port, memory_mib } => {
             let state = tempfile::Builder::new().prefix("basalt-run-").tempdir()?;
             let mut cfg = basalt_vm::VmConfig::new(&image, state.path());
+            if let Some(file) = user_data {
+                let report = basalt_cloud_config::validate(&std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
+                eprint!("{}", report.render(&file.display().to_string()));
+                cfg.fw_cfg.push((basalt_cloud_config::datasource::fw_cfg::USER_DATA_NAME.into(), std::fs::canonicalize(&file)?));
+            }
             cfg.ssh_port = ssh_port;
             cfg.memory_mib = memory_mib;
             cfg.prepare()?;

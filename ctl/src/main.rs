@@ -2,6 +2,7 @@
 //! to init over its control socket and reads service logs from
 //! /var/log/basalt. Later agents add their own verbs here.
 
+mod config;
 mod store;
 
 use basalt_control::{call, Request, Status, LOG_DIR};
@@ -15,6 +16,8 @@ const USAGE: &str = "usage: basaltctl <command>
   start|stop|restart NAME
   reload              re-read unit files, start newly enabled units
   reboot | poweroff
+  config validate FILE check user data: line and column of each problem
+  config show [--json] what cloud-config found, rejected and applied this boot
   store ...           the node's key/value store:";
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
         ["reload"] => simple(Request::Reload),
         ["reboot"] => simple(Request::Reboot),
         ["poweroff"] => simple(Request::PowerOff),
+        ["config", rest @ ..] => config::run(rest),
         ["store", rest @ ..] => store::run(rest),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}\n{}", store::USAGE);

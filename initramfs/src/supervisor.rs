@@ -10,7 +10,7 @@ use crate::logs::Logs;
 use crate::{bless, log, sys};
 use basalt_control::{Request, Status, UnitStatus};
 use basalt_unit::{Restart, ServiceType, Unit};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
@@ -82,6 +82,9 @@ struct Health {
 
 pub struct Supervisor {
     services: BTreeMap<String, Service>,
+    /// The units enabled when they were last looked at: a reload starts only
+    /// units enabled since, not ones the user stopped or that failed.
+    enabled: BTreeSet<String>,
     children: HashMap<i32, (String, Proc)>,
     pipes: HashMap<i32, (OwnedFd, String)>,
     logs: Logs,
@@ -135,6 +138,31 @@ fn read_unit_files() -> BTreeMap<String, (String, Vec<(String, String)>)> {
         *drop_ins = files.into_iter().map(|(f, t)| (format!("{name}.d/{f}"), t)).collect();
     }
     found
+}
+
+/// The unit `name` (queued) must wait for, if any: a unit it is ordered
+/// after (its After=, the other's Before=) that has not settled yet; and for
+/// a unit with default dependencies, any early unit (DefaultDependencies=no)
+/// still queued or starting, unless that early unit is ordered after it.
+/// This is how cloud-config runs before every other service, including units
+/// it writes itself, without each of them naming it.
+fn waiting_for(name: &str, services: &BTreeMap<String, Service>) -> Option<String> {
+    let u = services.get(name)?.unit.as_ref()?;
+    let unsettled = |other: &str| services.get(other).is_some_and(|o| !o.settled());
+    if let Some(after) = u.after.iter().find(|a| *a != name && unsettled(a)) {
+        return Some(after.clone());
+    }
+    for (other_name, other) in services {
+        let Some(ou) = &other.unit else { continue };
+        if other_name == name || other.settled() {
+            continue;
+        }
+        let early_first = u.default_dependencies && !ou.default_dependencies && !ou.after.iter().any(|a| a == name);
+        if ou.before.iter().any(|b| b == name) || early_first {
+            return Some(other_name.clone());
+        }
+    }
+    None
 }
 
 /// Units enabled for boot: links in multi-user.target.wants/, and built-in
@@ -222,6 +250,7 @@ impl Supervisor {
         let _ = std::fs::create_dir_all(REQUEST_DIR);
         Supervisor {
             services: BTreeMap::new(),
+            enabled: BTreeSet::new(),
             children: HashMap::new(),
             pipes: HashMap::new(),
             logs: Logs::default(),
@@ -261,12 +290,16 @@ impl Supervisor {
         }
     }
 
+    /// Starts the units enabled since the last call (at boot: all of them).
     pub fn start_enabled(&mut self) {
-        for name in enabled_units(&self.services) {
-            if let Err(e) = self.queue_start(&name) {
+        let enabled: BTreeSet<String> = enabled_units(&self.services).into_iter().collect();
+        let new: Vec<String> = enabled.difference(&self.enabled).cloned().collect();
+        for name in &new {
+            if let Err(e) = self.queue_start(name) {
                 log::error(&e);
             }
         }
+        self.enabled = enabled;
     }
 
     fn queue_start(&mut self, name: &str) -> Result<(), String> {
@@ -293,11 +326,7 @@ impl Supervisor {
                 .services
                 .iter()
                 .filter(|(_, s)| matches!(s.state, State::Queued))
-                .filter(|(name, s)| {
-                    let u = s.unit.as_ref().unwrap();
-                    let blocking = |other: &String| self.services.get(other).is_some_and(|o| !o.settled());
-                    !u.after.iter().any(blocking) && !self.services.iter().any(|(on, o)| o.unit.as_ref().is_some_and(|ou| ou.before.contains(name)) && !o.settled() && on != *name)
-                })
+                .filter(|(name, _)| waiting_for(name, &self.services).is_none())
                 .map(|(n, _)| n.clone())
                 .collect();
             if ready.is_empty() {
@@ -797,5 +826,49 @@ impl Supervisor {
                 self.drain_pipe(fd);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, unit_section: &str, state: State) -> (String, Service) {
+        let text = format!("[Unit]\n{unit_section}\n[Service]\nExecStart=/bin/true\n");
+        let unit = Unit::parse(name, &text, &[]).unwrap();
+        (name.to_string(), Service { unit: Some(unit), load_error: None, state, restarts: 0, failures_in_row: 0 })
+    }
+
+    #[test]
+    fn early_units_go_first_and_after_before_order_the_rest() {
+        let mut services: BTreeMap<String, Service> = [
+            service("cloud-config.service", "DefaultDependencies=no\nBefore=network.service", State::Activating { pid: 1 }),
+            service("network.service", "", State::Queued),
+            service("sshd.service", "After=network.service", State::Queued),
+            service("user.service", "", State::Queued),
+            service("other-early.service", "DefaultDependencies=no", State::Queued),
+            service("late-early.service", "DefaultDependencies=no\nAfter=user.service", State::Queued),
+        ]
+        .into_iter()
+        .collect();
+        let wait = |services: &BTreeMap<String, Service>, name: &str| waiting_for(name, services);
+        // Units with default dependencies, even ones cloud-config just wrote,
+        // wait for the early units; early units only for their own order.
+        assert_eq!(wait(&services, "network.service").as_deref(), Some("cloud-config.service"));
+        assert_eq!(wait(&services, "user.service").as_deref(), Some("cloud-config.service"));
+        assert_eq!(wait(&services, "sshd.service").as_deref(), Some("network.service"));
+        assert_eq!(wait(&services, "other-early.service"), None);
+        assert_eq!(wait(&services, "late-early.service").as_deref(), Some("user.service"));
+        services.get_mut("cloud-config.service").unwrap().state = State::Exited;
+        services.get_mut("other-early.service").unwrap().state = State::Failed { reason: "x".into() };
+        // An early unit ordered after a normal one does not hold that one
+        // back, but still goes before the others.
+        assert_eq!(wait(&services, "user.service"), None);
+        assert_eq!(wait(&services, "network.service").as_deref(), Some("late-early.service"));
+        services.get_mut("late-early.service").unwrap().state = State::Exited;
+        assert_eq!(wait(&services, "network.service"), None);
+        assert_eq!(wait(&services, "sshd.service").as_deref(), Some("network.service"));
+        services.get_mut("network.service").unwrap().state = State::Active { pid: 2, since: now() };
+        assert_eq!(wait(&services, "sshd.service"), None);
     }
 }

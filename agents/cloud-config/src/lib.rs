@@ -13,4 +13,5 @@ pub use report::{Problem, Report, Severity};
 pub use validate::{parse_user_data, validate, UserData};
 pub mod apply;
 pub mod metadata;
+pub mod status;
 pub mod supervisor;

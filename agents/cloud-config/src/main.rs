@@ -16,11 +16,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use basalt_cloud_config::apply::{Applier, ProcessRunner, Root, BOOT_STATE_DIR};
+use basalt_cloud_config::apply::{Applier, ProcessRunner, Root};
 use basalt_cloud_config::datasource::{self, Environment, Retry};
 use basalt_cloud_config::metadata::{self, Metadata};
 use basalt_cloud_config::supervisor::RequestDir;
-use basalt_cloud_config::{parse_user_data, Problem, Severity, UserData};
+use basalt_cloud_config::status::{Status, STATUS_FILE};
+use basalt_cloud_config::{parse_user_data, Problem, UserData};
 
 #[derive(Parser)]
 #[command(name = "basalt-cloud-config", about = "Find, check and apply this machine's user data")]
@@ -43,6 +44,10 @@ struct Cli {
     /// Attempts per network request while the network comes up.
     #[arg(long, default_value_t = 10, global = true)]
     retries: u32,
+    /// Never take a temporary DHCP lease for the network sources (`apply`
+    /// takes one when there is no default route yet; `show` never does).
+    #[arg(long, global = true)]
+    no_dhcp: bool,
     /// Use this file as the user data instead of looking for a datasource.
     #[arg(long, global = true)]
     user_data: Option<PathBuf>,
@@ -88,6 +93,7 @@ fn environment(cli: &Cli) -> Environment {
         cmdline: cli.cmdline.clone(),
         imds_url: cli.imds_url.clone(),
         retry: Retry { attempts: cli.retries, ..Retry::default() },
+        ephemeral_dhcp: !cli.no_dhcp && matches!(cli.command, None | Some(Command::Apply)),
     }
 }
 
@@ -99,18 +105,20 @@ struct Gathered {
     metadata: Metadata,
 }
 
-fn gather(cli: &Cli, file: Option<&PathBuf>) -> Result<Option<Gathered>> {
+/// The user data and what went wrong finding it (datasources that were
+/// there but failed); `None` when no source had anything.
+fn gather(cli: &Cli, file: Option<&PathBuf>) -> Result<(Option<Gathered>, Vec<String>)> {
     if let Some(file) = file.or(cli.user_data.as_ref()) {
         let raw = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let user_data = parse_user_data(&raw);
-        return Ok(Some(Gathered { source: format!("file {}", file.display()), raw, user_data, metadata: Metadata::default() }));
+        return Ok((Some(Gathered { source: format!("file {}", file.display()), raw, user_data, metadata: Metadata::default() }), Vec::new()));
     }
     let discovery = datasource::discover(&environment(cli));
-    for error in &discovery.errors {
-        eprintln!("cloud-config: datasource failed: {error}");
+    for note in &discovery.notes {
+        eprintln!("cloud-config: {note}");
     }
     if discovery.oem.is_none() && discovery.user.is_none() {
-        return Ok(None);
+        return Ok((None, discovery.errors));
     }
     let mut gathered = Gathered { source: String::new(), raw: Vec::new(), user_data: UserData::default(), metadata: Metadata::default() };
     let mut sources = Vec::new();
@@ -134,81 +142,60 @@ fn gather(cli: &Cli, file: Option<&PathBuf>) -> Result<Option<Gathered>> {
         gathered.raw.extend_from_slice(&raw);
     }
     gathered.source = sources.join(", ");
-    Ok(Some(gathered))
-}
-
-fn print_problems(prefix: &str, problems: &[Problem]) {
-    for problem in problems {
-        match problem.severity {
-            Severity::Error => eprintln!("{prefix}rejected: {problem}"),
-            Severity::Warning => eprintln!("{prefix}{problem}"),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Status<'a> {
-    source: &'a str,
-    instance_id: &'a str,
-    problems: &'a [Problem],
-    changes: &'a [String],
-    failures: &'a [String],
+    Ok((Some(gathered), discovery.errors))
 }
 
 fn apply(cli: &Cli) -> Result<ExitCode> {
     if !cli.root.is_dir() {
         bail!("the root {} is not a directory", cli.root.display());
     }
-    let Some(mut gathered) = gather(cli, None)? else {
-        eprintln!("cloud-config: no user data found (fw_cfg, kernel command line, NoCloud, config drive, EC2, OEM); nothing to do");
-        let status = Status { source: "none", instance_id: "", problems: &[], changes: &[], failures: &[] };
-        write_status(&Root::new(&cli.root), &status)?;
+    let root = Root::new(&cli.root);
+    let (gathered, datasource_errors) = gather(cli, None)?;
+    let Some(mut gathered) = gathered else {
+        let status = Status { source: "none".into(), datasource_errors, ..Status::default() };
+        log_lines(&status.lines());
+        keep(&root, &status);
         return Ok(ExitCode::SUCCESS);
     };
-    eprintln!("cloud-config: user data from {} ({} bytes)", gathered.source, gathered.raw.len());
-    print_problems("cloud-config: ", &gathered.user_data.report.problems);
     let instance_id = metadata::instance_id(&gathered.metadata, &gathered.raw);
     gathered.metadata.instance_id = Some(instance_id.clone());
+    let mut status = Status {
+        source: gathered.source.clone(),
+        bytes: gathered.raw.len(),
+        instance_id,
+        datasource_errors,
+        problems: gathered.user_data.report.problems.clone(),
+        changes: Vec::new(),
+        failures: Vec::new(),
+    };
+    // Before applying: commands may take a while, and their output follows.
+    log_lines(&status.found_lines());
 
-    let root = Root::new(&cli.root);
     let mut supervisor = RequestDir::new(&cli.root);
     let mut runner = ProcessRunner::default();
     let live = cli.root == std::path::Path::new("/");
     let mut applier = Applier { root: root.clone(), supervisor: &mut supervisor, runner: &mut runner, live };
     let log = applier.apply(&gathered.user_data, &gathered.metadata);
-    for change in &log.changes {
-        eprintln!("cloud-config: applied: {change}");
-    }
-    for failure in &log.failures {
-        eprintln!("cloud-config: failed: {failure}");
-    }
-    let report = &gathered.user_data.report;
-    eprintln!(
-        "cloud-config: done: {} change(s), {} rejected, {} warning(s), {} failure(s)",
-        log.changes.len(),
-        report.error_count(),
-        report.warning_count(),
-        log.failures.len()
-    );
-    // What this boot's run did, for `basaltctl config show` and for tests
-    // that look at a machine from outside.
-    let status = Status {
-        source: &gathered.source,
-        instance_id: &instance_id,
-        problems: &report.problems,
-        changes: &log.changes,
-        failures: &log.failures,
-    };
-    write_status(&root, &status)?;
+    status.changes = log.changes;
+    status.failures = log.failures;
+    log_lines(&status.outcome_lines());
+    keep(&root, &status);
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_status(root: &Root, status: &Status) -> Result<()> {
-    let json = serde_json::to_string_pretty(status)? + "\n";
-    if let Err(error) = root.write(&format!("{BOOT_STATE_DIR}/status.json"), json.as_bytes(), 0o644, 0, 0) {
-        eprintln!("cloud-config: failed: writing {BOOT_STATE_DIR}/status.json: {error}");
+fn log_lines(lines: &[String]) {
+    for line in lines {
+        eprintln!("cloud-config: {line}");
     }
-    Ok(())
+}
+
+/// Keeps the run for `basaltctl config show` and for tests that look at a
+/// machine from outside.
+fn keep(root: &Root, status: &Status) {
+    let json = serde_json::to_string_pretty(status).unwrap_or_default() + "\n";
+    if let Err(error) = root.write(STATUS_FILE, json.as_bytes(), 0o644, 0, 0) {
+        eprintln!("cloud-config: failed: writing {STATUS_FILE}: {error}");
+    }
 }
 
 fn validate(file: &PathBuf, json: bool) -> Result<ExitCode> {
@@ -217,10 +204,7 @@ fn validate(file: &PathBuf, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for problem in &report.problems {
-            println!("{}:{problem}", file.display());
-        }
-        println!("{}: {} error(s), {} warning(s)", file.display(), report.error_count(), report.warning_count());
+        print!("{}", report.render(&file.display().to_string()));
     }
     Ok(if report.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -235,7 +219,11 @@ struct Shown<'a> {
 }
 
 fn show(cli: &Cli, file: Option<&PathBuf>) -> Result<ExitCode> {
-    let Some(gathered) = gather(cli, file)? else {
+    let (gathered, errors) = gather(cli, file)?;
+    for error in &errors {
+        eprintln!("cloud-config: datasource failed: {error}");
+    }
+    let Some(gathered) = gathered else {
         println!("no user data found");
         return Ok(ExitCode::SUCCESS);
     };

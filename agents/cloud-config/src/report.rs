@@ -4,11 +4,11 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::yaml::Position;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// The key (or list entry) was rejected and not applied.
@@ -17,16 +17,16 @@ pub enum Severity {
     Warning,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     pub severity: Severity,
     /// Which part of a multipart user data, e.g. `part 2 (config.yml)`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<String>,
     /// Dotted key path such as `users[1].groups`, or `user-data` for the whole input.
     pub key: String,
     /// Absent only for problems with the input as a whole (its size).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<Position>,
     pub message: String,
 }
@@ -44,6 +44,19 @@ impl fmt::Display for Problem {
             Severity::Warning => "warning",
         };
         write!(f, "{severity}: {}: {}", self.key, self.message)
+    }
+}
+
+impl Problem {
+    /// The problem as compilers print theirs, `FILE:LINE:COLUMN: error: KEY: reason`
+    /// (`FILE: part 2 (a.yml): LINE:COLUMN: …` inside multipart, whose
+    /// encoded parts count lines from their own start).
+    pub fn in_file(&self, file: &str) -> String {
+        if self.position.is_some() && self.part.is_none() {
+            format!("{file}:{self}")
+        } else {
+            format!("{file}: {self}")
+        }
     }
 }
 
@@ -76,6 +89,14 @@ impl Report {
 
     pub fn has_errors(&self) -> bool {
         self.error_count() > 0
+    }
+
+    /// What `validate` commands print: each problem located in `file`, then
+    /// a count (`FILE: 2 error(s), 1 warning(s)`).
+    pub fn render(&self, file: &str) -> String {
+        let mut out: String = self.problems.iter().map(|problem| problem.in_file(file) + "\n").collect();
+        out.push_str(&format!("{file}: {} error(s), {} warning(s)\n", self.error_count(), self.warning_count()));
+        out
     }
 
     /// Takes over another report's problems, labelling them with a part and
@@ -117,6 +138,27 @@ mod tests {
              9:1: warning: colour: unknown key \"colour\", ignored\n"
         );
         assert_eq!((report.error_count(), report.warning_count()), (1, 1));
+    }
+
+    #[test]
+    fn rendered_for_a_file_like_a_compiler() {
+        let mut report = Report::default();
+        report.error("users", Some(Position::new(3, 8)), "expected a list, found a scalar");
+        report.warning("colour", Some(Position::new(4, 1)), "unknown key \"colour\", ignored");
+        report.error("user-data", None, "too big");
+        report.absorb(
+            Report { problems: vec![Problem { severity: Severity::Error, part: None, key: "hostname".into(), position: Some(Position::new(2, 11)), message: "bad".into() }] },
+            Some("part 2"),
+            0,
+        );
+        assert_eq!(
+            report.render("u.yml"),
+            "u.yml:3:8: error: users: expected a list, found a scalar\n\
+             u.yml:4:1: warning: colour: unknown key \"colour\", ignored\n\
+             u.yml: error: user-data: too big\n\
+             u.yml: part 2: 2:11: error: hostname: bad\n\
+             u.yml: 3 error(s), 1 warning(s)\n"
+        );
     }
 
     #[test]

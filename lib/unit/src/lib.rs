@@ -1,6 +1,6 @@
 //! Unit files in the systemd format users already write, parsed into what
 //! basalt's supervisor runs. The subset: `[Unit]` Description, After, Before,
-//! Requires, Wants; `[Service]` Type=simple|oneshot, RemainAfterExit,
+//! Requires, Wants, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
 //! ExecStartPre, ExecStart, ExecStartPost, ExecStop, Restart=no|on-failure|always,
 //! RestartSec, Environment, EnvironmentFile, WorkingDirectory, User, Group,
 //! TimeoutStopSec; `[Install]` WantedBy, RequiredBy. Anything else is a warning
@@ -55,6 +55,10 @@ pub struct Unit {
     pub before: Vec<String>,
     pub requires: Vec<String>,
     pub wants: Vec<String>,
+    /// `DefaultDependencies=no`: an early unit, one that the supervisor
+    /// starts before every unit that keeps the default (`yes`), as systemd
+    /// orders its early-boot units before sysinit.target.
+    pub default_dependencies: bool,
     pub service_type: ServiceType,
     pub remain_after_exit: bool,
     pub exec_start_pre: Vec<Command>,
@@ -79,7 +83,7 @@ impl Unit {
     /// Parses a unit file and then its drop-ins, in order (later wins, an empty
     /// assignment resets a list, as in systemd).
     pub fn parse(name: &str, main: &str, drop_ins: &[(&str, &str)]) -> Result<Unit, UnitError> {
-        let mut u = Unit { name: name.to_string(), restart_sec: Duration::from_millis(100), timeout_stop: Duration::from_secs(10), ..Default::default() };
+        let mut u = Unit { name: name.to_string(), default_dependencies: true, restart_sec: Duration::from_millis(100), timeout_stop: Duration::from_secs(10), ..Default::default() };
         if !name.ends_with(".service") && !name.ends_with(".target") {
             return Err(UnitError { unit: name.into(), line: 0, message: "only .service and .target units are supported".into() });
         }
@@ -145,6 +149,7 @@ impl Unit {
             ("Unit", "Before") => extend_or_reset(&mut self.before, value, list(value)),
             ("Unit", "Requires") => extend_or_reset(&mut self.requires, value, list(value)),
             ("Unit", "Wants") => extend_or_reset(&mut self.wants, value, list(value)),
+            ("Unit", "DefaultDependencies") => self.default_dependencies = parse_bool(value).ok_or_else(|| format!("DefaultDependencies={value}: expected yes or no"))?,
             ("Unit", "Documentation") => {}
             ("Service", "Type") => {
                 self.service_type = match value {
@@ -379,6 +384,9 @@ mod tests {
         assert_eq!(u.environment_files, [("/etc/web.env".into(), true)]);
         assert_eq!(u.user.as_deref(), Some("core"));
         assert_eq!(u.wanted_by, ["multi-user.target"]);
+        assert!(u.default_dependencies);
+        assert!(!Unit::parse("early.service", "[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=/bin/true\n", &[]).unwrap().default_dependencies);
+        assert!(Unit::parse("x.service", "[Unit]\nDefaultDependencies=maybe\n[Service]\nExecStart=/bin/true\n", &[]).unwrap_err().message.contains("DefaultDependencies"));
         assert_eq!(u.warnings.len(), 1);
         assert!(u.warnings[0].message.contains("KillSignal"), "{:?}", u.warnings);
         assert_eq!(u.warnings[0].line, 15);

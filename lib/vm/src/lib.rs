@@ -84,11 +84,16 @@ pub struct VmConfig {
     pub disk_bytes: Option<u64>,
     /// Use the image itself as the disk, not an overlay (it will be written).
     pub direct: bool,
+    /// QEMU fw_cfg entries, (name, file): `opt/org.basalt/user-data` is
+    /// cloud-config's first datasource. QEMU reads the file when it starts.
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// More raw disks after the boot disk (virtio, writable), e.g. a NoCloud seed.
+    pub extra_disks: Vec<PathBuf>,
 }
 
 impl VmConfig {
     pub fn new(image: &Path, state_dir: &Path) -> VmConfig {
-        VmConfig { image: image.to_owned(), disk_format: "raw".into(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, disk_bytes: None, direct: false }
+        VmConfig { image: image.to_owned(), disk_format: "raw".into(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, disk_bytes: None, direct: false, fw_cfg: Vec::new(), extra_disks: Vec::new() }
     }
 
     pub fn overlay_path(&self) -> PathBuf {
@@ -134,6 +139,13 @@ impl VmConfig {
         let (disk, format) = if self.direct { (self.image.clone(), self.disk_format.as_str()) } else { (self.overlay_path(), "qcow2") };
         c.arg("-drive").arg(format!("if=none,id=disk0,format={format},file={}", disk.display()));
         c.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]);
+        for (i, extra) in self.extra_disks.iter().enumerate() {
+            c.arg("-drive").arg(format!("if=none,id=extra{i},format=raw,file={}", extra.display()));
+            c.arg("-device").arg(format!("virtio-blk-pci,drive=extra{i}"));
+        }
+        for (name, file) in &self.fw_cfg {
+            c.arg("-fw_cfg").arg(format!("name={name},file={}", file.display()));
+        }
         let mut net = "user,id=net0".to_string();
         if self.ssh_port != 0 {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port));

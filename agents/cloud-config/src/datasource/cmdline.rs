@@ -54,6 +54,10 @@ impl Datasource for CmdlineUrl {
         "cmdline"
     }
 
+    fn needs_network(&self, environment: &Environment) -> bool {
+        environment.kernel_command_line().get(CONFIG_URL).is_some()
+    }
+
     fn fetch(&self, environment: &Environment) -> Result<Option<Found>, DatasourceError> {
         let cmdline = environment.kernel_command_line();
         let Some(url) = cmdline.get(CONFIG_URL) else { return Ok(None) };

@@ -5,11 +5,14 @@
 //!
 //! Tried only where it can answer: when the firmware says Amazon (DMI
 //! vendor, an `i-` asset tag, a Xen `ec2` UUID), when the kernel command line
-//! says `basalt.datasource=ec2` or names `basalt.imds_url=`, or when the
-//! environment names a URL (tests). Elsewhere probing a link-local address
+//! says `basalt.datasource=ec2` or names `basalt.imds_url=`, when QEMU's
+//! fw_cfg names one (`opt/org.basalt/imds-url`: a metadata service the host
+//! runs, for local runs and the end-to-end tests), or when the environment
+//! names a URL (tests). Elsewhere probing a link-local address
 //! would only slow every boot down.
 
 use super::cmdline::{DATASOURCE, IMDS_URL};
+use super::fw_cfg;
 use super::{with_retries, Datasource, DatasourceError, Environment, Found, READ_LIMIT};
 use crate::http::{self, HttpError};
 use crate::metadata::Metadata;
@@ -27,6 +30,9 @@ impl Ec2 {
         }
         let cmdline = environment.kernel_command_line();
         if let Some(url) = cmdline.get(IMDS_URL) {
+            return Some(url.trim_end_matches('/').to_string());
+        }
+        if let Some(url) = fw_cfg::setting(environment, fw_cfg::IMDS_URL_NAME) {
             return Some(url.trim_end_matches('/').to_string());
         }
         if cmdline.get(DATASOURCE) == Some("ec2") || on_ec2(environment) {
@@ -80,6 +86,10 @@ impl Client<'_> {
 impl Datasource for Ec2 {
     fn name(&self) -> &'static str {
         "ec2"
+    }
+
+    fn needs_network(&self, environment: &Environment) -> bool {
+        Ec2::base_url(environment).is_some()
     }
 
     fn fetch(&self, environment: &Environment) -> Result<Option<Found>, DatasourceError> {
@@ -209,6 +219,12 @@ pub(crate) mod tests {
         assert_eq!(Ec2::base_url(&environment).as_deref(), Some("http://10.0.2.2:8080"));
         std::fs::write(&environment.cmdline, "").unwrap();
         assert_eq!(Ec2::base_url(&environment), None);
+        let entry = scratch.sys().join("firmware/qemu_fw_cfg/by_name/opt/org.basalt/imds-url");
+        std::fs::create_dir_all(&entry).unwrap();
+        std::fs::write(entry.join("raw"), "http://10.0.2.2:8169/\n").unwrap();
+        assert_eq!(Ec2::base_url(&environment).as_deref(), Some("http://10.0.2.2:8169"));
+        assert!(Ec2.needs_network(&environment));
+        std::fs::remove_dir_all(&entry).unwrap();
         std::fs::create_dir_all(scratch.sys().join("class/dmi/id")).unwrap();
         std::fs::write(scratch.sys().join("class/dmi/id/sys_vendor"), "Amazon EC2\n").unwrap();
         assert_eq!(Ec2::base_url(&environment).as_deref(), Some(DEFAULT_URL));

@@ -9,6 +9,15 @@ use crate::metadata::{parse_meta_data, Metadata};
 
 pub const USER_DATA_NAME: &str = "opt/org.basalt/user-data";
 pub const META_DATA_NAME: &str = "opt/org.basalt/meta-data";
+/// Not user data: the EC2-style metadata service to ask (see `ec2`).
+pub const IMDS_URL_NAME: &str = "opt/org.basalt/imds-url";
+
+/// A short text setting from fw_cfg, trimmed; `None` when absent or empty.
+pub fn setting(environment: &Environment, name: &str) -> Option<String> {
+    let bytes = read_entry(environment, name).ok()??;
+    let text = String::from_utf8(bytes).ok()?.trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
 
 pub struct FwCfg;
 

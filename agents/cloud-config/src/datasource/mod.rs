@@ -10,15 +10,18 @@
 //!
 //! The OEM partition is read as well, whichever of those answers: its
 //! `cloud-config.yml` holds the platform's defaults and is applied first.
-//! A source that is not there is not an error.
+//! A source that is not there is not an error. The network sources (2 and
+//! 5) get a temporary DHCP lease when the machine has no network yet (see
+//! `network`).
 
 mod block;
 mod cmdline;
 mod config_drive;
 mod ec2;
 mod fat;
-mod fw_cfg;
+pub mod fw_cfg;
 mod iso9660;
+pub mod network;
 mod nocloud;
 mod oem;
 
@@ -83,6 +86,9 @@ pub struct Environment {
     /// when the firmware says this is EC2 or the kernel command line asks.
     pub imds_url: Option<String>,
     pub retry: Retry,
+    /// Take a temporary DHCP lease for the network sources when there is no
+    /// default route (the agent at boot); off for tests and tools.
+    pub ephemeral_dhcp: bool,
 }
 
 impl Default for Environment {
@@ -93,6 +99,7 @@ impl Default for Environment {
             cmdline: "/proc/cmdline".into(),
             imds_url: None,
             retry: Retry::default(),
+            ephemeral_dhcp: false,
         }
     }
 }
@@ -118,6 +125,10 @@ pub trait Datasource {
     fn name(&self) -> &'static str;
     /// `Ok(None)` when the source is not there.
     fn fetch(&self, environment: &Environment) -> Result<Option<Found>, DatasourceError>;
+    /// Whether `fetch` will go to the network (and so needs one up).
+    fn needs_network(&self, _environment: &Environment) -> bool {
+        false
+    }
 }
 
 /// The user-data sources in the order they are tried.
@@ -132,6 +143,8 @@ pub struct Discovery {
     pub user: Option<Found>,
     /// Sources that were there but failed, e.g. an unreadable disk.
     pub errors: Vec<String>,
+    /// What was done on the way (a temporary DHCP lease), for the log.
+    pub notes: Vec<String>,
 }
 
 pub fn discover(environment: &Environment) -> Discovery {
@@ -140,7 +153,14 @@ pub fn discover(environment: &Environment) -> Discovery {
         Ok(found) => discovery.oem = found,
         Err(error) => discovery.errors.push(format!("oem: {error}")),
     }
+    let mut network = network::EphemeralNetwork::default();
     for source in user_sources() {
+        if environment.ephemeral_dhcp && source.needs_network(environment) {
+            match network.up(environment) {
+                Ok(note) => discovery.notes.extend(note),
+                Err(error) => discovery.errors.push(format!("{}: bringing up the network: {error}", source.name())),
+            }
+        }
         match source.fetch(environment) {
             Ok(Some(found)) => {
                 discovery.user = Some(found);
@@ -150,6 +170,7 @@ pub fn discover(environment: &Environment) -> Discovery {
             Err(error) => discovery.errors.push(format!("{}: {error}", source.name())),
         }
     }
+    discovery.notes.extend(network.down());
     discovery
 }
 
@@ -212,6 +233,7 @@ pub(crate) mod testenv {
                     max_delay: std::time::Duration::from_millis(20),
                     timeout: std::time::Duration::from_secs(5),
                 },
+                ephemeral_dhcp: false,
             }
         }
 
