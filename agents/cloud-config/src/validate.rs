@@ -36,7 +36,15 @@ pub fn parse_user_data(bytes: &[u8]) -> UserData {
             PartKind::Script => user_data.scripts.push(Script { label: part.label, text: part.text }),
         }
     }
+    // Envelope problems were found before the documents were parsed; report
+    // them all in the order of the parts (a stable sort keeps each part's own order).
+    user_data.report.problems.sort_by_key(|problem| part_number(problem.part.as_deref()));
     user_data
+}
+
+/// N of a `part N (name)` label; 0 for the user data as a whole.
+fn part_number(label: Option<&str>) -> usize {
+    label.and_then(|label| label.strip_prefix("part ")).and_then(|rest| rest.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Every problem in `bytes`, each with its key, line and column.
@@ -62,6 +70,14 @@ mod tests {
             report.to_string(),
             "part 1: 7:11: error: hostname: \"bad_name\" is not a host name (letters, digits and '-' in dot-separated labels of at most 63, 253 in all)\n"
         );
+    }
+
+    #[test]
+    fn problems_come_in_the_order_of_the_parts() {
+        let text = "Content-Type: multipart/mixed; boundary=\"B\"\n\n--B\nContent-Type: text/cloud-config\n\n#cloud-config\nusers: [a\n--B\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\nAAEC\n--B--\n";
+        let report = validate(text.as_bytes());
+        let parts: Vec<_> = report.problems.iter().map(|problem| problem.part.clone().unwrap()).collect();
+        assert_eq!(parts, ["part 1", "part 2"], "{report}");
     }
 
     #[test]
