@@ -842,7 +842,7 @@ mod tests {
     #[test]
     fn early_units_go_first_and_after_before_order_the_rest() {
         let mut services: BTreeMap<String, Service> = [
-            service("cloud-config.service", "DefaultDependencies=no\nBefore=network.service", State::Activating { pid: 1 }),
+            service("basalt-cloud-config.service", "DefaultDependencies=no\nBefore=network.service", State::Activating { pid: 1 }),
             service("network.service", "", State::Queued),
             service("sshd.service", "After=network.service", State::Queued),
             service("user.service", "", State::Queued),
@@ -854,12 +854,12 @@ mod tests {
         let wait = |services: &BTreeMap<String, Service>, name: &str| waiting_for(name, services);
         // Units with default dependencies, even ones cloud-config just wrote,
         // wait for the early units; early units only for their own order.
-        assert_eq!(wait(&services, "network.service").as_deref(), Some("cloud-config.service"));
-        assert_eq!(wait(&services, "user.service").as_deref(), Some("cloud-config.service"));
+        assert_eq!(wait(&services, "network.service").as_deref(), Some("basalt-cloud-config.service"));
+        assert_eq!(wait(&services, "user.service").as_deref(), Some("basalt-cloud-config.service"));
         assert_eq!(wait(&services, "sshd.service").as_deref(), Some("network.service"));
         assert_eq!(wait(&services, "other-early.service"), None);
         assert_eq!(wait(&services, "late-early.service").as_deref(), Some("user.service"));
-        services.get_mut("cloud-config.service").unwrap().state = State::Exited;
+        services.get_mut("basalt-cloud-config.service").unwrap().state = State::Exited;
         services.get_mut("other-early.service").unwrap().state = State::Failed { reason: "x".into() };
         // An early unit ordered after a normal one does not hold that one
         // back, but still goes before the others.

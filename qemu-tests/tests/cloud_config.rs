@@ -124,7 +124,7 @@ fn user_data_from_fw_cfg_applies_once_per_instance() {
     // ssh as core and as the new user, with the key the user data gave.
     let out = ssh_ok(&key, port, "core", "id -un; hostname; basaltctl status");
     assert!(out.starts_with("core\nfwcfg-node\n"), "{out}");
-    assert!(unit_line(&out, "cloud-config.service").contains("exited"), "{out}");
+    assert!(unit_line(&out, "basalt-cloud-config.service").contains("exited"), "{out}");
     assert!(unit_line(&out, "hello.service").contains("active"), "{out}");
     let out = ssh_ok(&key, port, "alice", "id; cat /etc/hello/greeting.txt; stat -c '%a %U' /etc/hello/greeting.txt; cat /var/lib/hello/blob");
     assert!(out.starts_with("uid=1000(alice) gid=1000(alice) groups=10(wheel),1000(alice)\n"), "{out}");
@@ -340,7 +340,7 @@ fn imds_multipart() -> String {
 /// Reruns cloud-config (the boot-time unit) and returns `basaltctl config
 /// show` once it reports a run whose output contains `expect`.
 fn rerun(key: &Path, port: u16, expect: &str) -> String {
-    ssh_ok(key, port, "core", "basaltctl restart cloud-config");
+    ssh_ok(key, port, "core", "basaltctl restart basalt-cloud-config");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (_, show) = ssh(key, port, "core", "basaltctl config show");
