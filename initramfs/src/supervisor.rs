@@ -1,6 +1,7 @@
 //! The service supervisor: PID 1's work once the system is up. Units come
-//! from /usr/lib/systemd/system (built in) and /etc/systemd/system (the
-//! user's, which win on equal names), with drop-ins from NAME.d/ in both.
+//! from /usr/lib/systemd/system (built in), /run/systemd/system (this boot
+//! only) and /etc/systemd/system (the user's, which win on equal names), with
+//! drop-ins from NAME.d/ in all three.
 //! Enabled units (WantedBy=multi-user.target in /usr, or a link in a
 //! multi-user.target.wants/ directory) start in After/Before order. Services
 //! restart by their Restart= policy with a doubling back-off, their output
@@ -17,7 +18,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub const UNIT_DIRS: [&str; 2] = ["/usr/lib/systemd/system", "/etc/systemd/system"];
+/// Lowest priority first: a unit in /etc replaces one of the same name in
+/// /run (units for this boot only, e.g. cloud-config's `runtime: true`),
+/// which replaces one in /usr, as with systemd.
+pub const UNIT_DIRS: [&str; 3] = ["/usr/lib/systemd/system", "/run/systemd/system", "/etc/systemd/system"];
 const REQUEST_DIR: &str = "/run/basalt/supervisor/requests";
 const HEALTH_CONF: [&str; 2] = ["/etc/basalt/health.conf", "/usr/share/basalt/etc/basalt/health.conf"];
 const BOOT_STATE: &str = "/var/lib/basalt/boot-state";

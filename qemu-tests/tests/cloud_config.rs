@@ -90,9 +90,17 @@ coreos:
         [Unit]
         Description=A unit from user data
         [Service]
-        ExecStart=/usr/bin/sh -c 'echo hello-unit-up; exec sleep 1000000'
+        ExecStart=/usr/bin/sh -c 'echo hello-unit-up $GREETING; exec sleep 1000000'
         [Install]
         WantedBy=multi-user.target
+      drop_ins:
+        - name: greeting.conf
+          content: |
+            [Service]
+            Environment=GREETING=hi-from-a-drop-in
+store:
+  seed:
+    /cloud-config/greeting: hello-store
 bootcmd:
   - echo boot >> /var/lib/hello/bootcmd.log
 runcmd:
@@ -105,8 +113,9 @@ favourite_colour: blue
 }
 
 /// fw_cfg user data: keys for core and a new user, host name, files, a unit
-/// that runs; a wrong value and an unknown key are rejected by name while the
-/// rest applies; runcmd runs once, bootcmd on every boot.
+/// with a drop-in that runs, a store seed the store takes; a wrong value and
+/// an unknown key are rejected by name while the rest applies; runcmd runs
+/// once, bootcmd on every boot.
 #[test]
 fn user_data_from_fw_cfg_applies_once_per_instance() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,7 +139,9 @@ fn user_data_from_fw_cfg_applies_once_per_instance() {
     assert!(out.starts_with("uid=1000(alice) gid=1000(alice) groups=10(wheel),1000(alice)\n"), "{out}");
     assert!(out.contains("hello from fw_cfg\n640 alice\nbinary blob"), "{out}");
     let out = vm.run_ok("cat /var/lib/hello/runcmd.count /var/lib/hello/bootcmd.log; basaltctl logs hello", CMD).unwrap();
-    assert_eq!(out, "1\nboot\nhello-unit-up\n");
+    assert_eq!(out, "1\nboot\nhello-unit-up hi-from-a-drop-in\n");
+    // The store started after cloud-config and took the seed keys it wrote.
+    assert_eq!(ssh_ok(&key, port, "core", "basaltctl store get /cloud-config/greeting"), "hello-store\n");
     // What was rejected, exactly, from the machine itself (the console has
     // the same lines, see docs/cloud-config.md).
     let text = fw_cfg_user_data(&public_key);
@@ -180,8 +191,9 @@ fn fat_image(path: &Path, label: &str, files: &[(&str, &[u8])]) {
 }
 
 /// A NoCloud seed disk (FAT labelled `cidata`): user data with keys, a user,
-/// a file with the metadata's address substituted, a unit, runcmd; meta-data
-/// with the instance id, a host name the user data overrides, an address.
+/// a file with the metadata's address substituted, a unit, a unit for this
+/// boot only, a static address, runcmd; meta-data with the instance id, a
+/// host name the user data overrides, an address.
 #[test]
 fn user_data_from_a_nocloud_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,6 +218,20 @@ coreos:
         ExecStart=/usr/bin/sh -c 'echo seeded-unit-up; exec sleep 1000000'
         [Install]
         WantedBy=multi-user.target
+    - name: this-boot.service
+      runtime: true
+      command: start
+      content: |
+        [Service]
+        Type=oneshot
+        RemainAfterExit=yes
+        ExecStart=/usr/bin/sh -c 'echo only-this-boot'
+network:
+  interfaces:
+    - name: eth0
+      addresses: [10.0.2.15/24]
+      gateway: 10.0.2.2
+      dns: [10.0.2.3]
 runcmd:
   - [touch, /var/lib/nocloud-runcmd]
 "#
@@ -227,6 +253,15 @@ runcmd:
     assert!(out.contains(&format!("user data from nocloud /dev/vdb ({} bytes), instance iid-nocloud-01\n", user_data.len())), "{out}");
     assert!(out.contains("\ndone: ") && out.contains(", 0 rejected, 0 warning(s), 0 failure(s)"), "{out}");
     assert_eq!(ssh_ok(&key, port, "bob", "id -un; basaltctl logs seeded"), "bob\nseeded-unit-up\n");
+    // A unit for this boot only, from /run/systemd/system.
+    assert!(unit_line(&out, "this-boot.service").contains("exited"), "{out}");
+    assert_eq!(ssh_ok(&key, port, "core", "basaltctl logs this-boot"), "only-this-boot\n");
+    // The static address, in the network service's format, applied by it.
+    let out = ssh_ok(&key, port, "core", "ip -4 addr show eth0; cat /etc/resolv.conf; basaltctl logs network");
+    assert!(out.contains("inet 10.0.2.15/24"), "{out}");
+    assert!(out.contains("nameserver 10.0.2.3\n"), "{out}");
+    assert!(out.contains("eth0: configured by /etc/systemd/network/50-cloud-config-00-eth0.network\nstatic configuration applied\n"), "{out}");
+    assert!(!out.contains("DHCP on"), "{out}");
     vm.power_cut().unwrap();
 }
 
