@@ -3,6 +3,7 @@
 //! /var/log/basalt. Later agents add their own verbs here.
 
 mod config;
+mod runtime;
 mod store;
 
 use basalt_control::{call, Request, Status, LOG_DIR};
@@ -25,10 +26,19 @@ fn main() {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {
         ["status"] => status(),
+        ["logs", name] if runtime::is_container(name) => follow(runtime::log_paths(name), name, false),
+        ["logs", name, "-f"] | ["logs", "-f", name] if runtime::is_container(name) => follow(runtime::log_paths(name), name, true),
         ["logs", name] => logs(name, false),
         ["logs", name, "-f"] | ["logs", "-f", name] => logs(name, true),
+        ["start", n] if runtime::is_container(n) => runtime::start(n),
+        ["stop", n] if runtime::is_container(n) => runtime::stop(n),
         ["start", n] => simple(Request::Start(unit_name(n))),
         ["stop", n] => simple(Request::Stop(unit_name(n))),
+        ["images", rest @ ..] => runtime::images(rest),
+        ["run", rest @ ..] => runtime::run(rest),
+        ["ps"] => runtime::ps(),
+        ["exec", rest @ ..] => runtime::exec(rest),
+        ["rm", rest @ ..] => runtime::rm(rest),
         ["restart", n] => simple(Request::Restart(unit_name(n))),
         ["reload"] => simple(Request::Reload),
         ["reboot"] => simple(Request::Reboot),
@@ -36,11 +46,11 @@ fn main() {
         ["config", rest @ ..] => config::run(rest),
         ["store", rest @ ..] => store::run(rest),
         ["-h" | "--help" | "help"] => {
-            println!("{USAGE}\n{}", store::USAGE);
+            println!("{USAGE}\n{}\n{}", store::USAGE, runtime::USAGE);
             Ok(())
         }
         _ => {
-            eprintln!("{USAGE}\n{}", store::USAGE);
+            eprintln!("{USAGE}\n{}\n{}", store::USAGE, runtime::USAGE);
             std::process::exit(2);
         }
     };
@@ -79,10 +89,15 @@ fn status() -> Result<(), String> {
     Ok(())
 }
 
-fn logs(name: &str, follow: bool) -> Result<(), String> {
+fn logs(name: &str, follow_on: bool) -> Result<(), String> {
     let unit = unit_name(name);
     let path = PathBuf::from(LOG_DIR).join(format!("{unit}.log"));
     let rotated = PathBuf::from(LOG_DIR).join(format!("{unit}.log.1"));
+    follow((path, rotated), &unit, follow_on)
+}
+
+/// Prints a log and its rotated predecessor; with `follow`, keeps printing.
+fn follow((path, rotated): (PathBuf, PathBuf), unit: &str, follow: bool) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     if let Ok(old) = std::fs::read(&rotated) {
         let _ = out.write_all(&old);

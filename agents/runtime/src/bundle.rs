@@ -1,0 +1,221 @@
+//! From a declared container and its image to an OCI bundle: the overlay
+//! root (the image's unpacked layers under a writable upper directory kept
+//! per container) and the `config.json` the runner reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::linux::{caps, sys};
+use crate::manifest::ImageConfig;
+use crate::oci::{self, Config};
+use crate::spec::{ContainerSpec, DEFAULT_PIDS_LIMIT};
+
+/// A container's directory: `config.json`, `rootfs/` (the overlay's mount
+/// point), `upper/` and `work/` (its writable layer), `lower/N` (short links
+/// to the image's layers, so long layer lists fit the mount options).
+pub struct BundleDir {
+    pub dir: PathBuf,
+}
+
+impl BundleDir {
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Mounts the overlay: `layers` bottom first.
+    pub fn mount_rootfs(&self, layers: &[PathBuf]) -> Result<(), String> {
+        let lower = self.dir.join("lower");
+        let _ = std::fs::remove_dir_all(&lower);
+        for sub in ["upper", "work", "rootfs", "lower"] {
+            std::fs::create_dir_all(self.dir.join(sub)).map_err(|e| format!("creating {}: {e}", self.dir.join(sub).display()))?;
+        }
+        let mut names = Vec::new();
+        for (index, layer) in layers.iter().enumerate().rev() {
+            let link = lower.join(index.to_string());
+            std::os::unix::fs::symlink(layer, &link).map_err(|e| format!("linking {}: {e}", link.display()))?;
+            names.push(link.to_string_lossy().into_owned());
+        }
+        self.unmount_rootfs();
+        let options = format!("lowerdir={},upperdir={},workdir={}", names.join(":"), self.dir.join("upper").display(), self.dir.join("work").display());
+        sys::mount("overlay", &self.rootfs(), Some("overlay"), 0, Some(&options)).map_err(|e| format!("{e} (is the overlay module loaded?)"))
+    }
+
+    pub fn unmount_rootfs(&self) {
+        while sys::umount_detach(&self.rootfs()).is_ok() {}
+    }
+}
+
+fn passwd_lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, u32, String)> {
+    let text = std::fs::read_to_string(rootfs.join("etc").join(file)).ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() < 3 || fields[0] != name {
+            return None;
+        }
+        Some((fields[2].parse().ok()?, fields.get(3).and_then(|g| g.parse().ok()).unwrap_or(0), fields.get(5).unwrap_or(&"/").to_string()))
+    })
+}
+
+/// The image's `User` (`name`, `uid`, `name:group`, `uid:gid`) as ids and a
+/// home directory, looked up in the container's own /etc/passwd and /etc/group.
+pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, String), String> {
+    if user.is_empty() {
+        return Ok((0, 0, passwd_lookup(rootfs, "passwd", "root").map(|u| u.2).unwrap_or_else(|| "/root".into())));
+    }
+    let (user_part, group_part) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, mut gid, home) = match user_part.parse::<u32>() {
+        Ok(uid) => {
+            let found = std::fs::read_to_string(rootfs.join("etc/passwd")).ok().and_then(|text| {
+                text.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 6 && f[2] == uid.to_string()).then(|| (f[3].parse().unwrap_or(0), f[5].to_string()))
+                })
+            });
+            let (gid, home) = found.unwrap_or((0, "/".into()));
+            (uid, gid, home)
+        }
+        Err(_) => passwd_lookup(rootfs, "passwd", user_part).ok_or_else(|| format!("image user {user_part:?} is not in the image's /etc/passwd"))?,
+    };
+    if let Some(group) = group_part {
+        gid = match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => passwd_lookup(rootfs, "group", group).map(|g| g.0).ok_or_else(|| format!("image group {group:?} is not in the image's /etc/group"))?,
+        };
+    }
+    Ok((uid, gid, home))
+}
+
+fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> oci::Mount {
+    oci::Mount { destination: destination.into(), kind: Some(kind.into()), source: Some(source.into()), options: options.iter().map(|o| o.to_string()).collect() }
+}
+
+/// The runtime config for `spec` run from `image`, its root at `rootfs`.
+pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path) -> Result<Config, String> {
+    let run = &image.config;
+    let (uid, gid, home) = resolve_user(rootfs, &run.user)?;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    for entry in &run.env {
+        let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+        env.insert(key.into(), value.into());
+    }
+    env.insert("HOSTNAME".into(), spec.name.clone());
+    env.entry("HOME".into()).or_insert(home);
+    for (key, value) in &spec.env {
+        env.insert(key.clone(), value.clone());
+    }
+    // Docker's rule: args replace the image's Cmd and follow its Entrypoint.
+    let mut args = run.entrypoint.clone();
+    args.extend(if spec.args.is_empty() { run.cmd.clone() } else { spec.args.clone() });
+    if args.is_empty() {
+        return Err(format!("image {} names no command (no Entrypoint or Cmd) and the container gives no args", spec.image));
+    }
+    let default_caps: Vec<String> = caps::DEFAULT.iter().map(|c| c.to_string()).collect();
+    let capabilities = if uid == 0 {
+        oci::Capabilities { bounding: default_caps.clone(), effective: default_caps.clone(), inheritable: vec![], permitted: default_caps, ambient: vec![] }
+    } else {
+        // A user other than root starts without capabilities, as with docker.
+        oci::Capabilities { bounding: default_caps, ..oci::Capabilities::default() }
+    };
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        mount("/sys/fs/cgroup", "cgroup2", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
+    ];
+    if spec.network == "host" {
+        for file in ["/etc/resolv.conf", "/etc/hosts"] {
+            if Path::new(file).exists() {
+                mounts.push(mount(file, "bind", file, &["rbind", "ro", "nosuid", "nodev", "noexec"]));
+            }
+        }
+    }
+    for volume in &spec.volumes {
+        std::fs::create_dir_all(&volume.source).map_err(|e| format!("volume source {}: {e}", volume.source))?;
+        let mut options = vec!["rbind", "rprivate"];
+        if volume.read_only {
+            options.push("ro");
+        }
+        mounts.push(mount(&volume.target, "bind", &volume.source, &options));
+    }
+    let mut namespaces: Vec<oci::Namespace> = ["pid", "ipc", "uts", "mount", "cgroup"].iter().map(|k| oci::Namespace { kind: k.to_string(), path: None }).collect();
+    if spec.network == "none" {
+        namespaces.push(oci::Namespace { kind: "network".into(), path: None });
+    }
+    let resources = oci::Resources {
+        memory: spec.memory_bytes.map(|bytes| oci::Memory { limit: Some(bytes as i64), swap: Some(bytes as i64) }),
+        cpu: spec.cpu_millis.map(|millis| oci::Cpu { shares: None, quota: Some(millis as i64 * 100), period: Some(100_000) }),
+        pids: Some(oci::Pids { limit: spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT) as i64 }),
+        devices: vec![],
+    };
+    let config = Config {
+        oci_version: "1.0.2".into(),
+        process: oci::Process {
+            terminal: false,
+            user: oci::User { uid, gid, umask: None, additional_gids: vec![] },
+            args,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: if run.working_dir.is_empty() { "/".into() } else { run.working_dir.clone() },
+            capabilities: Some(capabilities),
+            rlimits: vec![oci::Rlimit { kind: "RLIMIT_NOFILE".into(), hard: 1_048_576, soft: 1_048_576 }],
+            no_new_privileges: true,
+            oom_score_adj: None,
+        },
+        root: oci::Root { path: "rootfs".into(), readonly: false },
+        hostname: Some(spec.name.clone()),
+        mounts,
+        linux: oci::Linux {
+            namespaces,
+            resources: Some(resources),
+            cgroups_path: Some(format!("/basalt/{}", spec.name)),
+            masked_paths: ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            readonly_paths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].iter().map(|p| p.to_string()).collect(),
+            sysctl: BTreeMap::new(),
+        },
+        annotations: BTreeMap::new(),
+    };
+    config.check()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::RunDefaults;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec::parse(br#"{"version":1,"source":"basaltctl","name":"web","image":"example.com/web:1","args":["-p","80"],"env":{"A":"b"},"cpu_millis":750,"memory_bytes":1048576,"network":"none","restart":"always","volumes":[],"ports":[]}"#).unwrap()
+    }
+
+    #[test]
+    fn the_config_follows_docker_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/var/www:/bin/false\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let image = ImageConfig {
+            config: RunDefaults { entrypoint: vec!["/bin/httpd".into()], cmd: vec!["-h".into()], env: vec!["PATH=/bin".into(), "A=a".into()], user: "www:staff".into(), ..RunDefaults::default() },
+            ..ImageConfig::default()
+        };
+        let config = oci_config(&spec(), &image, dir.path()).unwrap();
+        assert_eq!(config.process.args, ["/bin/httpd", "-p", "80"]);
+        assert_eq!((config.process.user.uid, config.process.user.gid), (33, 50));
+        assert!(config.process.env.contains(&"PATH=/bin".to_string()) && config.process.env.contains(&"A=b".to_string()) && config.process.env.contains(&"HOME=/var/www".to_string()));
+        assert!(config.process.capabilities.as_ref().unwrap().effective.is_empty(), "not root: no effective capabilities");
+        let resources = config.linux.resources.as_ref().unwrap();
+        assert_eq!(resources.cpu.as_ref().unwrap().quota, Some(75_000));
+        assert_eq!(resources.memory.as_ref().unwrap().limit, Some(1 << 20));
+        assert!(config.has_namespace("network"));
+        let unknown = ImageConfig { config: RunDefaults { cmd: vec!["x".into()], user: "nobody".into(), ..RunDefaults::default() }, ..ImageConfig::default() };
+        assert!(oci_config(&spec(), &unknown, dir.path()).unwrap_err().contains("\"nobody\" is not in the image's /etc/passwd"));
+    }
+}

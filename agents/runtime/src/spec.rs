@@ -1,0 +1,155 @@
+//! A container as declared: the JSON cloud-config writes to
+//! `/etc/basalt/containers/NAME.json` (docs/cloud-config.md) and the same
+//! shape `basaltctl run` sends. This is the runtime's reading of that
+//! contract; unknown fields are refused so a typo never passes silently.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const DECLARED_DIR: &str = "/etc/basalt/containers";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub version: u32,
+    /// cloud-config or basaltctl.
+    pub source: String,
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cpu_millis: Option<u64>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Not in cloud-config's format (yet); defaults to DEFAULT_PIDS_LIMIT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
+    #[serde(default = "host")]
+    pub network: String,
+    #[serde(default = "always")]
+    pub restart: String,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+}
+
+fn host() -> String {
+    "host".into()
+}
+
+fn always() -> String {
+    "always".into()
+}
+
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+pub const NETWORKS: &[&str] = &["host", "none"];
+pub const RESTART_POLICIES: &[&str] = &["always", "on-failure", "never"];
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl ContainerSpec {
+    pub fn parse(bytes: &[u8]) -> Result<ContainerSpec, String> {
+        let spec: ContainerSpec = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.version != FORMAT_VERSION {
+            return Err(format!("version {} is not {FORMAT_VERSION}, the format this runtime reads", self.version));
+        }
+        if !valid_name(&self.name) {
+            return Err(format!("{:?} is not a container name (1-63 letters, digits, '-', '_', '.')", self.name));
+        }
+        crate::reference::Reference::parse(&self.image).map_err(|e| format!("image: {e}"))?;
+        if self.network == "bridge" {
+            return Err("network: bridge networking (a private network with published ports) is not implemented yet; use host or none".into());
+        }
+        if !NETWORKS.contains(&self.network.as_str()) {
+            return Err(format!("network: {:?} is not one of {}", self.network, NETWORKS.join(", ")));
+        }
+        if !RESTART_POLICIES.contains(&self.restart.as_str()) {
+            return Err(format!("restart: {:?} is not one of {}", self.restart, RESTART_POLICIES.join(", ")));
+        }
+        if self.cpu_millis == Some(0) || self.memory_bytes == Some(0) || self.pids_limit == Some(0) {
+            return Err("cpu, memory and pids limits must be above zero".into());
+        }
+        for volume in &self.volumes {
+            if !volume.source.starts_with('/') || !volume.target.starts_with('/') {
+                return Err(format!("volumes: {} -> {}: both sides must be absolute paths", volume.source, volume.target));
+            }
+        }
+        for (key, _) in &self.env {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(format!("env: {key:?} is not a variable name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What cloud-config writes (agents/cloud-config/src/apply/handoff.rs).
+    const FROM_CLOUD_CONFIG: &str = r#"{
+  "version": 1,
+  "source": "cloud-config",
+  "name": "web",
+  "image": "docker.io/library/nginx:1.25",
+  "args": [],
+  "env": {"NGINX_HOST": "203.0.113.7"},
+  "cpu_millis": 750,
+  "memory_bytes": 134217728,
+  "network": "host",
+  "restart": "on-failure",
+  "volumes": [{"source": "/srv/www", "target": "/usr/share/nginx/html", "read_only": true}],
+  "ports": [{"host_ip": "127.0.0.1", "host_port": 8443, "container_port": 443, "protocol": "tcp"}]
+}"#;
+
+    #[test]
+    fn cloud_configs_file_is_read() {
+        let spec = ContainerSpec::parse(FROM_CLOUD_CONFIG.as_bytes()).unwrap();
+        assert_eq!(spec.memory_bytes, Some(128 << 20));
+        assert_eq!(spec.volumes[0].target, "/usr/share/nginx/html");
+    }
+
+    #[test]
+    fn bad_declarations_are_refused_by_field() {
+        let bridge = FROM_CLOUD_CONFIG.replace("\"host\"", "\"bridge\"");
+        assert!(ContainerSpec::parse(bridge.as_bytes()).unwrap_err().contains("bridge networking"));
+        let version = FROM_CLOUD_CONFIG.replace("\"version\": 1", "\"version\": 2");
+        assert!(ContainerSpec::parse(version.as_bytes()).unwrap_err().contains("version 2"));
+        let typo = FROM_CLOUD_CONFIG.replace("\"restart\"", "\"restrat\"");
+        assert!(ContainerSpec::parse(typo.as_bytes()).unwrap_err().contains("unknown field `restrat`"));
+        let image = FROM_CLOUD_CONFIG.replace("docker.io/library/nginx:1.25", "NGINX");
+        assert!(ContainerSpec::parse(image.as_bytes()).unwrap_err().starts_with("image:"));
+    }
+}

@@ -1,0 +1,243 @@
+//! basaltctl's container verbs, talking to the runtime agent over
+//! /run/basalt/runtime.sock (see agents/runtime/src/api.rs):
+//! `images ls|pull|rm|prune`, `run`, `ps`, `exec`, `rm`, and `start`,
+//! `stop` and `logs` for a name the runtime knows as a container.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine as _;
+use basalt_runtime::api::{call, ContainerStatus, Reply, Request};
+use basalt_runtime::spec::{ContainerSpec, Volume, FORMAT_VERSION};
+
+pub const USAGE: &str = "containers (basalt-runtime.service):
+  images ls|pull REF|rm REF|prune   container images in the store
+  run [--name N] [--cpu 750m] [--memory 128M] [--pids N] [--net host|none]
+      [--restart always|on-failure|never] [-e K=V]... [-v SRC:DST[:ro]]... IMAGE [ARGS...]
+  ps                  containers: state, pid, restarts, last exit
+  exec NAME CMD...    run CMD in a running container
+  rm [-f] NAME        remove a container (-f: stop it first)
+  start|stop|logs NAME   act on the container NAME if the runtime has one, else on the unit";
+
+/// Whether `name` is one of the runtime's containers (units win when the
+/// name carries a unit suffix).
+pub fn is_container(name: &str) -> bool {
+    let unit_suffix = [".service", ".target", ".socket", ".timer", ".mount", ".path"].iter().any(|s| name.ends_with(s));
+    !unit_suffix && basalt_runtime::spec::valid_name(name) && Path::new(basalt_runtime::store::DEFAULT_ROOT).join("containers").join(name).join("container.json").exists()
+}
+
+/// Sends a request whose answer is one `ok` or `error`.
+fn simple(request: Request) -> Result<(), String> {
+    let mut outcome = Err("no answer from the runtime agent".to_string());
+    call(&request, |reply| match reply {
+        Reply::Ok(text) => {
+            println!("{text}");
+            outcome = Ok(());
+        }
+        Reply::Error(e) => outcome = Err(e),
+        other => outcome = Err(format!("unexpected answer {other:?}")),
+    })?;
+    outcome
+}
+
+pub fn images(args: &[&str]) -> Result<(), String> {
+    match args {
+        [] | ["ls"] => {
+            let mut outcome = Err("no answer from the runtime agent".to_string());
+            call(&Request::Images, |reply| match reply {
+                Reply::Images(list) => {
+                    println!("{:<48} {:<19} {:>10}  {}", "IMAGE", "DIGEST", "SIZE", "USED BY");
+                    for image in list {
+                        let used = if image.used_by.is_empty() { "-".to_string() } else { image.used_by.join(",") };
+                        println!("{:<48} {:<19} {:>10}  {used}", image.reference, &image.digest[..image.digest.len().min(19)], human(image.size));
+                    }
+                    outcome = Ok(());
+                }
+                Reply::Error(e) => outcome = Err(e),
+                other => outcome = Err(format!("unexpected answer {other:?}")),
+            })?;
+            outcome
+        }
+        ["pull", reference] => simple(Request::Pull { reference: reference.to_string() }),
+        ["rm", reference] => simple(Request::RemoveImage { reference: reference.to_string() }),
+        ["prune"] => simple(Request::Prune),
+        _ => Err(format!("usage:\n{USAGE}")),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// `run`'s arguments as a container spec.
+pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
+    let mut spec = ContainerSpec {
+        version: FORMAT_VERSION,
+        source: "basaltctl".into(),
+        name: String::new(),
+        image: String::new(),
+        args: vec![],
+        env: BTreeMap::new(),
+        cpu_millis: None,
+        memory_bytes: None,
+        pids_limit: None,
+        network: "host".into(),
+        restart: "always".into(),
+        volumes: vec![],
+        ports: vec![],
+    };
+    let mut rest = args;
+    while let Some((first, tail)) = rest.split_first() {
+        if !first.starts_with('-') {
+            break;
+        }
+        let first: &str = first;
+        let (flag, inline): (&str, Option<&str>) = match first.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (first, None),
+        };
+        let (value, tail): (&str, &[&str]) = match inline {
+            Some(v) => (v, tail),
+            None => match tail.split_first() {
+                Some((v, t)) => (*v, t),
+                None => return Err(format!("{flag} needs a value")),
+            },
+        };
+        match flag {
+            "--name" => spec.name = value.to_string(),
+            "--cpu" => spec.cpu_millis = Some(basalt_cloud_config::config::parse_cpu_millis(value).ok_or_else(|| format!("--cpu {value:?} is not a CPU amount such as 750m or 2"))?),
+            "--memory" => spec.memory_bytes = Some(basalt_cloud_config::config::parse_memory_bytes(value).ok_or_else(|| format!("--memory {value:?} is not a size such as 128M or 2G"))?),
+            "--pids" => spec.pids_limit = Some(value.parse().map_err(|_| format!("--pids {value:?} is not a number"))?),
+            "--net" | "--network" => spec.network = value.to_string(),
+            "--restart" => spec.restart = value.to_string(),
+            "-e" | "--env" => {
+                let (key, val) = value.split_once('=').ok_or_else(|| format!("-e {value:?} is not KEY=VALUE"))?;
+                spec.env.insert(key.to_string(), val.to_string());
+            }
+            "-v" | "--volume" => {
+                let parts: Vec<&str> = value.split(':').collect();
+                let (source, target, read_only) = match parts.as_slice() {
+                    [s, t] => (*s, *t, false),
+                    [s, t, "ro"] => (*s, *t, true),
+                    [s, t, "rw"] => (*s, *t, false),
+                    _ => return Err(format!("-v {value:?} is not SRC:DST or SRC:DST:ro")),
+                };
+                spec.volumes.push(Volume { source: source.into(), target: target.into(), read_only });
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+        rest = tail;
+    }
+    let (image, command) = rest.split_first().ok_or("run needs an image")?;
+    spec.image = image.to_string();
+    spec.args = command.iter().map(|s| s.to_string()).collect();
+    if spec.name.is_empty() {
+        let reference = basalt_runtime::reference::Reference::parse(image).map_err(|e| e.to_string())?;
+        spec.name = reference.repository.rsplit('/').next().unwrap_or("container").to_string();
+    }
+    spec.check()?;
+    Ok(spec)
+}
+
+pub fn run(args: &[&str]) -> Result<(), String> {
+    simple(Request::Run { spec: parse_run(args)? })
+}
+
+pub fn ps() -> Result<(), String> {
+    let mut outcome = Err("no answer from the runtime agent".to_string());
+    call(&Request::Ps, |reply| match reply {
+        Reply::Containers(list) => {
+            print_ps(&list);
+            outcome = Ok(());
+        }
+        Reply::Error(e) => outcome = Err(e),
+        other => outcome = Err(format!("unexpected answer {other:?}")),
+    })?;
+    outcome
+}
+
+fn print_ps(list: &[ContainerStatus]) {
+    println!("{:<20} {:<40} {:<9} {:>7} {:>8} {:>5}  {}", "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "EXIT", "DETAIL");
+    for c in list {
+        println!(
+            "{:<20} {:<40} {:<9} {:>7} {:>8} {:>5}  {}",
+            c.name,
+            c.image,
+            c.state,
+            c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            c.restarts,
+            c.exit_code.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            c.detail
+        );
+    }
+}
+
+pub fn start(name: &str) -> Result<(), String> {
+    simple(Request::Start { name: name.to_string() })
+}
+
+pub fn stop(name: &str) -> Result<(), String> {
+    simple(Request::Stop { name: name.to_string() })
+}
+
+pub fn rm(args: &[&str]) -> Result<(), String> {
+    match args {
+        ["-f", name] | [name, "-f"] => simple(Request::Remove { name: name.to_string(), force: true }),
+        [name] => simple(Request::Remove { name: name.to_string(), force: false }),
+        _ => Err("usage: basaltctl rm [-f] NAME".into()),
+    }
+}
+
+/// Runs a command in a container; exits with its code.
+pub fn exec(args: &[&str]) -> Result<(), String> {
+    let (name, command) = args.split_first().filter(|(_, c)| !c.is_empty()).ok_or("usage: basaltctl exec NAME CMD...")?;
+    let mut code = None;
+    let mut error = None;
+    call(&Request::Exec { name: name.to_string(), args: command.iter().map(|s| s.to_string()).collect() }, |reply| match reply {
+        Reply::Output { stream, data } => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default();
+            if stream == 2 {
+                let _ = std::io::stderr().write_all(&bytes);
+            } else {
+                let _ = std::io::stdout().write_all(&bytes);
+                let _ = std::io::stdout().flush();
+            }
+        }
+        Reply::Exit(c) => code = Some(c),
+        Reply::Error(e) => error = Some(e),
+        other => error = Some(format!("unexpected answer {other:?}")),
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    std::process::exit(code.unwrap_or(1));
+}
+
+pub fn log_paths(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = Path::new(basalt_runtime::logs::LOG_DIR);
+    (dir.join(format!("{name}.log")), dir.join(format!("{name}.log.1")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_reads_rkt_style_flags() {
+        let spec = parse_run(&["--cpu=750m", "--memory", "128M", "--net=none", "-e", "A=1", "-v", "/srv:/data:ro", "--restart", "on-failure", "example.com/app:1.0", "serve", "-x"]).unwrap();
+        assert_eq!(spec.name, "app");
+        assert_eq!((spec.cpu_millis, spec.memory_bytes), (Some(750), Some(128 << 20)));
+        assert_eq!(spec.args, ["serve", "-x"]);
+        assert!(spec.volumes[0].read_only);
+        assert_eq!(spec.network, "none");
+        assert!(parse_run(&["--memory", "lots", "x"]).unwrap_err().contains("--memory"));
+        assert!(parse_run(&["--net", "bridge", "x"]).unwrap_err().contains("bridge"));
+        assert!(parse_run(&["--wat", "1", "x"]).unwrap_err().contains("unknown option --wat"));
+    }
+}

@@ -1,0 +1,169 @@
+//! Containers on the booted image: a registry on the host's loopback
+//! (Debian's docker-registry), reached from the guest as 10.0.2.2 through
+//! QEMU's user network; containers declared the way cloud-config declares
+//! them (/etc/basalt/containers/NAME.json) are pulled and run in their own
+//! namespaces with their limits in their cgroup files; one killed from
+//! outside is restarted; one that allocates past its memory limit is
+//! OOM-killed while the machine and the other container carry on; basaltctl
+//! runs, execs, lists and removes; and after a reboot what should run runs.
+//! One boot and one reboot.
+
+use basalt_qemu_tests::registry::{busybox, busybox_layer, Auth, Compression, Layout, Registry, RunConfig};
+use basalt_qemu_tests::{default_image, Vm};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(180);
+const CMD: Duration = Duration::from_secs(60);
+
+/// Writes a file on the guest through the console (content without single quotes).
+fn write_file(vm: &mut Vm, path: &str, content: &str) {
+    assert!(!content.contains('\''));
+    vm.run_ok(&format!("mkdir -p $(dirname {path}) && printf '%s' '{content}' > {path}"), CMD).unwrap();
+}
+
+/// Polls a console command until its output contains `wanted`.
+fn wait_output(vm: &mut Vm, command: &str, wanted: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, out) = vm.run(command, CMD).unwrap();
+        if out.contains(wanted) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "`{command}` never showed {wanted:?}; last: {out}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The `basaltctl ps` line of a container.
+fn ps_line(vm: &mut Vm, name: &str) -> String {
+    let out = vm.run_ok("basaltctl ps", CMD).unwrap();
+    out.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{name} not in ps: {out}")).to_string()
+}
+
+/// The first process of a running container, waiting for it to run.
+fn running_pid(vm: &mut Vm, name: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = ps_line(vm, name);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[2] == "running" {
+            if let Ok(pid) = fields[3].parse() {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "{name} does not run: {line}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn declaration(name: &str, image: &str, args: &[&str], memory: u64, extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| serde_json::to_string(a).unwrap()).collect();
+    format!(
+        r#"{{"version":1,"source":"cloud-config","name":"{name}","image":"{image}","args":[{}],"env":{{"GREETING":"hello"}},"cpu_millis":500,"memory_bytes":{memory},"network":"none","restart":"always","volumes":[{{"source":"/var/lib/{name}","target":"/data","read_only":false}}],"ports":[]{extra}}}"#,
+        args.join(",")
+    )
+}
+
+#[test]
+fn declared_containers_run_isolated_limited_restarted_and_survive_a_reboot() {
+    let registry = Registry::start(Auth::Anonymous).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new(&work.path().join("layout")).unwrap();
+    let run = RunConfig { cmd: vec!["sh".into()], env: vec!["PATH=/bin".into()], ..RunConfig::default() };
+    let image = layout.image(&[(busybox_layer(&busybox().unwrap()).unwrap(), Compression::Zstd)], &run, "amd64").unwrap();
+    layout.tag_manifest("1", &image);
+    layout.finish().unwrap();
+    registry.push(&layout.dir, "1", "test/busybox").unwrap();
+    let reference = format!("10.0.2.2:{}/test/busybox:1", registry.port);
+
+    let mut vm = Vm::boot("runtime", &default_image()).unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    vm.run_ok("basaltctl status | grep runtime.service", CMD).unwrap();
+
+    // The registry is plain HTTP: the agent must be told; settings are read at start.
+    write_file(&mut vm, "/etc/basalt/runtime.toml", &format!("stop_timeout_seconds = 5\n[registries.\"10.0.2.2:{}\"]\ninsecure = true\n", registry.port));
+    vm.run_ok("basaltctl restart runtime", CMD).unwrap();
+    // web writes to its volume and sleeps; hog allocates 100 MiB under a 32 MiB limit.
+    let web = declaration("web", &reference, &["sh", "-c", "echo started $GREETING >> /data/starts; echo web-says-$GREETING; exec sleep 100000"], 64 << 20, "");
+    let hog = declaration("hog", &reference, &["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"], 32 << 20, "").replace("\"restart\":\"always\"", "\"restart\":\"never\"");
+    write_file(&mut vm, "/etc/basalt/containers/web.json", &web);
+    write_file(&mut vm, "/etc/basalt/containers/hog.json", &hog);
+
+    let web_pid = running_pid(&mut vm, "web");
+
+    // Its own namespaces: every kind differs from the host's (network: none).
+    for ns in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
+        let out = vm.run_ok(&format!("readlink /proc/{web_pid}/ns/{ns}; readlink /proc/1/ns/{ns}"), CMD).unwrap();
+        let links: Vec<&str> = out.lines().map(str::trim).filter(|l| l.starts_with(ns)).collect();
+        assert!(links.len() == 2 && links[0] != links[1], "{ns} namespace not separate: {out}");
+    }
+    // Its limits in its cgroup files, as the host sees them and as it sees them.
+    assert_eq!(vm.run_ok(&format!("cat /proc/{web_pid}/cgroup"), CMD).unwrap().trim(), "0::/basalt/web");
+    assert_eq!(vm.run_ok("cat /sys/fs/cgroup/basalt/web/memory.max", CMD).unwrap().trim(), (64u64 << 20).to_string());
+    assert_eq!(vm.run_ok("cat /sys/fs/cgroup/basalt/web/cpu.max", CMD).unwrap().trim(), "50000 100000");
+    assert_eq!(vm.run_ok("cat /sys/fs/cgroup/basalt/web/pids.max", CMD).unwrap().trim(), "4096");
+    assert_eq!(vm.run_ok("basaltctl exec web cat /sys/fs/cgroup/memory.max", CMD).unwrap().trim(), (64u64 << 20).to_string());
+    // Docker's default capabilities, no_new_privs, its own host name and PIDs.
+    let status = vm.run_ok(&format!("grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/{web_pid}/status"), CMD).unwrap();
+    assert!(status.contains("CapEff:\t00000000a80425fb") && status.contains("CapBnd:\t00000000a80425fb") && status.contains("NoNewPrivs:\t1"), "{status}");
+    assert_eq!(vm.run_ok("basaltctl exec web hostname", CMD).unwrap().trim(), "web");
+    let inside = vm.run_ok("basaltctl exec web ps -o pid,comm", CMD).unwrap();
+    assert!(inside.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "sleep"]), "{inside}");
+    assert!(inside.lines().count() <= 3, "only the container's processes: {inside}");
+    // No network but its own loopback.
+    let links = vm.run_ok("basaltctl exec web cat /proc/net/dev", CMD).unwrap();
+    assert!(links.contains("lo:") && !links.contains("eth0") && !links.contains("ens"), "{links}");
+    // Environment, volume, logs.
+    assert_eq!(vm.run_ok("basaltctl exec web sh -c 'echo $GREETING'", CMD).unwrap().trim(), "hello");
+    assert!(vm.run_ok("cat /var/lib/web/starts", CMD).unwrap().contains("started hello"));
+    assert!(vm.run_ok("basaltctl logs web", CMD).unwrap().contains("web-says-hello"));
+    let (code, out) = vm.run("basaltctl exec web sh -c 'exit 7'", CMD).unwrap();
+    assert_eq!(code, 7, "exec passes the exit code on: {out}");
+
+    // hog reached its memory limit: OOM-killed, not restarted (never); web carries on.
+    let line = wait_output(&mut vm, "basaltctl ps | grep ^hog", "exited", Duration::from_secs(120));
+    assert!(line.contains("137") && line.contains("OOM"), "{line}");
+    assert!(vm.run_ok("basaltctl logs hog", CMD).unwrap().contains("OOM killer"));
+    assert_eq!(running_pid(&mut vm, "web"), web_pid, "web is untouched by hog's end");
+    assert!(vm.run_ok("test ! -e /sys/fs/cgroup/basalt/hog && echo gone", CMD).unwrap().contains("gone"), "hog's cgroup is removed");
+
+    // Killed from outside: restarted (always), with a new first process.
+    vm.run_ok(&format!("kill -9 {web_pid}"), CMD).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let new_pid = loop {
+        let line = ps_line(&mut vm, "web");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[2] == "running" && fields[3] != web_pid.to_string() && fields[3] != "-" {
+            assert_eq!(fields[4], "1", "one restart: {line}");
+            break fields[3].parse::<u32>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "web was not restarted: {line}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(vm.run_ok("grep -c started /var/lib/web/starts", CMD).unwrap().trim(), "2");
+
+    // basaltctl: run, logs, images, bad input, rm.
+    vm.run_ok(&format!("basaltctl run --name cli --restart never --memory 16M {reference} echo hi-from-cli"), CMD).unwrap();
+    wait_output(&mut vm, "basaltctl ps | grep ^cli", "exited", Duration::from_secs(60));
+    assert!(vm.run_ok("basaltctl logs cli", CMD).unwrap().contains("hi-from-cli"));
+    vm.run_ok("basaltctl rm cli", CMD).unwrap();
+    assert!(!vm.run_ok("basaltctl ps", CMD).unwrap().contains("cli "));
+    let images = vm.run_ok("basaltctl images ls", CMD).unwrap();
+    assert!(images.contains(&reference) && images.contains("hog,web"), "{images}");
+    let (code, out) = vm.run(&format!("basaltctl images pull 10.0.2.2:{}/test/nothing:1", registry.port), CMD).unwrap();
+    assert!(code != 0 && out.contains("not found"), "{out}");
+    let (code, out) = vm.run(&format!("basaltctl run --name big --restart never --cpu 1m {reference} true && sleep 3 && basaltctl ps | grep ^big"), CMD).unwrap();
+    assert!(code == 0 && out.contains("failed") && out.contains("cpu.max"), "a limit the kernel refuses is named: {out}");
+    vm.run_ok("basaltctl rm -f big", CMD).unwrap();
+    let (code, out) = vm.run(&format!("basaltctl images rm {reference}"), CMD).unwrap();
+    assert!(code != 0 && out.contains("used by"), "{out}");
+
+    // After a reboot: web runs again with its limits; hog stays down.
+    vm.send("basaltctl reboot").unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    let after = running_pid(&mut vm, "web");
+    assert_ne!(after, new_pid);
+    assert_eq!(vm.run_ok("cat /sys/fs/cgroup/basalt/web/memory.max", CMD).unwrap().trim(), (64u64 << 20).to_string());
+    assert!(ps_line(&mut vm, "hog").contains("stopped") || ps_line(&mut vm, "hog").contains("exited"));
+    assert_eq!(vm.run_ok("grep -c started /var/lib/web/starts", CMD).unwrap().trim(), "3");
+}
