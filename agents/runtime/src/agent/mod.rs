@@ -63,8 +63,12 @@ pub struct Agent {
     bad_declarations: Mutex<BTreeMap<PathBuf, SystemTime>>,
 }
 
+/// One line to the agent's log (stdout is a pipe to init: flushed per line).
 pub fn say(message: &str) {
-    println!("{message}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{message}");
+    let _ = out.flush();
 }
 
 impl Agent {

@@ -62,8 +62,18 @@ fn status_code(status: libc::c_int) -> i32 {
     }
 }
 
-/// Runs the bundle's container to its end; returns its exit code.
+/// Runs the bundle's container to its end; returns its exit code. Either
+/// way, `exit-status` in the bundle says how it ended.
 pub fn run(bundle: &Path, id: &str) -> Result<i32, String> {
+    let mut oom_kills = 0;
+    let result = run_to_end(bundle, id, &mut oom_kills);
+    let code = result.as_ref().copied().unwrap_or(SETUP_FAILED);
+    let error = result.as_ref().err().map(|e| e.replace('\n', " ")).unwrap_or_default();
+    let _ = std::fs::write(bundle.join(EXIT_FILE), format!("{code} {oom_kills} {error}\n"));
+    result
+}
+
+fn run_to_end(bundle: &Path, id: &str, oom_kills: &mut u64) -> Result<i32, String> {
     let config = Config::load(bundle)?;
     let root = if config.root.path.is_absolute() { config.root.path.clone() } else { bundle.join(&config.root.path) };
     let root = root.canonicalize().map_err(|e| format!("root.path {}: {e}", root.display()))?;
@@ -74,16 +84,13 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, String> {
         (None, None) => None,
     };
     let result = start_and_wait(&config, &root, cgroup.as_ref());
-    let oom_kills = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
-    if oom_kills > 0 {
+    *oom_kills = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
+    if *oom_kills > 0 {
         eprintln!("basalt-runtime: {id}: the kernel's OOM killer ended {oom_kills} process(es) of the container: it reached its memory limit");
     }
     if let Some(cgroup) = &cgroup {
         cgroup.remove();
     }
-    let code = result.as_ref().copied().unwrap_or(SETUP_FAILED);
-    let error = result.as_ref().err().map(|e| e.replace('\n', " ")).unwrap_or_default();
-    let _ = std::fs::write(bundle.join(EXIT_FILE), format!("{code} {oom_kills} {error}\n"));
     result
 }
 
