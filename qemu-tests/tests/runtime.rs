@@ -1,7 +1,7 @@
 //! Containers on the booted image: a registry on the host's loopback
 //! (Debian's docker-registry), reached from the guest as 10.0.2.2 through
-//! QEMU's user network; containers declared the way cloud-config declares
-//! them (/etc/basalt/containers/NAME.json) are pulled and run in their own
+//! QEMU's user network; containers declared in cloud-config user data (QEMU
+//! fw_cfg), with the runtime's settings in write_files, are pulled and run in their own
 //! namespaces with their limits in their cgroup files; one killed from
 //! outside is restarted; one that allocates past its memory limit is
 //! OOM-killed while the machine and the other container carry on; basaltctl
@@ -14,12 +14,6 @@ use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
 const CMD: Duration = Duration::from_secs(60);
-
-/// Writes a file on the guest through the console (content without single quotes).
-fn write_file(vm: &mut Vm, path: &str, content: &str) {
-    assert!(!content.contains('\''));
-    vm.run_ok(&format!("mkdir -p $(dirname {path}) && printf '%s' '{content}' > {path}"), CMD).unwrap();
-}
 
 /// Polls a console command until its output contains `wanted`.
 fn wait_output(vm: &mut Vm, command: &str, wanted: &str, timeout: Duration) -> String {
@@ -61,14 +55,6 @@ fn running_pid(vm: &mut Vm, name: &str) -> u32 {
     }
 }
 
-fn declaration(name: &str, image: &str, args: &[&str], memory: u64, extra: &str) -> String {
-    let args: Vec<String> = args.iter().map(|a| serde_json::to_string(a).unwrap()).collect();
-    format!(
-        r#"{{"version":1,"source":"cloud-config","name":"{name}","image":"{image}","args":[{}],"env":{{"GREETING":"hello"}},"cpu_millis":500,"memory_bytes":{memory},"network":"none","restart":"always","volumes":[{{"source":"/var/lib/{name}","target":"/data","read_only":false}}],"ports":[]{extra}}}"#,
-        args.join(",")
-    )
-}
-
 #[test]
 fn declared_containers_run_isolated_limited_restarted_and_survive_a_reboot() {
     let registry = Registry::start(Auth::Anonymous).unwrap();
@@ -84,19 +70,51 @@ fn declared_containers_run_isolated_limited_restarted_and_survive_a_reboot() {
     // One vCPU: the first cpu.max quota switches on the kernel's CFS
     // bandwidth static key, and under TCG the cross-CPU code patching that
     // needs can stall a second vCPU long enough for the soft-lockup watchdog.
-    let mut vm = Vm::boot_with("runtime", &default_image(), |c| c.cpus = 1).unwrap();
+    // Declared in cloud-config (QEMU fw_cfg), with the runtime's settings:
+    // the registry is plain HTTP. web writes to its volume and sleeps; hog
+    // allocates 100 MiB under a 32 MiB limit.
+    let user_data = work.path().join("user-data");
+    std::fs::write(
+        &user_data,
+        format!(
+            r#"#cloud-config
+write_files:
+  - path: /etc/basalt/runtime.toml
+    content: |
+      stop_timeout_seconds = 5
+      [registries."10.0.2.2:{port}"]
+      insecure = true
+containers:
+  - name: web
+    image: {reference}
+    args: [sh, -c, "echo started $GREETING >> /data/starts; echo web-says-$GREETING; exec sleep 100000"]
+    env: {{GREETING: hello}}
+    cpu: 500m
+    memory: 64M
+    network: none
+    volumes: ["/var/lib/web:/data"]
+  - name: hog
+    image: {reference}
+    args: [dd, if=/dev/zero, of=/dev/null, bs=100M, count=1]
+    memory: 32M
+    network: none
+    restart: never
+"#,
+            port = registry.port
+        ),
+    )
+    .unwrap();
+    // One vCPU: the first cpu.max quota switches on the kernel's CFS
+    // bandwidth static key, and under TCG the cross-CPU code patching that
+    // needs can stall a second vCPU long enough for the soft-lockup watchdog.
+    let mut vm = Vm::boot_with("runtime", &default_image(), |c| {
+        c.cpus = 1;
+        c.fw_cfg.push(("opt/org.basalt/user-data".into(), user_data.clone()));
+    })
+    .unwrap();
     vm.wait_ready(BOOT).unwrap();
-    vm.run_ok("basaltctl status | grep runtime.service", CMD).unwrap();
-
-    // The registry is plain HTTP: the agent must be told; settings are read at start.
-    write_file(&mut vm, "/etc/basalt/runtime.toml", &format!("stop_timeout_seconds = 5\n[registries.\"10.0.2.2:{}\"]\ninsecure = true\n", registry.port));
-    vm.run_ok("basaltctl restart runtime", CMD).unwrap();
-    wait_output(&mut vm, "basaltctl ps", "NAME", Duration::from_secs(60));
-    // web writes to its volume and sleeps; hog allocates 100 MiB under a 32 MiB limit.
-    let web = declaration("web", &reference, &["sh", "-c", "echo started $GREETING >> /data/starts; echo web-says-$GREETING; exec sleep 100000"], 64 << 20, "");
-    let hog = declaration("hog", &reference, &["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"], 32 << 20, "").replace("\"restart\":\"always\"", "\"restart\":\"never\"");
-    write_file(&mut vm, "/etc/basalt/containers/web.json", &web);
-    write_file(&mut vm, "/etc/basalt/containers/hog.json", &hog);
+    vm.run_ok("basaltctl status | grep basalt-runtime.service", CMD).unwrap();
+    assert!(vm.run_ok("cat /etc/basalt/containers/web.json", CMD).unwrap().contains("\"source\": \"cloud-config\""));
 
     let web_pid = running_pid(&mut vm, "web");
 

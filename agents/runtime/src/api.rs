@@ -72,7 +72,7 @@ pub fn send(stream: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
 
 /// Sends `request` to the agent at `socket`, handing each reply to `each`.
 pub fn call_at(socket: &str, request: &Request, mut each: impl FnMut(Reply)) -> Result<(), String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| format!("cannot reach the runtime agent at {socket}: {e} (is runtime.service running?)"))?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("cannot reach the runtime agent at {socket}: {e} (is basalt-runtime.service running?)"))?;
     let mut line = serde_json::to_vec(request).expect("requests serialise");
     line.push(b'\n');
     stream.write_all(&line).map_err(|e| e.to_string())?;

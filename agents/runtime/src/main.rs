@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-const USAGE: &str = "usage: basalt-runtime serve                 the agent (runtime.service)
+const USAGE: &str = "usage: basalt-runtime serve                 the agent (basalt-runtime.service)
        basalt-runtime exec --bundle DIR --pid PID -- CMD...   run CMD in a running container
        basalt-runtime run --bundle DIR ID     run an OCI bundle in the foreground
        basalt-runtime pull [--store DIR] [--settings FILE] REF   pull an image into a store";

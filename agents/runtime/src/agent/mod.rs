@@ -1,4 +1,4 @@
-//! The runtime agent (`basalt-runtime serve`, runtime.service): keeps the
+//! The runtime agent (`basalt-runtime serve`, basalt-runtime.service): keeps the
 //! declared containers (cloud-config's `/etc/basalt/containers/*.json`) and
 //! those started with `basaltctl run` running under their restart policies,
 //! answers the control socket, and keeps each container's record on ROOT so
@@ -54,7 +54,9 @@ impl Default for Paths {
 
 pub struct Agent {
     pub paths: Paths,
-    pub settings: Settings,
+    /// Re-read when the file changes (cloud-config may write it after the
+    /// agent started).
+    settings: Mutex<(Settings, Option<SystemTime>)>,
     pub store: Mutex<Store>,
     pub containers: Mutex<BTreeMap<String, Arc<Supervised>>>,
     /// This program, which runs each container (`run --bundle`).
@@ -72,6 +74,27 @@ pub fn say(message: &str) {
 }
 
 impl Agent {
+    pub fn settings(&self) -> Settings {
+        self.settings.lock().unwrap().0.clone()
+    }
+
+    /// Loads the settings file again if it changed; a bad file keeps the old settings.
+    pub fn reload_settings(&self) {
+        let modified = std::fs::metadata(&self.paths.settings).and_then(|m| m.modified()).ok();
+        let mut current = self.settings.lock().unwrap();
+        if current.1 == modified {
+            return;
+        }
+        current.1 = modified;
+        match Settings::load(&self.paths.settings) {
+            Ok(settings) => {
+                current.0 = settings;
+                say(&format!("{}: settings loaded", self.paths.settings.display()));
+            }
+            Err(e) => say(&format!("error: {e}; keeping the settings in use")),
+        }
+    }
+
     pub fn containers_dir(&self) -> PathBuf {
         self.paths.store.join("containers")
     }
@@ -233,7 +256,8 @@ fn load_overlay() {
 pub fn serve(paths: Paths) -> Result<(), String> {
     crate::linux::sys::sigmask(libc::SIG_BLOCK, &[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]);
     load_overlay();
-    let settings = Settings::load(&paths.settings)?;
+    let modified = std::fs::metadata(&paths.settings).and_then(|m| m.modified()).ok();
+    let settings = Mutex::new((Settings::load(&paths.settings)?, modified));
     let store = Store::open(&paths.store).map_err(|e| e.to_string())?;
     let runner = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     let agent = Arc::new(Agent { paths, settings, store: Mutex::new(store), containers: Mutex::new(BTreeMap::new()), runner, bad_declarations: Mutex::new(BTreeMap::new()) });
@@ -252,6 +276,7 @@ pub fn serve(paths: Paths) -> Result<(), String> {
         let agent = agent.clone();
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_secs(5));
+            agent.reload_settings();
             agent.reconcile_declared();
         });
     }

@@ -58,7 +58,7 @@ fn handle(agent: &Arc<Agent>, stream: &mut UnixStream) -> Reply {
         Request::Images => return images_list(agent).map(Reply::Images).unwrap_or_else(Reply::Error),
         Request::Pull { reference } => {
             let store = agent.store.lock().unwrap();
-            crate::pull::pull(&store, &agent.settings, &reference)
+            crate::pull::pull(&store, &agent.settings(), &reference)
                 .map(|(image, report)| {
                     format!(
                         "{} {}: {} bytes downloaded in {:.2} s ({} resumed), {} layers unpacked, {} reused",
@@ -79,7 +79,7 @@ fn handle(agent: &Arc<Agent>, stream: &mut UnixStream) -> Reply {
             Ok(format!("starting {name}"))
         }),
         Request::Stop { name } => with_container(agent, &name, |s| {
-            let limit = Duration::from_secs(agent.settings.stop_timeout_seconds + 10);
+            let limit = Duration::from_secs(agent.settings().stop_timeout_seconds + 10);
             if s.stop_and_wait(limit) {
                 Ok(format!("stopped {name}"))
             } else {

@@ -42,6 +42,9 @@ pub struct Supervised {
 enum Outcome {
     Exited { code: i32, ran: Duration },
     Failed(String),
+    /// The image could not be had (the network or registry may not be up
+    /// yet): retried whatever the policy, which is about the container's exits.
+    PullFailed(String),
     Stopped,
     Removed,
     Shutdown,
@@ -170,6 +173,11 @@ impl Supervised {
                         _ => false,
                     }
                 }
+                Outcome::PullFailed(message) => {
+                    say(&format!("{name}: {message}"));
+                    self.status.lock().unwrap().detail = message.clone();
+                    true
+                }
                 Outcome::Failed(message) => {
                     say(&format!("{name}: {message}"));
                     let mut status = self.status.lock().unwrap();
@@ -179,10 +187,7 @@ impl Supervised {
                     self.record().spec.restart != "never"
                 }
             };
-            let (code, detail) = {
-                let status = self.status();
-                (status.exit_code, status.detail)
-            };
+            let detail = self.status().detail;
             if !restart {
                 self.set_desired(agent, false);
                 let state = if matches!(outcome, Outcome::Failed(_)) { "failed" } else { "exited" };
@@ -190,7 +195,7 @@ impl Supervised {
                 continue;
             }
             self.set_state("backoff", format!("{detail}; restarting in {:.1} s", backoff.as_secs_f64()));
-            say(&format!("{name}: exited ({}); restarting in {:.1} s", code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()), backoff.as_secs_f64()));
+            say(&format!("{name}: restarting in {:.1} s", backoff.as_secs_f64()));
             match commands.recv_timeout(backoff) {
                 Ok(Command_::Stop) => {
                     self.set_desired(agent, false);
@@ -220,12 +225,12 @@ impl Supervised {
                 Ok(None) => {
                     self.set_state("pulling", reference.clone());
                     say(&format!("{}: pulling {reference}", spec.name));
-                    match crate::pull::pull(&store, &agent.settings, &reference) {
+                    match crate::pull::pull(&store, &agent.settings(), &reference) {
                         Ok((image, report)) => {
                             say(&format!("{}: pulled {} ({} bytes in {:.1} s)", spec.name, image.manifest_digest, report.downloaded, report.seconds));
                             image
                         }
-                        Err(e) => return Outcome::Failed(format!("pulling {reference}: {e}")),
+                        Err(e) => return Outcome::PullFailed(format!("pulling {reference}: {e}")),
                     }
                 }
                 Err(e) => return Outcome::Failed(e.to_string()),
@@ -344,7 +349,7 @@ impl Supervised {
                         ended_by = Some(command);
                         self.set_state("stopping", "");
                         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                        kill_at = Some(Instant::now() + Duration::from_secs(agent.settings.stop_timeout_seconds));
+                        kill_at = Some(Instant::now() + Duration::from_secs(agent.settings().stop_timeout_seconds));
                     } else if command == Command_::Remove || command == Command_::Shutdown {
                         ended_by = Some(command);
                     }
@@ -353,7 +358,7 @@ impl Supervised {
                     if ended_by.is_none() {
                         ended_by = Some(Command_::Shutdown);
                         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                        kill_at = Some(Instant::now() + Duration::from_secs(agent.settings.stop_timeout_seconds));
+                        kill_at = Some(Instant::now() + Duration::from_secs(agent.settings().stop_timeout_seconds));
                     }
                 }
             }
