@@ -56,8 +56,8 @@ fn main() {
             let store = basalt_runtime::store::Store::open(&store).unwrap_or_else(|e| fail(&e.to_string()));
             match basalt_runtime::pull::pull(&store, &settings, reference) {
                 Ok((image, report)) => println!(
-                    "{} {}: {} bytes downloaded in {:.2} s ({} resumed), {} layers unpacked, {} reused",
-                    image.reference, image.manifest_digest, report.downloaded, report.seconds, report.resumed, report.layers_unpacked, report.layers_reused
+                    "{} {}: {} bytes downloaded in {:.2} s ({} resumed), {} layers unpacked in {:.2} s, {} reused",
+                    image.reference, image.manifest_digest, report.downloaded, report.seconds, report.resumed, report.layers_unpacked, report.unpack_seconds, report.layers_reused
                 ),
                 Err(e) => fail(&e.to_string()),
             }

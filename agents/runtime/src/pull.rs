@@ -23,6 +23,8 @@ pub struct PullReport {
     pub layers_unpacked: usize,
     pub layers_reused: usize,
     pub seconds: f64,
+    /// Of `seconds`, the time spent unpacking layers.
+    pub unpack_seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +83,10 @@ pub fn pull(store: &Store, settings: &Settings, text: &str) -> Result<(StoredIma
     for (layer, diff_id) in image_manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         fetch_blob(&layer.digest, layer.size, &mut report)?;
         let compression = manifest::layer_compression(&layer.media_type).map_err(manifest_error)?;
-        if store.unpack_layer(&layer.digest, compression, diff_id)? {
+        let unpack_started = Instant::now();
+        let unpacked = store.unpack_layer(&layer.digest, compression, diff_id)?;
+        report.unpack_seconds += unpack_started.elapsed().as_secs_f64();
+        if unpacked {
             report.layers_unpacked += 1;
         } else {
             report.layers_reused += 1;
