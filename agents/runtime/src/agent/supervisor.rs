@@ -246,6 +246,9 @@ impl Supervised {
             let _ = agent.save_record(&self.record());
         }
         self.set_state("starting", "");
+        if !spec.ports.is_empty() {
+            say(&format!("{}: ports are not published with network {} (only a bridge network would need them; with host the container's ports are the machine's)", spec.name, spec.network));
+        }
         let layers: Vec<_> = {
             let store = agent.store.lock().unwrap();
             image.config.rootfs.diff_ids.iter().map(|d| store.layer_path(d)).collect()
