@@ -3,7 +3,6 @@
 
 use basalt_disk::{Gpt, Guid, Partition};
 use std::fs;
-use std::path::Path;
 
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -13,17 +12,7 @@ pub struct Found {
     pub partition: Partition,
 }
 
-/// The kernel's device name of partition `number` on `disk` (vda3, nvme0n1p3).
-pub fn partition_dev(disk: &str, number: u32) -> Option<String> {
-    let dir = Path::new("/sys/class/block").join(disk);
-    for entry in fs::read_dir(&dir).ok()?.flatten() {
-        let p = entry.path().join("partition");
-        if fs::read_to_string(&p).ok().and_then(|s| s.trim().parse::<u32>().ok()) == Some(number) {
-            return Some(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    None
-}
+pub use basalt_slots::partition_dev;
 
 pub fn whole_disks() -> Vec<String> {
     let mut disks: Vec<String> = fs::read_dir("/sys/class/block")
