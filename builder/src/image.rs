@@ -134,6 +134,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     tree.file("/usr/lib/basalt/basalt-store", 0o755, read_bin(&opts.bin_dir, "basalt-store")?)?;
     tree.file("/usr/lib/basalt/basalt-cloud-config", 0o755, read_bin(&opts.bin_dir, "basalt-cloud-config")?)?;
     tree.file("/usr/lib/basalt/basalt-runtime", 0o755, read_bin(&opts.bin_dir, "basalt-runtime")?)?;
+    tree.file("/usr/lib/basalt/basalt-update", 0o755, read_bin(&opts.bin_dir, "basalt-update")?)?;
     if let Some(keys) = &opts.authorized_keys {
         tree.file(DEV_AUTHORIZED_KEYS, 0o644, keys.clone().into_bytes())?;
     }

@@ -5,6 +5,7 @@
 mod config;
 mod runtime;
 mod store;
+mod update;
 
 use basalt_control::{call, Request, Status, LOG_DIR};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -45,12 +46,13 @@ fn main() {
         ["poweroff"] => simple(Request::PowerOff),
         ["config", rest @ ..] => config::run(rest),
         ["store", rest @ ..] => store::run(rest),
+        ["update", rest @ ..] => update::run(rest),
         ["-h" | "--help" | "help"] => {
-            println!("{USAGE}\n{}\n{}", store::USAGE, runtime::USAGE);
+            println!("{USAGE}\n{}\n{}\n{}", store::USAGE, runtime::USAGE, update::USAGE);
             Ok(())
         }
         _ => {
-            eprintln!("{USAGE}\n{}\n{}", store::USAGE, runtime::USAGE);
+            eprintln!("{USAGE}\n{}\n{}\n{}", store::USAGE, runtime::USAGE, update::USAGE);
             std::process::exit(2);
         }
     };

@@ -1,1 +1,9 @@
-//! The A/B update agent. Its work is tracked by the "Updates" issue; nothing here yet.
+//! The update agent's library half: what `basaltctl update` needs to talk to
+//! it ([`protocol`]), and the parts that are tested on the host without a
+//! machine ([`config`], [`window`], [`decide`], [`apply`]).
+
+pub mod apply;
+pub mod config;
+pub mod decide;
+pub mod protocol;
+pub mod window;
