@@ -1,0 +1,85 @@
+//! Update apply throughput: `basalt-update write-slot` (decompress, hash,
+//! write, sync, read back and verify the verity tree) of the default image's
+//! full payload onto a loop block device, as a ratio to `dd bs=4M
+//! conv=fsync` of the same usr bytes onto the same device in the same run
+//! (alternating, median of 3 each). Prints a markdown table.
+//!
+//! Needs root (losetup), BASALT_BIN and BASALT_IMAGE (default out/basalt.img).
+
+use basalt_qemu_tests::{basalt_bin, default_image, require_image};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const RUNS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = cmd.output()?;
+    anyhow::ensure!(out.status.success(), "{:?} failed: {}{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok(t.elapsed().as_secs_f64())
+}
+
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+struct Collect(Vec<u8>);
+
+impl basalt_repo::payload::Sink for Collect {
+    fn usr(&mut self, d: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(d);
+        Ok(())
+    }
+    fn uki(&mut self, _: char, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let basalt = basalt_bin();
+    let agent = basalt.with_file_name("basalt-update");
+    let img = default_image();
+    require_image(&img)?;
+    let dir = tempfile::tempdir()?;
+    let payload = dir.path().join("full.payload");
+    run(Command::new(&basalt).arg("payload").arg(&img).arg("-o").arg(&payload).stdout(Stdio::null()))?;
+    let data = std::fs::read(&payload)?;
+    let mut r = &data[..];
+    let header = basalt_repo::payload::read_header(&mut r)?;
+    let mut usr = Collect(Vec::new());
+    basalt_repo::payload::unpack(r, &header, None, &mut usr)?;
+    let usr_path = dir.path().join("usr.img");
+    std::fs::write(&usr_path, &usr.0)?;
+    let mib = usr.0.len() as f64 / 1048576.0;
+
+    let backing = dir.path().join("slot.raw");
+    std::fs::File::create(&backing)?.set_len(usr.0.len() as u64 + (16 << 20))?;
+    let out = Command::new("losetup").args(["--find", "--show"]).arg(&backing).output()?;
+    anyhow::ensure!(out.status.success(), "losetup failed (root and the loop driver are needed): {}", String::from_utf8_lossy(&out.stderr));
+    let dev = Loop(String::from_utf8(out.stdout)?.trim().to_string());
+    let (mut dd, mut apply) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        dd.push(run(Command::new("dd").arg(format!("if={}", usr_path.display())).arg(format!("of={}", dev.0)).args(["bs=4M", "conv=fsync", "status=none"]))?);
+        apply.push(run(Command::new(&agent).arg("write-slot").arg(&payload).arg(&dev.0).arg("B").stdout(Stdio::null()))?);
+    }
+    drop(dev);
+    let (dd_s, apply_s) = (median(dd), median(apply));
+    println!("## Update apply (median of {RUNS})");
+    println!();
+    println!("| figure | value | target | ratio to target |");
+    println!("| --- | --- | --- | --- |");
+    println!("| full payload | {:.1} MiB for {mib:.1} MiB of usr slot and two UKIs | — | — |", data.len() as f64 / 1048576.0);
+    println!("| `dd bs=4M conv=fsync` of the usr bytes to a loop device | {:.0} MiB/s ({dd_s:.2} s) | — | — |", mib / dd_s);
+    println!("| `basalt-update write-slot` to the same device (verified) | {:.0} MiB/s ({apply_s:.2} s) | — | — |", mib / apply_s);
+    println!("| apply throughput / dd throughput | {:.2} | ≥ 0.8 | {:.2} |", dd_s / apply_s, dd_s / apply_s / 0.8);
+    Ok(())
+}
