@@ -139,7 +139,13 @@ fn apply_and_reboot(vm: &mut Vm, version: &str, slot: &str) {
     let out = vm.run_ok("basaltctl update apply --no-wait", CMD).unwrap();
     assert!(out.contains(&format!("installing {version} to slot {slot}")), "{out}");
     vm.wait_for(&format!("installed basalt_{version}_{}+3.efi on the ESP", slot.to_lowercase()), BOOT).unwrap();
+    ready(vm, version, slot);
+}
+
+/// Waits for the boot of `version` from `slot` and for its update agent.
+fn ready(vm: &mut Vm, version: &str, slot: &str) {
     assert_eq!(vm.wait_ready(BOOT).unwrap(), (version.to_string(), slot.to_string()));
+    vm.wait_for(&format!("running basalt {version} from slot {slot}"), CMD).unwrap();
 }
 
 fn boot_disk(name: &str, disk: &Path) -> Vm {
@@ -177,6 +183,7 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
 
     let mut vm = Vm::boot("update", &v1).unwrap();
     assert_eq!(vm.wait_ready(BOOT).unwrap(), ("0.1.0".to_string(), "A".to_string()));
+    vm.wait_for("running basalt 0.1.0 from slot A; channel stable", CMD).unwrap();
     let status = vm.run_ok("basaltctl update status", CMD).unwrap();
     assert!(status.contains("basalt 0.1.0 (slot A)") && status.contains(&server.guest_url()), "{status}");
 
@@ -228,7 +235,7 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
     assert!(out.contains("installing 0.2.0 to slot B"), "{out}");
     vm.wait_for("MiB, delta)", CMD).unwrap();
     vm.wait_for("slot B verified", BOOT).unwrap();
-    assert_eq!(vm.wait_ready(BOOT).unwrap(), ("0.2.0".to_string(), "B".to_string()));
+    ready(&mut vm, "0.2.0", "B");
     wait_blessed(&mut vm);
     let status = vm.run_ok("basaltctl update status", CMD).unwrap();
     assert!(status.contains("updated from 0.1.0 to 0.2.0, running from slot B"), "{status}");
@@ -258,7 +265,7 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
         }
         drop(vm);
         vm = boot_disk(&format!("update-after-cut-{i}"), &disk);
-        assert_eq!(vm.wait_ready(BOOT).unwrap(), ("0.2.0".to_string(), "B".to_string()), "after a power cut at {cut_at}");
+        ready(&mut vm, "0.2.0", "B");
         let status = vm.run_ok("basaltctl update status", CMD).unwrap();
         assert!(status.contains("the update to 0.3.0 was interrupted while writing slot A"), "{status}");
     }
@@ -272,7 +279,7 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
     // (Sent, not run: the machine reboots right after the answer.)
     vm.send("basaltctl update rollback").unwrap();
     vm.wait_for("rolled back on request from 0.3.0 (slot A) to 0.2.0 (slot B)", CMD).unwrap();
-    assert_eq!(vm.wait_ready(BOOT).unwrap(), ("0.2.0".to_string(), "B".to_string()));
+    ready(&mut vm, "0.2.0", "B");
     let check = vm.run_ok("basaltctl update check", CMD).unwrap();
     assert!(check.contains("0.3.0 failed its health checks on this machine before; not retrying it"), "{check}");
 
@@ -292,6 +299,7 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
     }
     let rest = vm.wait_for("\n", CMD).unwrap();
     assert!(rest.contains("version=0.2.0 slot=B"), "back on {rest}");
+    vm.wait_for("rollback: 0.4.0 did not pass its health checks", CMD).unwrap();
     assert_eq!(panics, 3, "0.4.0 gets three tries");
     let status = vm.run_ok("basaltctl update status", CMD).unwrap();
     assert!(status.contains("0.4.0 did not pass its health checks") && status.contains("0 tries left after 3 boot(s)"), "{status}");
