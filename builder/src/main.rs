@@ -8,7 +8,9 @@ mod formats;
 mod image;
 mod inputs;
 mod modules;
+mod payload;
 mod publish;
+mod repo;
 mod spec;
 mod stream;
 mod tree;
@@ -90,6 +92,25 @@ enum Cmd {
         /// Print the problems as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make an update payload from a built raw image (writes OUT and OUT.sha256).
+    Payload {
+        image: PathBuf,
+        /// Output file (default: NAME-VERSION.payload, or NAME-OLD-to-VERSION.delta, next to IMAGE).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Make a delta against this older image of the same name: machines
+        /// running it apply the delta to what they have.
+        #[arg(long, value_name = "OLD_IMAGE")]
+        from: Option<PathBuf>,
+        /// zstd level.
+        #[arg(long, default_value_t = payload::DEFAULT_LEVEL)]
+        level: i32,
+    },
+    /// Keep a signed update repository of payloads and channels.
+    Repo {
+        #[command(subcommand)]
+        cmd: repo::RepoCmd,
     },
     /// Boot an image in QEMU with OVMF; the serial console is this terminal (Ctrl-A X quits).
     Run {
@@ -261,6 +282,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Payload { image, output, from, level } => {
+            let r = payload::make(&payload::PayloadOptions { image, output, from, level })?;
+            let mib = |b: u64| b as f64 / 1048576.0;
+            match &r.from_version {
+                Some(old) => println!("wrote {} in {:.1} s: {} {old} -> {}", r.output.display(), r.seconds, r.name, r.version),
+                None => println!("wrote {} in {:.1} s: {} {}", r.output.display(), r.seconds, r.name, r.version),
+            }
+            println!("  usr slot image {:>8.1} MiB", mib(r.usr_bytes));
+            println!("  UKI (x2)       {:>8.1} MiB", mib(r.uki_bytes));
+            println!(
+                "  {:<14} {:>8.1} MiB  ({:.1}% of the {:.1} MiB it carries)",
+                if r.from_version.is_some() { "delta" } else { "payload" },
+                mib(r.payload_bytes),
+                100.0 * r.payload_bytes as f64 / (r.usr_bytes + 2 * r.uki_bytes) as f64,
+                mib(r.usr_bytes + 2 * r.uki_bytes)
+            );
+            println!("  sha256         {}", r.sha256);
+            Ok(())
+        }
+        Cmd::Repo { cmd } => repo::run(cmd),
         Cmd::Run { image, user_data, ssh_port, memory_mib } => {
             let state = tempfile::Builder::new().prefix("basalt-run-").tempdir()?;
             let mut cfg = basalt_vm::VmConfig::new(&image, state.path());

@@ -326,12 +326,13 @@ fn read_cloud_config(path: &std::path::Path) -> Result<String> {
     Ok(text)
 }
 
-/// A partition of the target as a file of its own, for fatfs.
-struct PartitionIo<'a> {
-    file: &'a std::fs::File,
-    start: u64,
-    len: u64,
-    pos: u64,
+/// A partition of the target as a file of its own, for fatfs (also used by
+/// `basalt payload` to read an image's ESP, with the file opened read-only).
+pub(crate) struct PartitionIo<'a> {
+    pub(crate) file: &'a std::fs::File,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) pos: u64,
 }
 
 impl Read for PartitionIo<'_> {

@@ -21,6 +21,10 @@ pub enum PeError {
     NameTooLong(String),
     #[error("section {0} already exists in the stub")]
     Duplicate(String),
+    #[error("the image has no section {0}")]
+    Missing(String),
+    #[error("section {name} is {old} bytes; its replacement is {new} bytes, and only a same-size replacement is done in place")]
+    SizeChanged { name: String, old: usize, new: usize },
 }
 
 const SECTION_HEADER_SIZE: usize = 40;
@@ -102,6 +106,31 @@ pub fn sections(pe: &[u8]) -> Result<Vec<(String, &[u8])>, PeError> {
         out.push((section_name(pe, h), data));
     }
     Ok(out)
+}
+
+/// Replaces the data of section `name` by `data` of the same length, in
+/// place: headers, offsets and every other byte stay as they are. The stub
+/// reads `.cmdline` by its VirtualSize, so a same-length command line is all
+/// a slot's second UKI needs.
+pub fn replace_section(pe: &mut [u8], name: &str, data: &[u8]) -> Result<(), PeError> {
+    let l = layout(pe)?;
+    for i in 0..l.count {
+        let h = l.sections + i * SECTION_HEADER_SIZE;
+        if section_name(pe, h) != name {
+            continue;
+        }
+        let vsize = u32_at(pe, h + 8)? as usize;
+        let raw_size = u32_at(pe, h + 16)? as usize;
+        let raw_ptr = u32_at(pe, h + 20)? as usize;
+        let len = vsize.min(raw_size);
+        if data.len() != len {
+            return Err(PeError::SizeChanged { name: name.to_string(), old: len, new: data.len() });
+        }
+        let target = pe.get_mut(raw_ptr..raw_ptr + len).ok_or_else(|| PeError::Format(format!("section {name} data out of file")))?;
+        target.copy_from_slice(data);
+        return Ok(());
+    }
+    Err(PeError::Missing(name.to_string()))
 }
 
 /// Appends `extra` sections to `stub`, in order, and returns the new image.
@@ -196,6 +225,23 @@ mod tests {
         }
         // .osrel at 0x2000 (after .text's page), .linux at 0x3000, 3000 bytes -> image ends at 0x4000.
         assert_eq!(u32_at(&pe, l.opt + 56).unwrap(), 0x4000);
+    }
+
+    #[test]
+    fn replaces_a_section_in_place_only_at_the_same_size() {
+        let before = append_sections(&tiny_pe(), &[(".osrel", b"ID=basalt\n"), (".cmdline", b"basalt.slot=A x"), (".linux", &[0xAA; 3000])]).unwrap();
+        let mut pe = before.clone();
+        replace_section(&mut pe, ".cmdline", b"basalt.slot=B x").unwrap();
+        let secs = sections(&pe).unwrap();
+        assert_eq!(secs[2], (".cmdline".to_string(), &b"basalt.slot=B x"[..]));
+        assert_eq!(secs[3].1, &[0xAA; 3000][..]);
+        let changed: Vec<usize> = (0..pe.len()).filter(|&i| pe[i] != before[i]).collect();
+        assert_eq!(changed.len(), 1, "only the one differing byte changes");
+        assert_eq!(pe.len(), before.len());
+        assert_eq!(replace_section(&mut pe, ".cmdline", b"basalt.slot=B xy"), Err(PeError::SizeChanged { name: ".cmdline".into(), old: 15, new: 16 }));
+        assert_eq!(replace_section(&mut pe, ".initrd", b""), Err(PeError::Missing(".initrd".into())));
+        assert!(matches!(replace_section(&mut b"not a pe".to_vec(), ".cmdline", b""), Err(PeError::Format(_))));
+        assert_eq!(sections(&pe).unwrap()[2].1, b"basalt.slot=B x", "a refused replacement changes nothing");
     }
 
     #[test]
