@@ -316,7 +316,21 @@ fn load_public(flag: &str, files: &[PathBuf]) -> Result<Vec<PublicKey>> {
 
 /// `init` (root v1) and `rotate` (root vN+1).
 pub fn stage_root(repo: &Repo, a: &RootArgs, init: bool, now: SystemTime) -> Result<()> {
-    let _lock = if init { repo.lock()? } else { repo.check_exists().and_then(|_| repo.lock())? };
+    if !init {
+        repo.check_exists()?;
+    }
+    let created = !repo.dir.exists();
+    let result = stage_root_locked(repo, a, init, now);
+    if result.is_err() && created {
+        // A refused `init` leaves no directory behind.
+        let _ = std::fs::remove_file(repo.dir.join(".lock"));
+        let _ = std::fs::remove_dir(&repo.dir);
+    }
+    result
+}
+
+fn stage_root_locked(repo: &Repo, a: &RootArgs, init: bool, now: SystemTime) -> Result<()> {
+    let _lock = repo.lock()?;
     let current = repo.trusted()?;
     let current = current.as_ref().map(|t| t.root());
     let version = match (init, current) {

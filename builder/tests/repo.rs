@@ -60,8 +60,16 @@ fn build(dir: &Path, version: &str, extra_file: &str, out: &Path) {
         .unwrap());
 }
 
-/// Two images of one name: 0.1.0 (the default image when `make test` built
-/// it) and 0.2.0 with one changed file.
+/// The default spec's version.
+fn v1_version() -> String {
+    let spec = std::fs::read_to_string(repo_root().join("image/basalt.yaml")).unwrap();
+    spec.lines().find_map(|l| l.strip_prefix("version: ")).unwrap().trim().to_string()
+}
+
+const V2: &str = "99.0.0";
+
+/// Two images of one name: the default spec's version (the default image
+/// when `make test` built it) and V2 with one changed file.
 fn images() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
     static IMAGES: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
     IMAGES.get_or_init(|| {
@@ -70,12 +78,12 @@ fn images() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
             Some(p) => PathBuf::from(p),
             None => {
                 let p = dir.path().join("v1.img");
-                build(dir.path(), "0.1.0", "one", &p);
+                build(dir.path(), &v1_version(), "one", &p);
                 p
             }
         };
         let v2 = dir.path().join("v2.img");
-        build(dir.path(), "0.2.0", "two", &v2);
+        build(dir.path(), V2, "two", &v2);
         (dir, v1, v2)
     })
 }
@@ -174,7 +182,7 @@ fn a_payload_from_a_built_image_goes_through_a_served_repository_to_usr_a_and_a_
     assert!(sums.ends_with("  v1.payload\n"), "{sums}");
     let bytes = std::fs::read(d("v1.payload")).unwrap();
     let (h, c) = unpack(&bytes, None);
-    assert_eq!((h.name.as_str(), h.version.as_str(), h.delta.is_none()), ("basalt", "0.1.0", true));
+    assert_eq!((h.name.as_str(), h.version.as_str(), h.delta.is_none()), ("basalt", v1_version().as_str(), true));
     assert_eq!(c.usr, partition_bytes(v1, 3, h.usr.bytes), "the usr slot image is USR-A's first bytes");
     assert_eq!(h.usr.hash_offset + 4096, h.usr.bytes - 4096 * basalt_verity::tree_blocks(h.usr.hash_offset / 4096), "squashfs, superblock, tree");
     let line_a = cmdline(&c.a);
@@ -210,7 +218,7 @@ fn a_payload_from_a_built_image_goes_through_a_served_repository_to_usr_a_and_a_
     let out = run(&["repo", "sign", &s(&repo), "--key", &s(&d("root2"))]);
     assert!(out.contains("published root v1") && out.contains("published channel stable v1"), "{out}");
     let shown = run(&["repo", "show", &s(&repo)]);
-    assert!(shown.contains("channel stable v1: basalt 0.1.0") && shown.contains("nothing staged"), "{shown}");
+    assert!(shown.contains(&format!("channel stable v1: basalt {}", v1_version())) && shown.contains("nothing staged"), "{shown}");
     let err = fails(&["repo", "add", &s(&repo), &s(&d("v1.payload.sha256")), "--channel", "stable"]);
     assert!(err.contains("not a basalt update payload"), "{err}");
 
@@ -242,21 +250,22 @@ fn a_delta_from_the_older_image_rebuilds_the_newer_payload_and_is_much_smaller()
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let full = dir.path().join("v2.payload");
     run(&["payload", &s(v2), "-o", &s(&full)]);
+    let old = v1_version();
     let out = run(&["payload", &s(v2), "--from", &s(v1)]);
-    let delta = v2.parent().unwrap().join("basalt-0.1.0-to-0.2.0.delta");
-    assert!(out.contains("0.1.0 -> 0.2.0") && out.contains(&s(&delta)), "{out}");
+    let delta = v2.parent().unwrap().join(format!("basalt-{old}-to-{V2}.delta"));
+    assert!(out.contains(&format!("{old} -> {V2}")) && out.contains(&s(&delta)), "{out}");
     let (full_bytes, delta_bytes) = (std::fs::read(&full).unwrap(), std::fs::read(&delta).unwrap());
     assert!(delta_bytes.len() * 4 < full_bytes.len(), "delta {} bytes, full {}", delta_bytes.len(), full_bytes.len());
 
-    // The machine running 0.1.0 has its USR-A and its UKI's kernel and initramfs.
+    // The machine running the old version has its USR-A and its UKI's kernel and initramfs.
     let (hf, cf) = unpack(&full_bytes, None);
     let mut r = &delta_bytes[..];
     let hd = payload::read_header(&mut r).unwrap();
     let from = hd.delta.clone().unwrap();
-    assert_eq!(from.version, "0.1.0");
+    assert_eq!(from.version, old);
     let old_usr = partition_bytes(v1, 3, from.usr.bytes);
-    let old = unpack(&run_payload_of(v1, dir.path()), None).1;
-    let reference = Reference { version: "0.1.0", usr: &old_usr, kernel: section(&old.a, ".linux"), initrd: section(&old.a, ".initrd") };
+    let old_parts = unpack(&run_payload_of(v1, dir.path()), None).1;
+    let reference = Reference { version: &old, usr: &old_usr, kernel: section(&old_parts.a, ".linux"), initrd: section(&old_parts.a, ".initrd") };
     let (hd, cd) = unpack(&delta_bytes, Some(&reference));
     assert_eq!((hd.usr.clone(), hd.uki.clone()), (hf.usr, hf.uki));
     assert!(cd.usr == cf.usr && cd.a == cf.a && cd.b == cf.b, "the delta makes exactly the full payload's bytes");
@@ -269,7 +278,7 @@ fn a_delta_from_the_older_image_rebuilds_the_newer_payload_and_is_much_smaller()
     run(&["repo", "init", &s(&repo), "--root-key", &s(&dir.path().join("root.pub")), "--channel-key", &s(&dir.path().join("chan.pub"))]);
     run(&["repo", "add", &s(&repo), &s(&full), "--channel", "beta", "--delta", &s(&delta), "--rollout", "2030-01-01T00:00:00Z=0.5,2030-01-02T00:00:00Z=1"]);
     run(&["repo", "sign", &s(&repo), "--key", &s(&dir.path().join("root")), "--key", &s(&dir.path().join("chan"))]);
-    assert!(repo.join("payloads/basalt-0.1.0-to-0.2.0.delta").exists());
+    assert!(repo.join(format!("payloads/basalt-{old}-to-{V2}.delta")).exists());
     let err = fails(&["payload", &s(v1), "--from", &s(v2), "-o", &s(&dir.path().join("x"))]);
     assert!(err.contains("not older than"), "{err}");
     assert!(!dir.path().join("x").exists());
