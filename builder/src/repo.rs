@@ -304,10 +304,17 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+fn key_error(flag: &str, file: &Path, e: basalt_repo::keys::KeyError, wanted: &str) -> anyhow::Error {
+    match e {
+        basalt_repo::keys::KeyError::Io { source, .. } => anyhow!("{flag} {}: {source}", file.display()),
+        other => anyhow!("{flag} {}: not {wanted}: {other}", file.display()),
+    }
+}
+
 fn load_public(flag: &str, files: &[PathBuf]) -> Result<Vec<PublicKey>> {
     let mut out: Vec<PublicKey> = Vec::new();
     for f in files {
-        let k = PublicKey::load(f).with_context(|| format!("{flag} {}: not a public key file (made by `basalt repo keygen`, FILE.pub)", f.display()))?;
+        let k = PublicKey::load(f).map_err(|e| key_error(flag, f, e, "a public key file (FILE.pub of `basalt repo keygen`)"))?;
         ensure!(!out.contains(&k), "{flag} {} names a key given twice ({})", f.display(), k.id());
         out.push(k);
     }
@@ -573,8 +580,12 @@ pub struct SignOutcome {
     pub still_staged: Vec<String>,
 }
 
-fn is_threshold(e: &TrustError) -> bool {
-    matches!(e, TrustError::Signature { source: EnvelopeError::Threshold { .. }, .. })
+/// The reason a document waits for more signatures, if that is all it lacks.
+fn missing_signatures(e: &TrustError) -> Option<&EnvelopeError> {
+    match e {
+        TrustError::Signature { source: s @ EnvelopeError::Threshold { .. }, .. } => Some(s),
+        _ => None,
+    }
 }
 
 pub fn sign(repo: &Repo, key_files: &[PathBuf], now: SystemTime) -> Result<SignOutcome> {
@@ -582,7 +593,7 @@ pub fn sign(repo: &Repo, key_files: &[PathBuf], now: SystemTime) -> Result<SignO
     let _lock = repo.lock()?;
     let mut keys = Vec::new();
     for f in key_files {
-        let k = PrivateKey::load(f).with_context(|| format!("--key {}: not a private key file (made by `basalt repo keygen`)", f.display()))?;
+        let k = PrivateKey::load(f).map_err(|e| key_error("--key", f, e, "a private key file (made by `basalt repo keygen`)"))?;
         keys.push((f, k));
     }
     let trusted = repo.trusted()?;
@@ -646,9 +657,9 @@ pub fn sign(repo: &Repo, key_files: &[PathBuf], now: SystemTime) -> Result<SignO
                 messages.push(format!("published {doc} (roots/{}.root.json, root.json)", root.version));
                 newest = Some(t);
             }
-            Err(e) if is_threshold(&e) => {
+            Err(e) if missing_signatures(&e).is_some() => {
                 writes.push((repo.staged_root(), bytes));
-                messages.push(format!("{doc} stays staged: {e}"));
+                messages.push(format!("{doc} stays staged: {}", missing_signatures(&e).unwrap()));
                 out.still_staged.push(doc);
             }
             Err(e) => return Err(anyhow!("{e}")).with_context(|| format!("staged {doc} cannot be published")),
@@ -679,9 +690,9 @@ pub fn sign(repo: &Repo, key_files: &[PathBuf], now: SystemTime) -> Result<SignO
                 messages.push(format!("published {doc}: {} {}", channel.release.name, channel.release.version));
                 out.published.push(doc);
             }
-            Err(e) if is_threshold(&e) => {
+            Err(e) if missing_signatures(&e).is_some() => {
                 writes.push((repo.staged_channel(&name), bytes));
-                messages.push(format!("{doc} stays staged: {e}"));
+                messages.push(format!("{doc} stays staged: {}", missing_signatures(&e).unwrap()));
                 out.still_staged.push(doc);
             }
             Err(e @ TrustError::Expired { .. }) => {
