@@ -11,6 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::Instant;
 
 /// What the signed metadata says the payload must be.
@@ -30,32 +32,83 @@ pub struct Written {
 /// Progress: stage, bytes done, bytes in all, seconds since the stage began.
 pub type Progress<'a> = dyn FnMut(&str, u64, u64, f64) + 'a;
 
-/// Counts and hashes what is read, refusing more than `limit` bytes.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-    limit: u64,
+/// Reads the stream on a thread of its own: counts it (refusing more than
+/// `limit` bytes), hashes it, and passes it on in pieces, so the network,
+/// the decompression and the disk each keep a core busy.
+fn read_and_hash<R: Read>(mut stream: R, limit: u64, count: &AtomicU64, out: SyncSender<io::Result<Vec<u8>>>) -> String {
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let mut piece = vec![0u8; PIECE];
+        let mut n = 0;
+        let result = loop {
+            match stream.read(&mut piece[n..]) {
+                Ok(0) => break Ok(()),
+                Ok(k) => {
+                    n += k;
+                    if n == piece.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        total += n as u64;
+        count.store(total, Ordering::Relaxed);
+        if total > limit {
+            let _ = out.send(Err(io::Error::other(format!("the payload is larger than the {limit} bytes the metadata signs"))));
+            break;
+        }
+        hasher.update(&piece[..n]);
+        piece.truncate(n);
+        let last = n == 0 || result.is_err();
+        let sent = match result {
+            Ok(()) if n > 0 => out.send(Ok(piece)),
+            Ok(()) => Ok(()),
+            Err(e) => out.send(Err(e)),
+        };
+        if last || sent.is_err() {
+            break;
+        }
+    }
+    basalt_repo::hex(&hasher.finalize())
 }
 
-impl<R: Read> Read for Hashing<R> {
+const PIECE: usize = 1 << 20;
+
+/// The reading end of [`read_and_hash`].
+struct Pieces {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    piece: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Pieces {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        if self.count > self.limit {
-            return Err(io::Error::other(format!("the payload is larger than the {} bytes the metadata signs", self.limit)));
+        while self.pos == self.piece.len() {
+            match self.rx.recv() {
+                Ok(Ok(p)) => {
+                    self.piece = p;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
         }
-        self.hasher.update(&buf[..n]);
+        let n = buf.len().min(self.piece.len() - self.pos);
+        buf[..n].copy_from_slice(&self.piece[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
 
 struct SlotSink<'a, 'p> {
-    usr: File,
-    written: u64,
+    /// To the writer thread.
+    usr: SyncSender<Vec<u8>>,
     keep: char,
     uki: Vec<u8>,
-    count: &'a dyn Fn() -> u64,
+    count: &'a AtomicU64,
     total: u64,
     progress: &'a mut Progress<'p>,
     started: Instant,
@@ -64,11 +117,10 @@ struct SlotSink<'a, 'p> {
 
 impl Sink for SlotSink<'_, '_> {
     fn usr(&mut self, data: &[u8]) -> io::Result<()> {
-        self.usr.write_all(data)?;
-        self.written += data.len() as u64;
+        self.usr.send(data.to_vec()).map_err(|_| io::Error::other("the slot writer stopped"))?;
         if self.last_report.elapsed().as_millis() >= 500 {
             self.last_report = Instant::now();
-            (self.progress)("downloading", (self.count)(), self.total, self.started.elapsed().as_secs_f64());
+            (self.progress)("downloading", self.count.load(Ordering::Relaxed), self.total, self.started.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -92,52 +144,69 @@ fn drop_cache(f: &File) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
-pub fn write_slot<R: Read>(stream: R, expect: &Expect, slot: Slot, target: &Path, reference: Option<&Reference>, progress: &mut Progress) -> Result<Written, String> {
-    let counter = std::cell::Cell::new(0u64);
-    let mut src = Hashing { inner: stream, hasher: Sha256::new(), count: 0, limit: expect.file.size };
-    let header = payload::read_header(&mut src).map_err(|e| e.to_string())?;
-    let want = |what: &str, found: &str, expected: &str| if found == expected { Ok(()) } else { Err(format!("payload {what} is {found:?}, the signed metadata says {expected:?}")) };
-    want("image", &header.name, expect.name)?;
-    want("version", &header.version, expect.version)?;
-    want("usr root hash", &header.usr.root_hash, expect.usr_root_hash)?;
-    let mut usr = OpenOptions::new().write(true).open(target).map_err(|e| format!("opening {}: {e}", target.display()))?;
-    let room = device_bytes(&mut usr).map_err(|e| format!("size of {}: {e}", target.display()))?;
-    if header.usr.bytes > room {
-        return Err(format!("the usr image is {} bytes; slot {} has {room}", header.usr.bytes, slot.letter()));
-    }
+pub fn write_slot<R: Read + Send>(stream: R, expect: &Expect, slot: Slot, target: &Path, reference: Option<&Reference>, progress: &mut Progress) -> Result<Written, String> {
+    let count = AtomicU64::new(0);
+    let limit = expect.file.size;
     let started = Instant::now();
-    let total = expect.file.size;
-    let count_fn = || counter.get();
-    let mut sink = SlotSink {
-        usr,
-        written: 0,
-        keep: slot.letter().to_ascii_lowercase().chars().next().unwrap(),
-        uki: Vec::new(),
-        count: &count_fn,
-        total,
-        progress,
-        started,
-        last_report: started,
-    };
-    {
-        let mut tracked = Tracked { inner: &mut src, counter: &counter };
-        payload::unpack(&mut tracked, &header, reference, &mut sink).map_err(|e| e.to_string())?;
-        // Whatever follows the frame is counted and hashed too.
-        io::copy(&mut tracked, &mut io::sink()).map_err(|e| format!("reading the payload: {e}"))?;
+    let (header, uki, sha, usr) = std::thread::scope(|scope| -> Result<_, String> {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let count_ref = &count;
+        let reader = scope.spawn(move || read_and_hash(stream, limit, count_ref, tx));
+        let mut src = Pieces { rx, piece: Vec::new(), pos: 0 };
+        let written = (|| -> Result<(Header, Vec<u8>, File), String> {
+            let header = payload::read_header(&mut src).map_err(|e| e.to_string())?;
+            let want = |what: &str, found: &str, expected: &str| if found == expected { Ok(()) } else { Err(format!("payload {what} is {found:?}, the signed metadata says {expected:?}")) };
+            want("image", &header.name, expect.name)?;
+            want("version", &header.version, expect.version)?;
+            want("usr root hash", &header.usr.root_hash, expect.usr_root_hash)?;
+            let mut usr = OpenOptions::new().write(true).open(target).map_err(|e| format!("opening {}: {e}", target.display()))?;
+            let room = device_bytes(&mut usr).map_err(|e| format!("size of {}: {e}", target.display()))?;
+            if header.usr.bytes > room {
+                return Err(format!("the usr image is {} bytes; slot {} has {room}", header.usr.bytes, slot.letter()));
+            }
+            let (wtx, wrx) = mpsc::sync_channel::<Vec<u8>>(8);
+            let writer = scope.spawn(move || -> io::Result<File> {
+                for piece in wrx {
+                    usr.write_all(&piece)?;
+                }
+                Ok(usr)
+            });
+            let mut sink = SlotSink {
+                usr: wtx,
+                keep: slot.letter().to_ascii_lowercase().chars().next().unwrap(),
+                uki: Vec::new(),
+                count: count_ref,
+                total: limit,
+                progress: &mut *progress,
+                started,
+                last_report: started,
+            };
+            let unpacked = payload::unpack(&mut src, &header, reference, &mut sink).map_err(|e| e.to_string());
+            let uki = std::mem::take(&mut sink.uki);
+            drop(sink);
+            let usr = writer.join().map_err(|_| "the slot writer panicked".to_string())?.map_err(|e| format!("writing slot {}: {e}", slot.letter()));
+            unpacked?;
+            let usr = usr?;
+            // Whatever follows the frame is counted and hashed too.
+            io::copy(&mut src, &mut io::sink()).map_err(|e| format!("reading the payload: {e}"))?;
+            Ok((header, uki, usr))
+        })();
+        drop(src);
+        let sha = reader.join().map_err(|_| "the payload reader panicked".to_string())?;
+        let (header, uki, usr) = written?;
+        Ok((header, uki, sha, usr))
+    })?;
+    let got = count.load(Ordering::Relaxed);
+    if got != expect.file.size {
+        return Err(format!("the payload is {got} bytes, the signed metadata says {}", expect.file.size));
     }
-    if src.count != expect.file.size {
-        return Err(format!("the payload is {} bytes, the signed metadata says {}", src.count, expect.file.size));
-    }
-    let sha = basalt_repo::hex(&src.hasher.finalize());
     if sha != expect.file.sha256 {
         return Err(format!("the payload's sha256 is {sha}, the signed metadata says {}", expect.file.sha256));
     }
-    (sink.progress)("downloading", total, total, started.elapsed().as_secs_f64());
-    sink.usr.sync_all().map_err(|e| format!("syncing slot {}: {e}", slot.letter()))?;
-    drop_cache(&sink.usr);
-    let uki = std::mem::take(&mut sink.uki);
-    let progress = sink.progress;
-    drop(sink.usr);
+    progress("downloading", limit, limit, started.elapsed().as_secs_f64());
+    usr.sync_all().map_err(|e| format!("syncing slot {}: {e}", slot.letter()))?;
+    drop_cache(&usr);
+    drop(usr);
 
     // Read back what is on the slot: the verity tree must hash to the signed root.
     let verify_started = Instant::now();
@@ -150,19 +219,6 @@ pub fn write_slot<R: Read>(stream: R, expect: &Expect, slot: Slot, target: &Path
 
     check_uki(&uki, slot, expect.usr_root_hash)?;
     Ok(Written { header, uki })
-}
-
-struct Tracked<'a, R> {
-    inner: &'a mut R,
-    counter: &'a std::cell::Cell<u64>,
-}
-
-impl<R: Read> Read for Tracked<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.set(self.counter.get() + n as u64);
-        Ok(n)
-    }
 }
 
 /// The UKI must boot the slot written, with the root hash just checked.
@@ -192,4 +248,100 @@ pub fn read_slot(dev: &Path, bytes: u64) -> Result<Vec<u8>, String> {
     let mut v = vec![0u8; bytes as usize];
     f.read_exact(&mut v).map_err(|e| format!("reading {}: {e}", dev.display()))?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basalt_repo::payload::Contents;
+
+    /// A slot image: `blocks` of noise with a real verity tree after them.
+    fn slot_image(dir: &Path, blocks: u64) -> (Vec<u8>, u64, String) {
+        let p = dir.join("usr.img");
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let data: Vec<u8> = (0..blocks * 4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&p, &data).unwrap();
+        let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let v = basalt_verity::format(&mut f, data.len() as u64, b"salt", [7; 16]).unwrap();
+        (std::fs::read(&p).unwrap(), v.hash_offset, v.root_hash_hex())
+    }
+
+    struct Case {
+        payload: Vec<u8>,
+        root: String,
+        file: FileRef,
+    }
+
+    fn case(dir: &Path) -> Case {
+        let (usr, hash_offset, root) = slot_image(dir, 300);
+        let uki = b"not a PE file".repeat(100);
+        let mut payload = Vec::new();
+        write(&mut payload, &Contents { name: "basalt", version: "0.2.0", usr: &usr, hash_offset, root_hash: &root, uki_a: &uki, uki_b: &uki }, None, 3).unwrap();
+        let file = FileRef { path: "p".into(), size: payload.len() as u64, sha256: basalt_repo::sha256_hex(&payload) };
+        Case { payload, root, file }
+    }
+
+    use basalt_repo::payload::write;
+
+    fn apply(c: &Case, stream: &[u8], file: &FileRef, target_bytes: u64, dir: &Path) -> Result<Written, String> {
+        let target = dir.join("slot");
+        let f = File::create(&target).unwrap();
+        f.set_len(target_bytes).unwrap();
+        let expect = Expect { name: "basalt", version: "0.2.0", usr_root_hash: &c.root, file };
+        write_slot(stream, &expect, Slot::B, &target, None, &mut |_, _, _, _| {})
+    }
+
+    #[test]
+    fn a_good_payload_is_written_and_verified_then_its_uki_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let c = case(d.path());
+        let e = apply(&c, &c.payload, &c.file, 4 << 20, d.path()).err().unwrap();
+        // Verity passed on what was written; the UKI check is what fails on this fake UKI.
+        assert!(e.contains("the payload's UKI for slot B"), "{e}");
+        let (usr, _, _) = slot_image(&d.path().join("again").tap_mkdir(), 300);
+        assert_eq!(&std::fs::read(d.path().join("slot")).unwrap()[..usr.len()], &usr[..]);
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_with_the_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let c = case(d.path());
+        let e = apply(&c, &c.payload[..c.payload.len() / 2], &c.file, 4 << 20, d.path()).err().unwrap();
+        assert!(e.contains("ends early"), "truncated: {e}");
+        let mut longer = c.payload.clone();
+        longer.extend_from_slice(&[0; 100]);
+        let e = apply(&c, &longer, &c.file, 4 << 20, d.path()).err().unwrap();
+        assert!(e.contains("larger than the") || e.contains("bytes, the signed metadata says"), "too long: {e}");
+        let mut flipped = c.payload.clone();
+        let at = flipped.len() - 5000;
+        flipped[at] ^= 1;
+        assert!(apply(&c, &flipped, &c.file, 4 << 20, d.path()).is_err(), "a flipped byte");
+        let mut wrong = c.file.clone();
+        wrong.sha256 = "0".repeat(64);
+        let e = apply(&c, &c.payload, &wrong, 4 << 20, d.path()).err().unwrap();
+        assert!(e.contains("the payload's sha256 is"), "{e}");
+        let e = apply(&c, &c.payload, &c.file, 1 << 20, d.path()).err().unwrap();
+        assert!(e.contains("slot B has 1048576"), "too small a slot: {e}");
+        let other = Case { root: "1".repeat(64), ..case(d.path()) };
+        let e = apply(&other, &other.payload, &other.file, 4 << 20, d.path()).err().unwrap();
+        assert!(e.contains("payload usr root hash"), "{e}");
+    }
+
+    trait TapMkdir {
+        fn tap_mkdir(self) -> Self;
+    }
+
+    impl TapMkdir for std::path::PathBuf {
+        fn tap_mkdir(self) -> Self {
+            std::fs::create_dir_all(&self).unwrap();
+            self
+        }
+    }
 }

@@ -72,14 +72,19 @@ fn daemon() -> Result<(), String> {
 }
 
 /// `write-slot PAYLOAD TARGET SLOT`: the apply path on the build host. The
-/// payload's own sha256 and header stand in for signed metadata.
+/// payload's header and its sha256 (from PAYLOAD.sha256, as `basalt payload`
+/// writes it, else computed) stand in for signed metadata.
 fn write_slot(args: &[String]) -> Result<(), String> {
     use basalt_repo::payload;
     let [payload_path, target, slot, rest @ ..] = args else { return Err("usage: basalt-update write-slot PAYLOAD TARGET A|B [REFERENCE_USR REFERENCE_UKI]".into()) };
     let slot = basalt_disk::layout::Slot::parse(slot).ok_or("slot must be A or B")?;
     let data = std::fs::read(payload_path).map_err(|e| format!("{payload_path}: {e}"))?;
     let header = payload::read_header(&mut &data[..]).map_err(|e| e.to_string())?;
-    let file = basalt_repo::FileRef { path: payload_path.clone(), size: data.len() as u64, sha256: basalt_repo::sha256_hex(&data) };
+    let sha256 = std::fs::read_to_string(format!("{payload_path}.sha256"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| basalt_repo::sha256_hex(&data));
+    let file = basalt_repo::FileRef { path: payload_path.clone(), size: data.len() as u64, sha256 };
     let expect = basalt_update::apply::Expect { name: &header.name, version: &header.version, usr_root_hash: &header.usr.root_hash, file: &file };
     let reference_parts = match rest {
         [usr, uki] => {

@@ -142,12 +142,18 @@ pub fn write<W: Write>(out: &mut W, c: &Contents, reference: Option<&Reference>,
     out.write_all(&(json.len() as u32).to_le_bytes())?;
     out.write_all(&json)?;
     let prefix = reference.map(Reference::concat);
-    let total = c.usr.len() + c.uki_a.len() + c.uki_b.len() + prefix.as_ref().map_or(0, Vec::len);
+    // The window the decoder on the machine must hold: a delta's matches
+    // reach back through the whole reference; a full payload's longest
+    // useful match is the second UKI finding the first.
+    let window = match &prefix {
+        Some(p) => p.len() + c.usr.len() + c.uki_a.len() + c.uki_b.len(),
+        None => c.uki_a.len().max(c.uki_b.len()) + (1 << 20),
+    };
     let mut enc = match &prefix {
         Some(p) => zstd::stream::write::Encoder::with_ref_prefix(out, level, p)?,
         None => zstd::stream::write::Encoder::new(out, level)?,
     };
-    enc.window_log(window_log(total))?;
+    enc.window_log(window_log(window))?;
     enc.long_distance_matching(true)?;
     enc.include_checksum(true)?;
     enc.set_pledged_src_size(Some((c.usr.len() + c.uki_a.len() + c.uki_b.len()) as u64))?;
