@@ -4,8 +4,6 @@
 //! payload to a file or device without a machine around it (benchmarks and
 //! tests on the build host).
 
-mod fetch;
-mod reboot;
 mod state;
 mod system;
 mod worker;

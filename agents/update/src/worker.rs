@@ -2,10 +2,11 @@
 //! requests, installing, rebooting, and making sense of the boot it finds
 //! itself in.
 
-use crate::fetch::Client;
+use basalt_update::fetch::Client;
 use crate::state::{self, Staged, State};
 use crate::system::{self, Machine};
-use crate::{reboot, state::write_atomic};
+use crate::state::write_atomic;
+use basalt_update::reboot;
 use basalt_repo::meta::{Delta, Release, MAX_METADATA_BYTES};
 use basalt_repo::payload::Reference;
 use basalt_repo::Trusted;
