@@ -71,6 +71,10 @@ impl Worker {
         let jitter = cfg.check_interval.mul_f64(0.1 + 0.1 * state.position());
         let mut w = Worker { shared, machine, cfg, state, client: Client::new(), pending_reboot: false, next_check: Instant::now() + jitter, next_retry: None };
         w.reconcile();
+        if w.pending_reboot {
+            // Staged before the agent restarted: carry on with the reboot.
+            w.next_retry = Some(Instant::now());
+        }
         if let Err(e) = w.state.save() {
             log(&format!("error: saving {}: {e}", state::path().display()));
         }
