@@ -114,7 +114,8 @@ containers:
     .unwrap();
     vm.wait_ready(BOOT).unwrap();
     vm.run_ok("basaltctl status | grep basalt-runtime.service", CMD).unwrap();
-    assert!(vm.run_ok("cat /etc/basalt/containers/web.json", CMD).unwrap().contains("\"source\": \"cloud-config\""));
+    // `basalt: ready` can come before cloud-config has run.
+    wait_output(&mut vm, "cat /etc/basalt/containers/web.json", "\"source\": \"cloud-config\"", Duration::from_secs(120));
 
     let web_pid = running_pid(&mut vm, "web");
 
