@@ -1,0 +1,79 @@
+//! `basalt-runtime run --bundle` on the build host (as root; no limits, since
+//! the host's cgroups are hybrid; limits are proven in qemu-tests/tests/runtime.rs):
+//! the container is PID 1 of its own namespaces, with its host name, the
+//! configured capabilities and no_new_privs, masked paths, a read-only root,
+//! its exit code passed on, and setup errors reported with exit code 125.
+
+use std::path::Path;
+use std::process::Command;
+
+use basalt_qemu_tests::registry::{busybox, APPLETS};
+
+fn bundle(dir: &Path, args: &[&str], readonly: bool) {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox_path = rootfs.join("bin/busybox");
+    if !busybox_path.exists() {
+        std::fs::write(&busybox_path, busybox().unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&busybox_path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+    }
+    let args: Vec<String> = args.iter().map(|a| serde_json::to_string(a).unwrap()).collect();
+    let config = format!(
+        r#"{{"ociVersion":"1.0.2","process":{{"terminal":false,"user":{{"uid":0,"gid":0}},"args":[{}],"env":["PATH=/bin"],"cwd":"/",
+        "capabilities":{{"bounding":["CAP_KILL","CAP_NET_BIND_SERVICE"],"effective":["CAP_KILL","CAP_NET_BIND_SERVICE"],"permitted":["CAP_KILL","CAP_NET_BIND_SERVICE"]}},
+        "noNewPrivileges":true}},"root":{{"path":"rootfs","readonly":{readonly}}},"hostname":"boxed",
+        "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},{{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}},
+        {{"destination":"/tmp","type":"tmpfs","source":"tmpfs"}}],
+        "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"network"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}}],"maskedPaths":["/proc/kcore","/proc/version"],"readonlyPaths":["/proc/sys"]}}}}"#,
+        args.join(",")
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+}
+
+fn run(dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_basalt-runtime")).args(["run", "--bundle"]).arg(dir).arg("host-test").output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_bundle_runs_isolated_and_its_status_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo pid=$$; hostname; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; cat /proc/net/dev | grep -c ':'; \
+                  ls -l /dev/null; cat /proc/version; echo masked-end; touch /proc/sys/x 2>/dev/null || echo sys-ro; touch /root-file 2>/dev/null || echo root-ro; exit 3";
+    bundle(dir.path(), &["sh", "-c", script], true);
+    let (code, out, err) = run(dir.path());
+    assert_eq!(code, 3, "exit code passed on: {out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{out}");
+    assert_eq!(lines[1], "boxed");
+    // CAP_KILL (5) and CAP_NET_BIND_SERVICE (10).
+    assert!(out.contains("CapEff:\t0000000000000420") && out.contains("CapBnd:\t0000000000000420") && out.contains("NoNewPrivs:\t1"), "{out}");
+    assert_eq!(lines[5], "1", "a new network namespace has only lo: {out}");
+    assert!(lines[6].starts_with("crw-rw-rw-"), "default devices: {out}");
+    assert_eq!(lines[7], "masked-end", "/proc/version is masked by /dev/null: {out}");
+    assert!(out.contains("sys-ro") && out.contains("root-ro"), "{out}");
+    assert!(!dir.path().join("rootfs/root-file").exists());
+    let exit_status = std::fs::read_to_string(dir.path().join("exit-status")).unwrap();
+    assert_eq!(exit_status.trim(), "3 0");
+
+    // A program that is not there: 125, the reason named, recorded.
+    bundle(dir.path(), &["no-such-program"], false);
+    let (code, _, err) = run(dir.path());
+    assert_eq!(code, 125);
+    assert!(err.contains("\"no-such-program\" not found in the container's PATH"), "{err}");
+    assert!(std::fs::read_to_string(dir.path().join("exit-status")).unwrap().starts_with("125 0 process.args[0]"));
+
+    // A config the runtime cannot honour is refused by name.
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(dir.path().join("config.json"), config.replacen("\"hostname\"", "\"hooks\":{},\"hostname\"", 1)).unwrap();
+    let (code, _, err) = run(dir.path());
+    assert_eq!(code, 125);
+    assert!(err.contains("unknown field `hooks`"), "{err}");
+    // Nothing of the container is left mounted on the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dir.path().to_str().unwrap()), "{mounts}");
+}
