@@ -4,6 +4,7 @@
 //! VM through QMP (power off, reset). Boots fail on a kernel panic, an Oops,
 //! a dm-verity error or a basalt error unless the test expects them.
 
+pub mod bench;
 pub mod http;
 pub mod image;
 pub mod registry;

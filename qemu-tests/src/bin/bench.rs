@@ -2,17 +2,13 @@
 //! sizes, and time from QEMU start to `basalt: ready` under the same
 //! accelerator the tests use. Prints figures and their ratio to the targets.
 
+use basalt_qemu_tests::bench::median;
 use basalt_qemu_tests::{image, Vm};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn main() -> anyhow::Result<()> {
     let basalt = PathBuf::from(std::env::var("BASALT_BIN").unwrap_or_else(|_| "target/x86_64-unknown-linux-gnu/release/basalt".into()));

@@ -16,32 +16,13 @@
 //! Needs root (losetup), util-linux (fallocate, blockdev), `moto_server` (PyPI
 //! moto[server]), BASALT_BIN and BASALT_IMAGE (default out/basalt.img).
 
+use basalt_qemu_tests::bench::{median, timed, LoopDevice};
 use basalt_qemu_tests::{basalt_bin, default_image, require_image};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    let out = cmd.output()?;
-    anyhow::ensure!(out.status.success(), "{:?} failed: {}{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Ok(t.elapsed().as_secs_f64())
-}
-
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let basalt = basalt_bin();
@@ -55,28 +36,26 @@ fn main() -> anyhow::Result<()> {
     // Flash vs dd onto the same loop device.
     let backing = dir.path().join("disk.raw");
     std::fs::File::create(&backing)?.set_len(bytes)?;
-    let out = Command::new("losetup").args(["--find", "--show"]).arg(&backing).output()?;
-    anyhow::ensure!(out.status.success(), "losetup failed (root and the loop driver are needed): {}", String::from_utf8_lossy(&out.stderr));
-    let dev = Loop(String::from_utf8(out.stdout)?.trim().to_string());
+    let dev = LoopDevice::attach(&backing)?;
     let zst = dir.path().join("basalt.img.zst");
-    run(Command::new(&basalt).arg("convert").arg(&img).args(["--format", "raw.zst", "-o"]).arg(&zst).stdout(Stdio::null()))?;
+    timed(Command::new(&basalt).arg("convert").arg(&img).args(["--format", "raw.zst", "-o"]).arg(&zst).stdout(Stdio::null()))?;
     let zst_sha = std::fs::read_to_string(format!("{}.sha256", zst.display()))?.split_whitespace().next().unwrap_or("").to_string();
     let zst_mib = std::fs::metadata(&zst)?.len() as f64 / 1048576.0;
     let fresh = || -> anyhow::Result<()> {
         // Empty, then every block allocated again (unwritten): like a
         // physical disk, no write has to allocate, and nothing is cached.
-        run(Command::new("fallocate").args(["--punch-hole", "--offset", "0", "--length", &bytes.to_string()]).arg(&backing))?;
-        run(Command::new("fallocate").args(["--offset", "0", "--length", &bytes.to_string()]).arg(&backing))?;
-        run(Command::new("blockdev").arg("--flushbufs").arg(&dev.0))?;
+        timed(Command::new("fallocate").args(["--punch-hole", "--offset", "0", "--length", &bytes.to_string()]).arg(&backing))?;
+        timed(Command::new("fallocate").args(["--offset", "0", "--length", &bytes.to_string()]).arg(&backing))?;
+        timed(Command::new("blockdev").arg("--flushbufs").arg(&dev.0))?;
         Ok(())
     };
     let dd_once = || -> anyhow::Result<f64> {
         fresh()?;
-        run(Command::new("dd").arg(format!("if={}", img.display())).arg(format!("of={}", dev.0)).args(["bs=4M", "conv=fsync", "status=none"]))
+        timed(Command::new("dd").arg(format!("if={}", img.display())).arg(format!("of={}", dev.0)).args(["bs=4M", "conv=fsync", "status=none"]))
     };
     let flash_once = |source: &Path, sha: &str| -> anyhow::Result<f64> {
         fresh()?;
-        run(Command::new(&basalt).arg("flash").arg(source).arg(&dev.0).args(["--sha256", sha]).stdout(Stdio::null()))
+        timed(Command::new(&basalt).arg("flash").arg(source).arg(&dev.0).args(["--sha256", sha]).stdout(Stdio::null()))
     };
     let (mut dd, mut flash, mut flash_zst) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..RUNS {
@@ -108,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let mut upload = Vec::new();
     for i in 0..RUNS {
         let state = dir.path().join(format!("state-{i}"));
-        upload.push(run(&mut publish_cmd(&basalt, &img, &endpoint, &state, &format!("bench-{i}")))?);
+        upload.push(timed(&mut publish_cmd(&basalt, &img, &endpoint, &state, &format!("bench-{i}")))?);
     }
     let _ = moto.kill();
     let _ = moto.wait();

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use basalt_qemu_tests::bench::median;
 use basalt_qemu_tests::registry::{busybox, busybox_layer, tar_layer, Auth, Compression, LayerFile, Layout, Registry, RunConfig};
 
 const RUNS: usize = 25;
@@ -34,11 +35,6 @@ struct libc_timespec {
 
 extern "C" {
     fn clock_gettime(clock: i32, ts: *mut libc_timespec) -> i32;
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
 }
 
 fn release_bin(name: &str) -> PathBuf {

@@ -6,31 +6,11 @@
 //!
 //! Needs root (losetup), BASALT_BIN and BASALT_IMAGE (default out/basalt.img).
 
+use basalt_qemu_tests::bench::{median, timed, LoopDevice};
 use basalt_qemu_tests::{basalt_bin, default_image, require_image};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 const RUNS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    let out = cmd.output()?;
-    anyhow::ensure!(out.status.success(), "{:?} failed: {}{}", cmd, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Ok(t.elapsed().as_secs_f64())
-}
-
-struct Loop(String);
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
 
 struct Collect(Vec<u8>);
 
@@ -51,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     require_image(&img)?;
     let dir = tempfile::tempdir()?;
     let payload = dir.path().join("full.payload");
-    run(Command::new(&basalt).arg("payload").arg(&img).arg("-o").arg(&payload).stdout(Stdio::null()))?;
+    timed(Command::new(&basalt).arg("payload").arg(&img).arg("-o").arg(&payload).stdout(Stdio::null()))?;
     let data = std::fs::read(&payload)?;
     let mut r = &data[..];
     let header = basalt_repo::payload::read_header(&mut r)?;
@@ -63,13 +43,11 @@ fn main() -> anyhow::Result<()> {
 
     let backing = dir.path().join("slot.raw");
     std::fs::File::create(&backing)?.set_len(usr.0.len() as u64 + (16 << 20))?;
-    let out = Command::new("losetup").args(["--find", "--show"]).arg(&backing).output()?;
-    anyhow::ensure!(out.status.success(), "losetup failed (root and the loop driver are needed): {}", String::from_utf8_lossy(&out.stderr));
-    let dev = Loop(String::from_utf8(out.stdout)?.trim().to_string());
+    let dev = LoopDevice::attach(&backing)?;
     let (mut dd, mut apply) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        dd.push(run(Command::new("dd").arg(format!("if={}", usr_path.display())).arg(format!("of={}", dev.0)).args(["bs=4M", "conv=fsync", "status=none"]))?);
-        apply.push(run(Command::new(&agent).arg("write-slot").arg(&payload).arg(&dev.0).arg("B").stdout(Stdio::null()))?);
+        dd.push(timed(Command::new("dd").arg(format!("if={}", usr_path.display())).arg(format!("of={}", dev.0)).args(["bs=4M", "conv=fsync", "status=none"]))?);
+        apply.push(timed(Command::new(&agent).arg("write-slot").arg(&payload).arg(&dev.0).arg("B").stdout(Stdio::null()))?);
     }
     drop(dev);
     let (dd_s, apply_s) = (median(dd), median(apply));
