@@ -23,19 +23,10 @@ pub use keys::{KeyId, PrivateKey, PublicKey};
 pub use meta::{Channel, FileRef, Release, Role, Root, Wave};
 pub use trust::{TrustError, Trusted};
 
+pub use basalt_verity::{hex, parse_hex};
+
 /// sha256 of `data` in lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex(&sha2::Sha256::digest(data))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
