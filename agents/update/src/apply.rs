@@ -274,6 +274,7 @@ mod tests {
     }
 
     struct Case {
+        usr: Vec<u8>,
         payload: Vec<u8>,
         root: String,
         file: FileRef,
@@ -285,7 +286,7 @@ mod tests {
         let mut payload = Vec::new();
         write(&mut payload, &Contents { name: "basalt", version: "0.2.0", usr: &usr, hash_offset, root_hash: &root, uki_a: &uki, uki_b: &uki }, None, 3).unwrap();
         let file = FileRef { path: "p".into(), size: payload.len() as u64, sha256: basalt_repo::sha256_hex(&payload) };
-        Case { payload, root, file }
+        Case { usr, payload, root, file }
     }
 
     use basalt_repo::payload::write;
@@ -305,8 +306,7 @@ mod tests {
         let e = apply(&c, &c.payload, &c.file, 4 << 20, d.path()).err().unwrap();
         // Verity passed on what was written; the UKI check is what fails on this fake UKI.
         assert!(e.contains("the payload's UKI for slot B"), "{e}");
-        let (usr, _, _) = slot_image(&d.path().join("again").tap_mkdir(), 300);
-        assert_eq!(&std::fs::read(d.path().join("slot")).unwrap()[..usr.len()], &usr[..]);
+        assert_eq!(&std::fs::read(d.path().join("slot")).unwrap()[..c.usr.len()], &c.usr[..]);
     }
 
     #[test]
@@ -332,16 +332,5 @@ mod tests {
         let other = Case { root: "1".repeat(64), ..case(d.path()) };
         let e = apply(&other, &other.payload, &other.file, 4 << 20, d.path()).err().unwrap();
         assert!(e.contains("payload usr root hash"), "{e}");
-    }
-
-    trait TapMkdir {
-        fn tap_mkdir(self) -> Self;
-    }
-
-    impl TapMkdir for std::path::PathBuf {
-        fn tap_mkdir(self) -> Self {
-            std::fs::create_dir_all(&self).unwrap();
-            self
-        }
     }
 }
