@@ -9,12 +9,13 @@ use std::path::Path;
 
 use base64::Engine as _;
 use basalt_runtime::api::{call, ContainerStatus, Reply, Request};
-use basalt_runtime::spec::{ContainerSpec, Volume, FORMAT_VERSION};
+use basalt_runtime::spec::{ContainerSpec, Port, Volume, FORMAT_VERSION};
 
 pub const USAGE: &str = "containers (basalt-runtime.service):
   images ls|pull REF|rm REF|prune   container images in the store
-  run [--name N] [--cpu 750m] [--memory 128M] [--pids N] [--net host|none]
-      [--restart always|on-failure|never] [-e K=V]... [-v SRC:DST[:ro]]... IMAGE [ARGS...]
+  run [--name N] [--cpu 750m] [--memory 128M] [--pids N] [--net host|none|bridge]
+      [-p [IP:]HOST:CONTAINER[/udp]]... [--restart always|on-failure|never]
+      [-e K=V]... [-v SRC:DST[:ro]]... IMAGE [ARGS...]
   ps                  containers: state, pid, restarts, last exit
   exec NAME CMD...    run CMD in a running container
   rm [-f] NAME        remove a container (-f: stop it first)
@@ -116,6 +117,10 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
             "--pids" => spec.pids_limit = Some(value.parse().map_err(|_| format!("--pids {value:?} is not a number"))?),
             "--net" | "--network" => spec.network = value.to_string(),
             "--restart" => spec.restart = value.to_string(),
+            "-p" | "--publish" => {
+                let port = basalt_cloud_config::config::parse_port(value).ok_or_else(|| format!("-p {value:?} is not a port mapping such as 8080:80, 127.0.0.1:8443:443 or 53:53/udp"))?;
+                spec.ports.push(Port { host_ip: port.host_ip, host_port: port.host_port, container_port: port.container_port, protocol: port.protocol });
+            }
             "-e" | "--env" => {
                 let (key, val) = value.split_once('=').ok_or_else(|| format!("-e {value:?} is not KEY=VALUE"))?;
                 spec.env.insert(key.to_string(), val.to_string());
@@ -142,6 +147,9 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
         spec.name = reference.repository.rsplit('/').next().unwrap_or("container").to_string();
     }
     spec.check()?;
+    if !spec.ports.is_empty() && spec.network != "bridge" {
+        return Err(format!("-p publishes ports of a bridge network container; add --net bridge (with --net {} the container's ports are {})", spec.network, if spec.network == "host" { "the machine's" } else { "unreachable" }));
+    }
     Ok(spec)
 }
 
@@ -163,16 +171,17 @@ pub fn ps() -> Result<(), String> {
 }
 
 fn print_ps(list: &[ContainerStatus]) {
-    println!("{:<20} {:<40} {:<9} {:>7} {:>8} {:>5}  {}", "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "EXIT", "DETAIL");
+    println!("{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15}  {}", "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "EXIT", "ADDRESS", "DETAIL");
     for c in list {
         println!(
-            "{:<20} {:<40} {:<9} {:>7} {:>8} {:>5}  {}",
+            "{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15}  {}",
             c.name,
             c.image,
             c.state,
             c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             c.restarts,
             c.exit_code.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            c.address.as_deref().unwrap_or("-"),
             c.detail
         );
     }
@@ -237,7 +246,12 @@ mod tests {
         assert!(spec.volumes[0].read_only);
         assert_eq!(spec.network, "none");
         assert!(parse_run(&["--memory", "lots", "x"]).unwrap_err().contains("--memory"));
-        assert!(parse_run(&["--net", "bridge", "x"]).unwrap_err().contains("bridge"));
+        let spec = parse_run(&["--net", "bridge", "-p", "8080:80", "--publish=127.0.0.1:5353:53/udp", "x"]).unwrap();
+        assert_eq!(spec.network, "bridge");
+        assert_eq!(spec.ports, [Port { host_ip: None, host_port: 8080, container_port: 80, protocol: "tcp".into() }, Port { host_ip: Some("127.0.0.1".into()), host_port: 5353, container_port: 53, protocol: "udp".into() }]);
+        assert!(parse_run(&["-p", "8080:80", "x"]).unwrap_err().contains("add --net bridge"));
+        assert!(parse_run(&["--net", "bridge", "-p", "80:eighty", "x"]).unwrap_err().contains("\"80:eighty\" is not a port mapping"));
+        assert!(parse_run(&["--net", "bridge", "-p", "80:80", "-p", "80:81", "x"]).unwrap_err().contains("publish the same host port"));
         assert!(parse_run(&["--wat", "1", "x"]).unwrap_err().contains("unknown option --wat"));
     }
 }

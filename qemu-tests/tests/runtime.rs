@@ -6,10 +6,16 @@
 //! outside is restarted; one that allocates past its memory limit is
 //! OOM-killed while the machine and the other container carry on; basaltctl
 //! runs, execs, lists and removes; and after a reboot what should run runs.
+//! On the bridge network: a declared web server publishes 8080, reached from
+//! the machine (127.0.0.1 and its own address), from this host through
+//! QEMU's port forward, and from another bridge container; the two have
+//! different addresses, see only lo and eth0, reach each other and the
+//! outside world; a port already published, or held by sshd, is refused.
 //! One boot and one reboot.
 
 use basalt_qemu_tests::registry::{busybox, busybox_layer, Auth, Compression, Layout, Registry, RunConfig};
 use basalt_qemu_tests::{default_image, Vm};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -37,6 +43,25 @@ fn ps_line(vm: &mut Vm, name: &str) -> String {
 fn try_ps_line(vm: &mut Vm, name: &str) -> Option<String> {
     let (_, out) = vm.run("basaltctl ps", CMD).unwrap();
     out.lines().find(|l| l.split_whitespace().next() == Some(name)).map(str::to_string)
+}
+
+/// `GET /` from this host, with QEMU's port forward to the guest in between.
+fn http_get(port: u16) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(CMD)).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// The ADDRESS column of a running container in `basaltctl ps`.
+fn address(vm: &mut Vm, name: &str) -> String {
+    running_pid(vm, name);
+    let line = ps_line(vm, name);
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert!(fields.len() > 6 && fields[6].starts_with("10.88."), "{name} has no bridge address: {line}");
+    fields[6].to_string()
 }
 
 /// The first process of a running container, waiting for it to run.
@@ -99,6 +124,11 @@ containers:
     memory: 32M
     network: none
     restart: never
+  - name: www
+    image: {reference}
+    args: [sh, -c, "mkdir -p /www && echo hello-from-www > /www/index.html && exec busybox httpd -f -p 80 -h /www"]
+    network: bridge
+    ports: ["8080:80"]
 "#,
             port = registry.port
         ),
@@ -107,8 +137,10 @@ containers:
     // One vCPU: the first cpu.max quota switches on the kernel's CFS
     // bandwidth static key, and under TCG the cross-CPU code patching that
     // needs can stall a second vCPU long enough for the soft-lockup watchdog.
+    let forwarded = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut vm = Vm::boot_with("runtime", &default_image(), |c| {
         c.cpus = 1;
+        c.port_forwards.push((forwarded, 8080));
         c.fw_cfg.push(("opt/org.basalt/user-data".into(), user_data.clone()));
     })
     .unwrap();
@@ -170,6 +202,45 @@ containers:
     };
     wait_output(&mut vm, "grep -c started /var/lib/web/starts", "2", Duration::from_secs(30));
 
+    // The bridge network. www publishes 8080: reached from the machine on
+    // 127.0.0.1 and on its own address, and from here through QEMU.
+    let www = address(&mut vm, "www");
+    let guest = "10.0.2.15";
+    wait_output(&mut vm, "wget -qO- http://127.0.0.1:8080/", "hello-from-www", Duration::from_secs(60));
+    assert!(vm.run_ok(&format!("wget -qO- http://{guest}:8080/"), CMD).unwrap().contains("hello-from-www"));
+    let answer = http_get(forwarded);
+    assert!(answer.starts_with("HTTP/1.") && answer.contains("hello-from-www"), "{answer}");
+    // Inside: lo and eth0 only, its own /etc/hosts, the machine's name server.
+    let devices = vm.run_ok("basaltctl exec www cat /proc/net/dev", CMD).unwrap();
+    let names: Vec<&str> = devices.lines().filter_map(|l| l.split_once(':')).map(|(n, _)| n.trim()).collect();
+    assert_eq!(names, ["lo", "eth0"], "{devices}");
+    assert!(vm.run_ok("basaltctl exec www cat /etc/hosts", CMD).unwrap().contains(&format!("{www}\twww")));
+    assert!(vm.run_ok("basaltctl exec www cat /etc/resolv.conf", CMD).unwrap().contains("nameserver 10.0.2.3"));
+    // A second bridge container: its own address; the two reach each other,
+    // the published port, and the world outside (the registry on this host).
+    vm.run_ok(&format!("basaltctl run --name peer --net bridge {reference} sh -c 'mkdir -p /www && echo hello-from-peer > /www/index.html && exec busybox httpd -f -p 80 -h /www'"), CMD).unwrap();
+    let peer = address(&mut vm, "peer");
+    assert_ne!(peer, www, "two containers, two addresses");
+    wait_output(&mut vm, &format!("basaltctl exec peer busybox wget -qO- http://{www}/"), "hello-from-www", Duration::from_secs(30));
+    assert!(vm.run_ok(&format!("basaltctl exec www busybox wget -qO- http://{peer}/"), CMD).unwrap().contains("hello-from-peer"));
+    assert!(vm.run_ok(&format!("basaltctl exec peer busybox wget -qO- http://{guest}:8080/"), CMD).unwrap().contains("hello-from-www"));
+    let outside = vm.run_ok(&format!("basaltctl exec peer busybox wget -qO- http://10.0.2.2:{}/v2/", registry.port), CMD).unwrap();
+    assert_eq!(outside.trim(), "{}", "the registry's answer, through the masquerade");
+    // A host port already published, or held by sshd, is refused by name.
+    let (code, out) = vm.run(&format!("basaltctl run --name clash --net bridge -p 8080:80 {reference} true"), CMD).unwrap();
+    assert!(code != 0 && out.contains("ports: host port 8080/tcp is already published by container www"), "{out}");
+    assert!(!vm.run_ok("basaltctl ps", CMD).unwrap().contains("clash"));
+    vm.run_ok(&format!("basaltctl run --name taken --net bridge --restart never -p 22:22 {reference} true"), CMD).unwrap();
+    let line = wait_output(&mut vm, "basaltctl ps | grep ^taken", "failed", Duration::from_secs(60));
+    assert!(line.contains("host port 22/tcp is in use by a program on this machine"), "{line}");
+    assert!(vm.run_ok("test ! -e /run/basalt/netns/taken && echo gone", CMD).unwrap().contains("gone"), "nothing left of taken");
+    vm.run_ok("basaltctl rm taken", CMD).unwrap();
+    // Removed: peer's veth pair and namespace are gone, www's are there.
+    let veth = |address: &str| format!("bs{}", address.split('.').map(|o| format!("{:02x}", o.parse::<u8>().unwrap())).collect::<String>());
+    vm.run_ok("basaltctl rm -f peer", CMD).unwrap();
+    let links = vm.run_ok("ls /sys/class/net /run/basalt/netns", CMD).unwrap();
+    assert!(!links.contains(&veth(&peer)) && !links.contains("peer") && links.contains(&veth(&www)) && links.contains("basalt0"), "{links}");
+
     // basaltctl: run, logs, images, bad input, rm.
     vm.run_ok(&format!("basaltctl run --name cli --restart never --memory 16M {reference} echo hi-from-cli"), CMD).unwrap();
     wait_output(&mut vm, "basaltctl ps | grep ^cli", "exited", Duration::from_secs(60));
@@ -177,7 +248,7 @@ containers:
     vm.run_ok("basaltctl rm cli", CMD).unwrap();
     assert!(!vm.run_ok("basaltctl ps", CMD).unwrap().contains("cli "));
     let images = vm.run_ok("basaltctl images ls", CMD).unwrap();
-    assert!(images.contains(&reference) && images.contains("hog,web"), "{images}");
+    assert!(images.contains(&reference) && images.contains("hog,web,www"), "{images}");
     let (code, out) = vm.run(&format!("basaltctl images pull 10.0.2.2:{}/test/nothing:1", registry.port), CMD).unwrap();
     assert!(code != 0 && out.contains("not found"), "{out}");
     let (code, out) = vm.run(&format!("basaltctl run --name big --restart never --cpu 1m {reference} true && sleep 3 && basaltctl ps | grep ^big"), CMD).unwrap();
@@ -194,4 +265,7 @@ containers:
     assert_eq!(vm.run_ok("cat /sys/fs/cgroup/basalt/web/memory.max", CMD).unwrap().trim(), (64u64 << 20).to_string());
     assert!(ps_line(&mut vm, "hog").contains("stopped") || ps_line(&mut vm, "hog").contains("exited"));
     wait_output(&mut vm, "grep -c started /var/lib/web/starts", "3", Duration::from_secs(30));
+    // www keeps its address and is published again.
+    assert_eq!(address(&mut vm, "www"), www);
+    wait_output(&mut vm, "wget -qO- http://127.0.0.1:8080/", "hello-from-www", Duration::from_secs(60));
 }

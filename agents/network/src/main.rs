@@ -23,6 +23,9 @@ fn ethernet_interfaces(sys: &Path) -> Vec<(String, String)> {
             .map(|rd| {
                 rd.flatten()
                     .filter(|e| std::fs::read_to_string(e.path().join("type")).is_ok_and(|t| t.trim() == "1"))
+                    // A device behind it: not a bridge or veth (the container runtime's
+                    // basalt0 sorts before eth0 and must never get DHCP).
+                    .filter(|e| e.path().join("device").exists())
                     .map(|e| {
                         let mac = std::fs::read_to_string(e.path().join("address")).unwrap_or_default().trim().to_string();
                         (e.file_name().to_string_lossy().into_owned(), mac)

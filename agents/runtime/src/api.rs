@@ -39,6 +39,9 @@ pub struct ContainerStatus {
     pub exit_code: Option<i32>,
     pub oom_kills: u64,
     pub detail: String,
+    /// The container's address on the bridge network while it runs there.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,12 +88,28 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, String), Str
     Ok((uid, gid, home))
 }
 
+/// A bridge container's network as its config refers to it: the namespace
+/// the agent made for it, and the /etc files written for it in its bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeFiles {
+    pub namespace: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+}
+
+impl BridgeFiles {
+    pub fn new(namespace: PathBuf, bundle: &BundleDir) -> BridgeFiles {
+        BridgeFiles { namespace, hosts: bundle.dir.join("hosts"), resolv_conf: bundle.dir.join("resolv.conf") }
+    }
+}
+
 fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> oci::Mount {
     oci::Mount { destination: destination.into(), kind: Some(kind.into()), source: Some(source.into()), options: options.iter().map(|o| o.to_string()).collect() }
 }
 
-/// The runtime config for `spec` run from `image`, its root at `rootfs`.
-pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path) -> Result<Config, String> {
+/// The runtime config for `spec` run from `image`, its root at `rootfs`;
+/// `bridge` for a container on the bridge network.
+pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, bridge: Option<&BridgeFiles>) -> Result<Config, String> {
     let run = &image.config;
     let (uid, gid, home) = resolve_user(rootfs, &run.user)?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
@@ -129,12 +145,14 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path) -> R
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
         mount("/sys/fs/cgroup", "cgroup2", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
     ];
-    if spec.network == "host" {
-        for file in ["/etc/resolv.conf", "/etc/hosts"] {
-            if Path::new(file).exists() {
-                mounts.push(mount(file, "bind", file, &["rbind", "ro", "nosuid", "nodev", "noexec"]));
-            }
-        }
+    let etc_files: Vec<(&str, PathBuf)> = match (spec.network.as_str(), bridge) {
+        ("host", _) => ["/etc/resolv.conf", "/etc/hosts"].iter().map(|f| (*f, PathBuf::from(f))).filter(|(_, source)| source.exists()).collect(),
+        ("bridge", Some(files)) => vec![("/etc/resolv.conf", files.resolv_conf.clone()), ("/etc/hosts", files.hosts.clone())],
+        ("bridge", None) => return Err("network: bridge needs the container's network namespace".into()),
+        _ => vec![],
+    };
+    for (target, source) in etc_files {
+        mounts.push(mount(target, "bind", &source.to_string_lossy(), &["rbind", "ro", "nosuid", "nodev", "noexec"]));
     }
     for volume in &spec.volumes {
         std::fs::create_dir_all(&volume.source).map_err(|e| format!("volume source {}: {e}", volume.source))?;
@@ -145,8 +163,10 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path) -> R
         mounts.push(mount(&volume.target, "bind", &volume.source, &options));
     }
     let mut namespaces: Vec<oci::Namespace> = ["pid", "ipc", "uts", "mount", "cgroup"].iter().map(|k| oci::Namespace { kind: k.to_string(), path: None }).collect();
-    if spec.network == "none" {
-        namespaces.push(oci::Namespace { kind: "network".into(), path: None });
+    match (spec.network.as_str(), bridge) {
+        ("none", _) => namespaces.push(oci::Namespace { kind: "network".into(), path: None }),
+        ("bridge", Some(files)) => namespaces.push(oci::Namespace { kind: "network".into(), path: Some(files.namespace.clone()) }),
+        _ => {}
     }
     let resources = oci::Resources {
         memory: spec.memory_bytes.map(|bytes| oci::Memory { limit: Some(bytes as i64), swap: Some(bytes as i64) }),
@@ -206,7 +226,7 @@ mod tests {
             config: RunDefaults { entrypoint: vec!["/bin/httpd".into()], cmd: vec!["-h".into()], env: vec!["PATH=/bin".into(), "A=a".into()], user: "www:staff".into(), ..RunDefaults::default() },
             ..ImageConfig::default()
         };
-        let config = oci_config(&spec(), &image, dir.path()).unwrap();
+        let config = oci_config(&spec(), &image, dir.path(), None).unwrap();
         assert_eq!(config.process.args, ["/bin/httpd", "-p", "80"]);
         assert_eq!((config.process.user.uid, config.process.user.gid), (33, 50));
         assert!(config.process.env.contains(&"PATH=/bin".to_string()) && config.process.env.contains(&"A=b".to_string()) && config.process.env.contains(&"HOME=/var/www".to_string()));
@@ -216,6 +236,16 @@ mod tests {
         assert_eq!(resources.memory.as_ref().unwrap().limit, Some(1 << 20));
         assert!(config.has_namespace("network"));
         let unknown = ImageConfig { config: RunDefaults { cmd: vec!["x".into()], user: "nobody".into(), ..RunDefaults::default() }, ..ImageConfig::default() };
-        assert!(oci_config(&spec(), &unknown, dir.path()).unwrap_err().contains("\"nobody\" is not in the image's /etc/passwd"));
+        assert!(oci_config(&spec(), &unknown, dir.path(), None).unwrap_err().contains("\"nobody\" is not in the image's /etc/passwd"));
+        // On the bridge: the agent's namespace joined by path, its own /etc files.
+        let mut bridged = spec();
+        bridged.network = "bridge".into();
+        assert!(oci_config(&bridged, &image, dir.path(), None).unwrap_err().contains("network: bridge"));
+        let files = BridgeFiles::new(PathBuf::from("/run/basalt/netns/web"), &BundleDir { dir: PathBuf::from("/store/containers/web") });
+        let config = oci_config(&bridged, &image, dir.path(), Some(&files)).unwrap();
+        assert_eq!(config.namespace_path("network"), Some(Path::new("/run/basalt/netns/web")));
+        let hosts = config.mounts.iter().find(|m| m.destination == "/etc/hosts").unwrap();
+        assert_eq!(hosts.source.as_deref(), Some("/store/containers/web/hosts"));
+        assert!(hosts.options.contains(&"ro".to_string()));
     }
 }

@@ -18,3 +18,4 @@ pub mod spec;
 pub mod agent;
 pub mod api;
 pub mod logs;
+pub mod network;

@@ -196,8 +196,8 @@ impl Config {
             if !NAMESPACES.contains(&namespace.kind.as_str()) {
                 return Err(format!("linux.namespaces: {:?} is not supported (supported: {})", namespace.kind, NAMESPACES.join(", ")));
             }
-            if namespace.path.is_some() {
-                return Err(format!("linux.namespaces: joining an existing {} namespace (path) is not supported", namespace.kind));
+            if namespace.path.is_some() && namespace.kind != "network" {
+                return Err(format!("linux.namespaces: joining an existing {} namespace (path) is not supported (only a network namespace)", namespace.kind));
             }
         }
         for mount in &self.mounts {
@@ -222,6 +222,11 @@ impl Config {
 
     pub fn has_namespace(&self, kind: &str) -> bool {
         self.linux.namespaces.iter().any(|n| n.kind == kind)
+    }
+
+    /// The namespace of `kind` to join, when the config names one by path.
+    pub fn namespace_path(&self, kind: &str) -> Option<&Path> {
+        self.linux.namespaces.iter().find(|n| n.kind == kind).and_then(|n| n.path.as_deref())
     }
 }
 

@@ -2,6 +2,9 @@
 //!
 //! ```toml
 //! stop_timeout_seconds = 10
+//! [network]                       # containers with `network: bridge`
+//! bridge = "basalt0"
+//! subnet = "10.88.0.0/16"
 //! [registries."10.0.2.2:5000"]
 //! insecure = true                 # plain HTTP
 //! [registries."registry.example.com"]
@@ -39,6 +42,42 @@ pub struct Settings {
     /// How long a container has to exit after SIGTERM before it is killed.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_seconds: u64,
+    #[serde(default)]
+    pub network: NetworkSettings,
+}
+
+/// The bridge network (`network: bridge` containers): the host bridge and
+/// the private subnet containers get their addresses from; the bridge has
+/// the subnet's first address and is the containers' gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    #[serde(default = "default_subnet", deserialize_with = "subnet")]
+    pub subnet: crate::network::Subnet,
+}
+
+pub const DEFAULT_BRIDGE: &str = "basalt0";
+pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+
+fn default_bridge() -> String {
+    DEFAULT_BRIDGE.into()
+}
+
+fn default_subnet() -> crate::network::Subnet {
+    DEFAULT_SUBNET.parse().expect("the default subnet parses")
+}
+
+fn subnet<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<crate::network::Subnet, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+impl Default for NetworkSettings {
+    fn default() -> NetworkSettings {
+        NetworkSettings { bridge: default_bridge(), subnet: default_subnet() }
+    }
 }
 
 fn default_stop_timeout() -> u64 {
@@ -47,13 +86,17 @@ fn default_stop_timeout() -> u64 {
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { registries: BTreeMap::new(), stop_timeout_seconds: default_stop_timeout() }
+        Settings { registries: BTreeMap::new(), stop_timeout_seconds: default_stop_timeout(), network: NetworkSettings::default() }
     }
 }
 
 impl Settings {
     pub fn parse(text: &str) -> Result<Settings, String> {
         let settings: Settings = toml::from_str(text).map_err(|e| e.to_string())?;
+        let bridge = &settings.network.bridge;
+        if bridge.is_empty() || bridge.len() > 15 || bridge == "lo" || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return Err(format!("network.bridge: {bridge:?} is not an interface name for the bridge (1-15 letters, digits, '-', '_', '.')"));
+        }
         for (name, registry) in &settings.registries {
             if registry.username.is_some() != registry.password.is_some() {
                 return Err(format!("registries.\"{name}\": username and password go together"));
@@ -91,5 +134,11 @@ mod tests {
         assert!(Settings::parse("[registries.a]\nusername = \"x\"\n").unwrap_err().contains("username and password go together"));
         assert!(Settings::parse("[registries.a]\ninsecure = true\nca = \"/x\"\n").unwrap_err().contains("exclude each other"));
         assert!(Settings::parse("registry = 1\n").unwrap_err().contains("unknown field"));
+        assert_eq!(s.network.bridge, "basalt0");
+        assert_eq!(s.network.subnet.to_string(), "10.88.0.0/16");
+        let s = Settings::parse("[network]\nsubnet = \"172.31.0.0/24\"\n").unwrap();
+        assert_eq!((s.network.bridge.as_str(), s.network.subnet.to_string().as_str()), ("basalt0", "172.31.0.0/24"));
+        assert!(Settings::parse("[network]\nsubnet = \"172.31.0.1/24\"\n").unwrap_err().contains("host bits set"));
+        assert!(Settings::parse("[network]\nbridge = \"a/b\"\n").unwrap_err().contains("network.bridge"));
     }
 }

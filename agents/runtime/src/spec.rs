@@ -66,7 +66,7 @@ fn always() -> String {
 }
 
 pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
-pub const NETWORKS: &[&str] = &["host", "none"];
+pub const NETWORKS: &[&str] = &["host", "none", "bridge"];
 pub const RESTART_POLICIES: &[&str] = &["always", "on-failure", "never"];
 
 pub fn valid_name(name: &str) -> bool {
@@ -88,9 +88,6 @@ impl ContainerSpec {
             return Err(format!("{:?} is not a container name (1-63 letters, digits, '-', '_', '.')", self.name));
         }
         crate::reference::Reference::parse(&self.image).map_err(|e| format!("image: {e}"))?;
-        if self.network == "bridge" {
-            return Err("network: bridge networking (a private network with published ports) is not implemented yet; use host or none".into());
-        }
         if !NETWORKS.contains(&self.network.as_str()) {
             return Err(format!("network: {:?} is not one of {}", self.network, NETWORKS.join(", ")));
         }
@@ -100,6 +97,7 @@ impl ContainerSpec {
         if self.cpu_millis == Some(0) || self.memory_bytes == Some(0) || self.pids_limit == Some(0) {
             return Err("cpu, memory and pids limits must be above zero".into());
         }
+        crate::network::ports::check(&self.ports)?;
         for volume in &self.volumes {
             if !volume.source.starts_with('/') || !volume.target.starts_with('/') {
                 return Err(format!("volumes: {} -> {}: both sides must be absolute paths", volume.source, volume.target));
@@ -144,7 +142,11 @@ mod tests {
     #[test]
     fn bad_declarations_are_refused_by_field() {
         let bridge = FROM_CLOUD_CONFIG.replace("\"host\"", "\"bridge\"");
-        assert!(ContainerSpec::parse(bridge.as_bytes()).unwrap_err().contains("bridge networking"));
+        assert_eq!(ContainerSpec::parse(bridge.as_bytes()).unwrap().network, "bridge");
+        let network = FROM_CLOUD_CONFIG.replace("\"host\"", "\"overlay\"");
+        assert!(ContainerSpec::parse(network.as_bytes()).unwrap_err().contains("network: \"overlay\" is not one of host, none, bridge"));
+        let udp = FROM_CLOUD_CONFIG.replace("\"tcp\"", "\"icmp\"");
+        assert!(ContainerSpec::parse(udp.as_bytes()).unwrap_err().contains("ports: \"icmp\" is not a protocol"));
         let version = FROM_CLOUD_CONFIG.replace("\"version\": 1", "\"version\": 2");
         assert!(ContainerSpec::parse(version.as_bytes()).unwrap_err().contains("version 2"));
         let typo = FROM_CLOUD_CONFIG.replace("\"restart\"", "\"restrat\"");

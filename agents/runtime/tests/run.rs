@@ -77,3 +77,28 @@ fn a_bundle_runs_isolated_and_its_status_comes_back() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(dir.path().to_str().unwrap()), "{mounts}");
 }
+
+/// A network namespace named by path (what the agent's bridge network
+/// makes) is joined, not a new one made.
+#[test]
+fn a_network_namespace_named_by_path_is_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = dir.path().join("netns");
+    basalt_runtime::network::netns::create(&held).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(&held).unwrap().ino();
+    bundle(dir.path(), &["readlink", "/proc/self/ns/net"], false);
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let joined = config.replacen(r#"{"type":"network"}"#, &format!(r#"{{"type":"network","path":"{}"}}"#, held.display()), 1);
+    std::fs::write(dir.path().join("config.json"), joined).unwrap();
+    let (code, out, err) = run(dir.path());
+    basalt_runtime::network::netns::remove(&held);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("net:[{inode}]"));
+    // Any other namespace by path is refused by name.
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(dir.path().join("config.json"), config.replacen(r#"{"type":"ipc"}"#, r#"{"type":"ipc","path":"/proc/1/ns/ipc"}"#, 1)).unwrap();
+    let (code, _, err) = run(dir.path());
+    assert_eq!(code, 125);
+    assert!(err.contains("joining an existing ipc namespace (path) is not supported"), "{err}");
+}

@@ -80,6 +80,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Host port forwarded to the guest's port 22 (0: none).
     pub ssh_port: u16,
+    /// More TCP forwards, (host port on 127.0.0.1, guest port).
+    pub port_forwards: Vec<(u16, u16)>,
     /// Grow the overlay to this many bytes (a larger disk than the image).
     pub disk_bytes: Option<u64>,
     /// Use the image itself as the disk, not an overlay (it will be written).
@@ -93,7 +95,7 @@ pub struct VmConfig {
 
 impl VmConfig {
     pub fn new(image: &Path, state_dir: &Path) -> VmConfig {
-        VmConfig { image: image.to_owned(), disk_format: "raw".into(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, disk_bytes: None, direct: false, fw_cfg: Vec::new(), extra_disks: Vec::new() }
+        VmConfig { image: image.to_owned(), disk_format: "raw".into(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, port_forwards: Vec::new(), disk_bytes: None, direct: false, fw_cfg: Vec::new(), extra_disks: Vec::new() }
     }
 
     pub fn overlay_path(&self) -> PathBuf {
@@ -149,6 +151,9 @@ impl VmConfig {
         let mut net = "user,id=net0".to_string();
         if self.ssh_port != 0 {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port));
+        }
+        for (host, guest) in &self.port_forwards {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
         c.args(["-device", "virtio-rng-pci"]);

@@ -186,7 +186,9 @@ fn parse_volume(text: &str) -> Option<Volume> {
     (pieces.next().is_none() && source.starts_with('/') && target.starts_with('/')).then_some(Volume { source, target, read_only })
 }
 
-fn parse_port(text: &str) -> Option<Port> {
+/// `[IP:]HOST:CONTAINER[/tcp|/udp]` or `PORT[/PROTO]` (docker's `-p` form),
+/// shared with `basaltctl run -p`.
+pub fn parse_port(text: &str) -> Option<Port> {
     let (mapping, protocol) = match text.split_once('/') {
         Some((mapping, protocol @ ("tcp" | "udp"))) => (mapping, protocol),
         Some(_) => return None,

@@ -17,7 +17,7 @@ mod user;
 
 use serde::Serialize;
 
-pub use container::{parse_cpu_millis, parse_memory_bytes, Container, Port, Volume};
+pub use container::{parse_cpu_millis, parse_memory_bytes, parse_port, Container, Port, Volume};
 pub use file::WriteFile;
 pub use network::{Interface, Route};
 pub use unit::{DropIn, Unit, UnitCommand};

@@ -38,6 +38,8 @@ pub struct Paths {
     pub logs: PathBuf,
     pub socket: PathBuf,
     pub settings: PathBuf,
+    /// Where the bridge network's namespaces are held.
+    pub netns: PathBuf,
 }
 
 impl Default for Paths {
@@ -48,6 +50,7 @@ impl Default for Paths {
             logs: crate::logs::LOG_DIR.into(),
             socket: crate::api::SOCKET.into(),
             settings: crate::settings::SETTINGS_FILE.into(),
+            netns: crate::network::NETNS_DIR.into(),
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct Agent {
     pub runner: PathBuf,
     /// Declaration files already reported as bad, by modification time.
     bad_declarations: Mutex<BTreeMap<PathBuf, SystemTime>>,
+    /// The bridge network (`network: bridge`).
+    pub network: crate::network::Network,
 }
 
 /// One line to the agent's log (stdout is a pipe to init: flushed per line).
@@ -231,6 +236,9 @@ impl Agent {
         crate::bundle::BundleDir { dir: dir.clone() }.unmount_rootfs();
         let _ = crate::store::remove_tree(&dir);
         crate::logs::Log::remove(&self.paths.logs, name);
+        if let Err(e) = self.network.release(name) {
+            say(&format!("{name}: releasing its address: {e}"));
+        }
         Ok(())
     }
 
@@ -260,10 +268,16 @@ pub fn serve(paths: Paths) -> Result<(), String> {
     let settings = Mutex::new((Settings::load(&paths.settings)?, modified));
     let store = Store::open(&paths.store).map_err(|e| e.to_string())?;
     let runner = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
-    let agent = Arc::new(Agent { paths, settings, store: Mutex::new(store), containers: Mutex::new(BTreeMap::new()), runner, bad_declarations: Mutex::new(BTreeMap::new()) });
+    let network = crate::network::Network::new(&paths.netns, &paths.store.join("network/addresses.json"));
+    let agent = Arc::new(Agent { paths, settings, store: Mutex::new(store), containers: Mutex::new(BTreeMap::new()), runner, bad_declarations: Mutex::new(BTreeMap::new()), network });
     std::fs::create_dir_all(agent.containers_dir()).map_err(|e| e.to_string())?;
     agent.clean_leftovers();
-    for record in agent.load_records() {
+    let records = agent.load_records();
+    let names: Vec<String> = records.iter().map(|r| r.spec.name.clone()).collect();
+    for note in agent.network.clean_leftovers(&names) {
+        say(&note);
+    }
+    for record in records {
         agent.adopt(record);
     }
     agent.reconcile_declared();

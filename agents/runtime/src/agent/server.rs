@@ -135,6 +135,15 @@ fn run(agent: &Arc<Agent>, mut spec: crate::spec::ContainerSpec) -> Result<Strin
     if agent.containers.lock().unwrap().contains_key(&spec.name) {
         return Err(format!("a container named {} exists; remove it first", spec.name));
     }
+    if spec.network == "bridge" {
+        // Another container that is to run with the same host port: one of
+        // the two could not start.
+        for other in agent.containers.lock().unwrap().values().map(|s| s.record()).filter(|r| r.desired_running && r.spec.network == "bridge") {
+            if let Some(port) = spec.ports.iter().find(|p| other.spec.ports.iter().any(|q| crate::network::ports::overlap(p, q))) {
+                return Err(format!("ports: host port {} is already published by container {}", crate::network::ports::describe(port), other.spec.name));
+            }
+        }
+    }
     let name = spec.name.clone();
     let record = Record { spec, desired_running: true, image_digest: None };
     agent.save_record(&record)?;

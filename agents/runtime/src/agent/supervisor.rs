@@ -63,6 +63,7 @@ impl Supervised {
             exit_code: None,
             oom_kills: 0,
             detail: String::new(),
+            address: None,
         };
         let supervised = Arc::new(Supervised { record: Mutex::new(record), status: Mutex::new(status), commands: Mutex::new(sender), thread: Mutex::new(None) });
         let worker = supervised.clone();
@@ -246,8 +247,8 @@ impl Supervised {
             let _ = agent.save_record(&self.record());
         }
         self.set_state("starting", "");
-        if !spec.ports.is_empty() {
-            say(&format!("{}: ports are not published with network {} (only a bridge network would need them; with host the container's ports are the machine's)", spec.name, spec.network));
+        if !spec.ports.is_empty() && spec.network != "bridge" {
+            say(&format!("{}: ports are only published with network bridge; with {} they are ignored (with host the container's ports are the machine's)", spec.name, spec.network));
         }
         let layers: Vec<_> = {
             let store = agent.store.lock().unwrap();
@@ -256,7 +257,8 @@ impl Supervised {
         if let Err(e) = bundle.mount_rootfs(&layers) {
             return Outcome::Failed(e);
         }
-        let config = match bundle::oci_config(spec, &image.config, &bundle.rootfs()) {
+        let bridge = (spec.network == "bridge").then(|| bundle::BridgeFiles::new(agent.network.namespace_path(&spec.name), &bundle));
+        let config = match bundle::oci_config(spec, &image.config, &bundle.rootfs(), bridge.as_ref()) {
             Ok(config) => config,
             Err(e) => {
                 bundle.unmount_rootfs();
@@ -267,6 +269,27 @@ impl Supervised {
         if let Err(e) = written {
             bundle.unmount_rootfs();
             return Outcome::Failed(e);
+        }
+        if let Some(files) = &bridge {
+            let attached = agent.network.attach(&spec.name, &spec.ports, &agent.settings().network).and_then(|attachment| {
+                let resolv = crate::network::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+                std::fs::write(&files.hosts, crate::network::hosts_file(&spec.name, attachment.address))
+                    .and_then(|_| std::fs::write(&files.resolv_conf, resolv))
+                    .map_err(|e| format!("writing the container's /etc files: {e}"))
+                    .map(|_| attachment)
+            });
+            match attached {
+                Ok(attachment) => {
+                    self.status.lock().unwrap().address = Some(attachment.address.to_string());
+                    let published: Vec<String> = spec.ports.iter().map(|p| format!("{} -> {}:{}", crate::network::ports::describe(p), attachment.address, p.container_port)).collect();
+                    say(&format!("{}: address {} on {}{}", spec.name, attachment.address, attachment.host_interface, if published.is_empty() { String::new() } else { format!(", publishing {}", published.join(", ")) }));
+                }
+                Err(e) => {
+                    agent.network.detach(&spec.name);
+                    bundle.unmount_rootfs();
+                    return Outcome::Failed(e);
+                }
+            }
         }
         let _ = std::fs::remove_file(bundle.dir.join(crate::linux::process::EXIT_FILE));
         let log = Log::open(&agent.paths.logs, &spec.name);
@@ -282,6 +305,10 @@ impl Supervised {
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
+                if bridge.is_some() {
+                    agent.network.detach(&spec.name);
+                    self.status.lock().unwrap().address = None;
+                }
                 bundle.unmount_rootfs();
                 return Outcome::Failed(format!("starting {}: {e}", agent.runner.display()));
             }
@@ -293,6 +320,10 @@ impl Supervised {
         let (ended_by, status) = self.wait(agent, &mut child, commands);
         for pump in pumps {
             let _ = pump.join();
+        }
+        if bridge.is_some() {
+            agent.network.detach(&spec.name);
+            self.status.lock().unwrap().address = None;
         }
         bundle.unmount_rootfs();
         let ran = started.elapsed();

@@ -172,14 +172,25 @@ fn wait_forwarding(pid: i32) -> i32 {
 /// In the container's first process: everything up to exec. Only returns on error.
 fn child(config: &Config, root: &Path) -> Result<std::convert::Infallible, String> {
     sys::reset_signals();
+    // A network namespace named by path (the agent's bridge network made
+    // it) is joined, while the host's paths are still there.
+    let network_path = config.namespace_path("network");
+    if let Some(path) = network_path {
+        let c = sys::cpath(path);
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        check(fd, || format!("linux.namespaces: network namespace {}", path.display()))?;
+        let joined = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+        unsafe { libc::close(fd) };
+        check(joined, || format!("linux.namespaces: joining the network namespace {}", path.display()))?;
+    }
     let mut flags = 0;
     for (kind, flag) in [("mount", libc::CLONE_NEWNS), ("uts", libc::CLONE_NEWUTS), ("ipc", libc::CLONE_NEWIPC), ("network", libc::CLONE_NEWNET), ("cgroup", libc::CLONE_NEWCGROUP)] {
-        if config.has_namespace(kind) {
+        if config.has_namespace(kind) && !(kind == "network" && network_path.is_some()) {
             flags |= flag;
         }
     }
     check(unsafe { libc::unshare(flags) }, || "unsharing namespaces".into())?;
-    if config.has_namespace("network") {
+    if config.has_namespace("network") && network_path.is_none() {
         loopback_up()?;
     }
     if config.has_namespace("mount") {
