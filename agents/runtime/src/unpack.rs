@@ -5,6 +5,12 @@
 //! uncompressed stream is hashed on the way and must match the image
 //! config's diff_id. Entries that would land outside the directory are
 //! refused (the tar crate checks every path and symlinked parent).
+//!
+//! Extended attributes in the layer (PAX `SCHILY.xattr.NAME` records, what
+//! docker and buildah write) are set after the entry's owner and mode, since
+//! a chown clears `security.capability`: file capabilities, `user.*` and
+//! ACLs. `trusted.*` ones are skipped: the lower directory is overlayfs's,
+//! and `trusted.overlay.*` there would change how it reads the layer.
 
 use std::ffi::CString;
 use std::io::{self, Read};
@@ -54,9 +60,16 @@ pub fn unpack(blob: impl Read, compression: Compression, layer: &Digest, diff_id
                 remove_any(&target).map_err(|e| bad(format!("{}: {e}", target.display())))?;
                 mknod_whiteout(&target).map_err(|e| bad(format!("whiteout {}: {e}", target.display())))?;
             } else {
+                let attributes = xattrs(&mut entry).map_err(|e| bad(format!("{}: extended attributes: {e}", path.display())))?;
                 let unpacked = entry.unpack_in(into).map_err(|e| bad(format!("{}: {e}", path.display())))?;
                 if !unpacked {
                     return Err(bad(format!("entry {} leaves the layer", path.display())));
+                }
+                if entry.header().entry_type() != tar::EntryType::Symlink {
+                    let target = into.join(&relative);
+                    for (name, value) in attributes {
+                        set_xattr(&target, &name, &value).map_err(|e| bad(format!("{}: setting {name}: {e}", path.display())))?;
+                    }
                 }
             }
         }
@@ -68,6 +81,23 @@ pub fn unpack(blob: impl Read, compression: Compression, layer: &Digest, diff_id
         return Err(UnpackError::DiffId { layer: layer.clone(), expected: diff_id.clone(), actual });
     }
     Ok(())
+}
+
+/// The extended attributes an entry carries that are set on unpacking.
+fn xattrs<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut attributes = Vec::new();
+    if let Some(extensions) = entry.pax_extensions()? {
+        for extension in extensions {
+            let extension = extension?;
+            let Some(name) = extension.key_bytes().strip_prefix(b"SCHILY.xattr.") else { continue };
+            let name = String::from_utf8(name.to_vec()).map_err(|_| io::Error::other("an attribute name is not UTF-8"))?;
+            let wanted = ["security.", "user."].iter().any(|p| name.starts_with(p)) || name == "system.posix_acl_access" || name == "system.posix_acl_default";
+            if wanted && !name.contains('\0') {
+                attributes.push((name, extension.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(attributes)
 }
 
 /// The entry's path relative to the layer root, or None if it climbs out.
@@ -117,6 +147,40 @@ fn remove_any(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A layer whose file has a capability, a user attribute and an overlay
+    /// attribute, the way docker writes them (PAX records before the entry).
+    #[test]
+    fn file_capabilities_and_user_attributes_are_unpacked() {
+        // cap_net_bind_service+ep: VFS_CAP_REVISION_2, effective, permitted bit 10.
+        let capability: [u8; 20] = [0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("SCHILY.xattr.security.capability", &capability[..]), ("SCHILY.xattr.user.origin", &b"test"[..]), ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..])])
+            .unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_path("bin/server").unwrap();
+        header.set_size(4);
+        header.set_mode(0o755);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_cksum();
+        builder.append(&header, &b"\x7fELF"[..]).unwrap();
+        let layer = builder.into_inner().unwrap();
+        let digest = Digest::of(&layer);
+        let dir = tempfile::tempdir().unwrap();
+        unpack(&layer[..], Compression::None, &digest, &digest, dir.path()).unwrap();
+        let get = |name: &str| {
+            let path = cstring(&dir.path().join("bin/server")).unwrap();
+            let name = CString::new(name).unwrap();
+            let mut value = vec![0u8; 64];
+            let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            (n >= 0).then(|| value[..n as usize].to_vec())
+        };
+        assert_eq!(get("security.capability").as_deref(), Some(&capability[..]));
+        assert_eq!(get("user.origin").as_deref(), Some(&b"test"[..]));
+        assert_eq!(get("trusted.overlay.opaque"), None, "overlay's own attributes are not taken from a layer");
+    }
 
     #[test]
     fn paths_that_climb_out_are_refused() {
