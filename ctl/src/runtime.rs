@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use base64::Engine as _;
-use basalt_runtime::api::{call, ContainerStatus, Reply, Request};
+use basalt_runtime::api::{call, ContainerStatus, ExecInput, Reply, Request};
 use basalt_runtime::spec::{ContainerSpec, Port, Volume, FORMAT_VERSION};
 
 pub const USAGE: &str = "containers (basalt-runtime.service):
@@ -17,7 +17,7 @@ pub const USAGE: &str = "containers (basalt-runtime.service):
       [-p [IP:]HOST:CONTAINER[/udp]]... [--restart always|on-failure|never]
       [-e K=V]... [-v SRC:DST[:ro]]... IMAGE [ARGS...]
   ps                  containers: state, pid, restarts, last exit
-  exec NAME CMD...    run CMD in a running container
+  exec [-i] [-t] NAME CMD...   run CMD in a running container (-i: stdin too, -t: a terminal)
   rm [-f] NAME        remove a container (-f: stop it first)
   start|stop|logs NAME   act on the container NAME if the runtime has one, else on the unit";
 
@@ -203,12 +203,106 @@ pub fn rm(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Runs a command in a container; exits with its code.
+/// The size (rows, columns) of the terminal on `fd`, if it is one with a size.
+fn window_size(fd: i32) -> Option<[u16; 2]> {
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_row > 0 && size.ws_col > 0).then_some([size.ws_row, size.ws_col])
+}
+
+/// The local terminal in raw mode (keys go to the container's terminal as
+/// typed, ^C included) until `restore`.
+struct RawMode(libc::termios);
+
+impl RawMode {
+    fn enter() -> Result<RawMode, String> {
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        if unsafe { libc::tcgetattr(0, &mut saved) } != 0 {
+            return Err(format!("reading the terminal's settings: {}", std::io::Error::last_os_error()));
+        }
+        let mut raw = saved;
+        unsafe { libc::cfmakeraw(&mut raw) };
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) };
+        Ok(RawMode(saved))
+    }
+
+    fn restore(&self) {
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.0) };
+    }
+}
+
+/// `exec [-i] [-t] NAME CMD...`: the options, the name and the command.
+fn parse_exec<'a>(args: &'a [&'a str]) -> Result<(bool, bool, &'a str, &'a [&'a str]), String> {
+    let (mut interactive, mut tty) = (false, false);
+    let mut rest = args;
+    while let Some((flag, tail)) = rest.split_first().filter(|(f, _)| f.starts_with('-')) {
+        match *flag {
+            "-i" | "--interactive" => interactive = true,
+            "-t" | "--tty" => tty = true,
+            "-it" | "-ti" => (interactive, tty) = (true, true),
+            other => return Err(format!("unknown option {other}; usage: basaltctl exec [-i] [-t] NAME CMD...")),
+        }
+        rest = tail;
+    }
+    let (name, command) = rest.split_first().filter(|(_, c)| !c.is_empty()).ok_or("usage: basaltctl exec [-i] [-t] NAME CMD...")?;
+    Ok((interactive, tty, name, command))
+}
+
+/// Runs a command in a container; exits with its code. `-i` passes stdin
+/// on, `-t` gives it a terminal (with `-i`, this one in raw mode).
 pub fn exec(args: &[&str]) -> Result<(), String> {
-    let (name, command) = args.split_first().filter(|(_, c)| !c.is_empty()).ok_or("usage: basaltctl exec NAME CMD...")?;
+    let (interactive, tty, name, command) = parse_exec(args)?;
+    let stdin_is_terminal = unsafe { libc::isatty(0) } == 1;
+    if tty && interactive && !stdin_is_terminal {
+        return Err("-t with -i needs stdin to be a terminal (without -t, stdin is passed on through a pipe)".into());
+    }
+    let size = tty.then(|| window_size(0).or_else(|| window_size(1)).unwrap_or([24, 80]));
+    let request = Request::Exec { name: name.to_string(), args: command.iter().map(|s| s.to_string()).collect(), interactive, tty: size };
+    // SIGWINCH is taken by a thread of its own: blocked here before any other thread starts.
+    if tty && interactive {
+        basalt_runtime::linux::sys::sigmask(libc::SIG_BLOCK, &[libc::SIGWINCH]);
+    }
+    let stream = basalt_runtime::api::connect_at(basalt_runtime::api::SOCKET, &request)?;
+    let raw = if interactive {
+        let writer = std::sync::Arc::new(std::sync::Mutex::new(stream.try_clone().map_err(|e| e.to_string())?));
+        let raw = if tty { Some(RawMode::enter()?) } else { None };
+        if tty {
+            let writer = writer.clone();
+            std::thread::spawn(move || loop {
+                let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+                let mut signal = 0;
+                unsafe {
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGWINCH);
+                    libc::sigwait(&set, &mut signal);
+                }
+                if let Some(size) = window_size(0) {
+                    let _ = basalt_runtime::api::send_line(&mut *writer.lock().unwrap(), &ExecInput::Resize(size));
+                }
+            });
+        }
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 16384];
+            loop {
+                let n = unsafe { libc::read(0, buffer.as_mut_ptr().cast(), buffer.len()) };
+                if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                let message = if n <= 0 { ExecInput::Eof } else { ExecInput::Stdin(base64::engine::general_purpose::STANDARD.encode(&buffer[..n as usize])) };
+                let end = message == ExecInput::Eof;
+                if basalt_runtime::api::send_line(&mut *writer.lock().unwrap(), &message).is_err() || end {
+                    break;
+                }
+            }
+        });
+        raw
+    } else {
+        stream.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())?;
+        None
+    };
     let mut code = None;
     let mut error = None;
-    call(&Request::Exec { name: name.to_string(), args: command.iter().map(|s| s.to_string()).collect() }, |reply| match reply {
+    let outcome = basalt_runtime::api::replies(stream, |reply| match reply {
         Reply::Output { stream, data } => {
             let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default();
             if stream == 2 {
@@ -221,7 +315,11 @@ pub fn exec(args: &[&str]) -> Result<(), String> {
         Reply::Exit(c) => code = Some(c),
         Reply::Error(e) => error = Some(e),
         other => error = Some(format!("unexpected answer {other:?}")),
-    })?;
+    });
+    if let Some(raw) = &raw {
+        raw.restore();
+    }
+    outcome?;
     if let Some(e) = error {
         return Err(e);
     }
@@ -253,5 +351,14 @@ mod tests {
         assert!(parse_run(&["--net", "bridge", "-p", "80:eighty", "x"]).unwrap_err().contains("\"80:eighty\" is not a port mapping"));
         assert!(parse_run(&["--net", "bridge", "-p", "80:80", "-p", "80:81", "x"]).unwrap_err().contains("publish the same host port"));
         assert!(parse_run(&["--wat", "1", "x"]).unwrap_err().contains("unknown option --wat"));
+    }
+
+    #[test]
+    fn exec_reads_docker_style_flags() {
+        assert_eq!(parse_exec(&["web", "ls", "-l"]).unwrap(), (false, false, "web", &["ls", "-l"][..]));
+        assert_eq!(parse_exec(&["-it", "web", "sh"]).unwrap(), (true, true, "web", &["sh"][..]));
+        assert_eq!(parse_exec(&["-i", "--tty", "web", "sh"]).unwrap(), (true, true, "web", &["sh"][..]));
+        assert!(parse_exec(&["-x", "web", "sh"]).unwrap_err().contains("unknown option -x"));
+        assert!(parse_exec(&["-i", "web"]).unwrap_err().contains("usage"));
     }
 }

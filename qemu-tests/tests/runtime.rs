@@ -179,6 +179,18 @@ containers:
     wait_output(&mut vm, "basaltctl logs web", "web-says-hello", Duration::from_secs(30));
     let (code, out) = vm.run("basaltctl exec web sh -c 'exit 7'", CMD).unwrap();
     assert_eq!(code, 7, "exec passes the exit code on: {out}");
+    // exec -i passes stdin on, to its end; -t gives a terminal; -it a shell typed into.
+    assert_eq!(vm.run_ok("printf 'one\\ntwo\\n' | basaltctl exec -i web wc -l", CMD).unwrap().trim(), "2");
+    assert!(vm.run_ok("echo through-stdin | basaltctl exec -i web cat", CMD).unwrap().contains("through-stdin"));
+    let out = vm.run_ok("basaltctl exec -t web sh -c 'test -t 0 && test -t 1 && echo on-a-terminal; echo TERM=$TERM'", CMD).unwrap();
+    assert!(out.contains("on-a-terminal") && out.contains("TERM=xterm"), "{out}");
+    let (code, out) = vm.run("echo x | basaltctl exec -it web cat", CMD).unwrap();
+    assert!(code != 0 && out.contains("needs stdin to be a terminal"), "{out}");
+    vm.send("basaltctl exec -it web sh -c 'echo tty\"\"-ready; exec sh'; echo tty\"\"-done:$?").unwrap();
+    vm.wait_for("tty-ready", CMD).unwrap();
+    vm.send("echo $((6*7))-typed; exit 3").unwrap();
+    vm.wait_for("42-typed", CMD).unwrap();
+    vm.wait_for("tty-done:3", CMD).unwrap();
 
     // hog reached its memory limit: OOM-killed, not restarted (never); web carries on.
     let line = wait_output(&mut vm, "basaltctl ps | grep ^hog", "exited", Duration::from_secs(120));

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: basalt-runtime serve                 the agent (basalt-runtime.service)
-       basalt-runtime exec --bundle DIR --pid PID -- CMD...   run CMD in a running container
+       basalt-runtime exec --bundle DIR --pid PID [--tty] -- CMD...   run CMD in a running container
+                                      (--tty: stdin is its terminal, made its controlling one)
        basalt-runtime run --bundle DIR ID     run an OCI bundle in the foreground
        basalt-runtime pull [--store DIR] [--settings FILE] REF   pull an image into a store";
 
@@ -27,12 +28,20 @@ fn main() {
                 fail(&e);
             }
         }
-        ["exec", "--bundle", bundle, "--pid", pid, "--", command @ ..] if !command.is_empty() => {
+        ["exec", "--bundle", bundle, "--pid", pid, rest @ ..] => {
+            let (tty, command) = match rest {
+                ["--tty", "--", command @ ..] => (true, command),
+                ["--", command @ ..] => (false, command),
+                _ => usage(),
+            };
+            if command.is_empty() {
+                usage();
+            }
             let config = basalt_runtime::oci::Config::load(std::path::Path::new(bundle)).unwrap_or_else(|e| fail(&e));
             let pid: i32 = pid.parse().unwrap_or_else(|_| usage());
             let cgroup = config.linux.cgroups_path.as_deref().map(|p| basalt_runtime::linux::cgroup::resolve(p).map(|path| basalt_runtime::linux::cgroup::Cgroup { path })).transpose().unwrap_or_else(|e| fail(&e));
             let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
-            match basalt_runtime::linux::process::exec_in(pid, &config, cgroup.as_ref(), &command) {
+            match basalt_runtime::linux::process::exec_in(pid, &config, cgroup.as_ref(), &command, tty) {
                 Ok(code) => std::process::exit(code),
                 Err(e) => {
                     eprintln!("basalt-runtime exec: {e}");

@@ -4,6 +4,7 @@
 //! answers the control socket, and keeps each container's record on ROOT so
 //! that an agent restart or a reboot brings back what should run.
 
+mod exec;
 mod server;
 mod supervisor;
 

@@ -1,13 +1,10 @@
 //! The control socket's requests (see `crate::api`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-
-use base64::Engine as _;
 
 use super::{say, Agent, Record};
 use crate::api::{send, ImageInfo, Reply, Request};
@@ -36,20 +33,27 @@ pub fn accept(agent: Arc<Agent>, listener: UnixListener) {
             let mut stream = stream;
             let reply = handle(&agent, &mut stream);
             let _ = send(&mut stream, &reply);
+            // An exec's input thread may hold a copy of the connection.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         });
     }
 }
 
-fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+/// The request line; what follows it (an exec's input) stays in `reader`.
+fn read_request(reader: &mut BufReader<UnixStream>) -> Result<Request, String> {
+    reader.get_ref().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(stream.take(1 << 20)).read_line(&mut line).map_err(|e| e.to_string())?;
+    reader.by_ref().take(1 << 20).read_line(&mut line).map_err(|e| e.to_string())?;
     serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}"))
 }
 
 /// Handles one request; the returned reply is the last line sent.
 fn handle(agent: &Arc<Agent>, stream: &mut UnixStream) -> Reply {
-    let request = match read_request(stream) {
+    let mut reader = match stream.try_clone() {
+        Ok(s) => BufReader::new(s),
+        Err(e) => return Reply::Error(e.to_string()),
+    };
+    let request = match read_request(&mut reader) {
         Ok(r) => r,
         Err(e) => return Reply::Error(e),
     };
@@ -87,7 +91,7 @@ fn handle(agent: &Arc<Agent>, stream: &mut UnixStream) -> Reply {
             }
         }),
         Request::Remove { name, force } => agent.remove(&name, force).map(|_| format!("removed {name}")),
-        Request::Exec { name, args } => return exec(agent, stream, &name, &args),
+        Request::Exec { name, args, interactive, tty } => return super::exec::exec(agent, stream, reader, &name, &args, interactive, tty),
     };
     match result {
         Ok(text) => Reply::Ok(text),
@@ -150,59 +154,4 @@ fn run(agent: &Arc<Agent>, mut spec: crate::spec::ContainerSpec) -> Result<Strin
     agent.adopt(record);
     say(&format!("{name}: created by basaltctl run"));
     Ok(format!("started {name}"))
-}
-
-/// Runs a command in a running container, relaying its output.
-fn exec(agent: &Agent, stream: &mut UnixStream, name: &str, args: &[String]) -> Reply {
-    let Some(supervised) = agent.containers.lock().unwrap().get(name).cloned() else {
-        return Reply::Error(format!("no container {name:?}"));
-    };
-    let Some(pid) = supervised.status().pid.filter(|_| supervised.status().state == "running") else {
-        return Reply::Error(format!("container {name} is not running"));
-    };
-    if args.is_empty() {
-        return Reply::Error("exec needs a command".into());
-    }
-    let spawned = Command::new(&agent.runner)
-        .arg("exec")
-        .arg("--bundle")
-        .arg(agent.container_dir(name))
-        .arg("--pid")
-        .arg(pid.to_string())
-        .arg("--")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return Reply::Error(format!("exec: {e}")),
-    };
-    let (sender, receiver) = std::sync::mpsc::channel::<(u8, Vec<u8>)>();
-    let mut readers = Vec::new();
-    for (number, pipe) in [(1u8, Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>), (2, Box::new(child.stderr.take().unwrap()))] {
-        let sender = sender.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut pipe = pipe;
-            let mut buf = vec![0u8; 16384];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 || sender.send((number, buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        }));
-    }
-    drop(sender);
-    let mut connected = true;
-    for (number, data) in receiver {
-        if connected {
-            let reply = Reply::Output { stream: number, data: base64::engine::general_purpose::STANDARD.encode(&data) };
-            connected = send(stream, &reply).and_then(|_| stream.flush()).is_ok();
-        }
-    }
-    let status = child.wait();
-    use std::os::unix::process::ExitStatusExt;
-    let code = status.map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))).unwrap_or(126);
-    Reply::Exit(code)
 }

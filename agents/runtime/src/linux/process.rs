@@ -307,8 +307,10 @@ fn loopback_up() -> Result<(), String> {
 
 /// Runs `args` inside the running container whose first process (as the
 /// host sees it) is `pid`: joins its cgroup and namespaces, takes the
-/// config's user and capabilities, and execs. Returns the command's exit code.
-pub fn exec_in(pid: i32, config: &Config, cgroup: Option<&Cgroup>, args: &[String]) -> Result<i32, String> {
+/// config's user and capabilities, and execs. Returns the command's exit
+/// code. With `tty`, stdin is a terminal that becomes the command's
+/// controlling terminal in a session of its own (and `TERM` defaults to xterm).
+pub fn exec_in(pid: i32, config: &Config, cgroup: Option<&Cgroup>, args: &[String], tty: bool) -> Result<i32, String> {
     if let Some(cgroup) = cgroup {
         cgroup.add(std::process::id() as i32)?;
     }
@@ -336,6 +338,10 @@ pub fn exec_in(pid: i32, config: &Config, cgroup: Option<&Cgroup>, args: &[Strin
     if child == 0 {
         let error = (|| -> Result<std::convert::Infallible, String> {
             sys::reset_signals();
+            if tty {
+                check(unsafe { libc::setsid() }, || "starting a session".into())?;
+                check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }, || "taking the terminal as the controlling one".into())?;
+            }
             let program = find_program(&args[0], &config.process.env)?;
             become_user(config)?;
             let cwd = Path::new(&config.process.cwd);
@@ -344,7 +350,10 @@ pub fn exec_in(pid: i32, config: &Config, cgroup: Option<&Cgroup>, args: &[Strin
                 check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, || "setting no_new_privs".into())?;
             }
             let argv: Vec<CString> = args.iter().map(|a| cstr(a)).collect();
-            let env: Vec<CString> = config.process.env.iter().map(|e| cstr(e)).collect();
+            let mut env: Vec<CString> = config.process.env.iter().map(|e| cstr(e)).collect();
+            if tty && !config.process.env.iter().any(|e| e.starts_with("TERM=")) {
+                env.push(cstr("TERM=xterm"));
+            }
             exec(&program, &argv, &env)
         })()
         .unwrap_err();
