@@ -1,22 +1,8 @@
-//! Small pieces shared by flashing and uploading: reading a buffer full,
-//! spotting all-zero blocks, and a progress line with rate and ETA.
+//! Small pieces shared by flashing and uploading: spotting all-zero blocks,
+//! and a progress line with rate and ETA.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
 
 /// True when every byte is zero (compares 16 bytes at a time).
 pub fn is_zero(buf: &[u8]) -> bool {

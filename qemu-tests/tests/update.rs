@@ -1,8 +1,9 @@
 //! Updates end to end: four versions of the image, a signed repository
 //! served from the host, and one machine that updates by delta and by full
-//! payload, survives power cuts mid-write, rolls back on request, and is
-//! brought back by the boot loader when a new version cannot boot. Bad
-//! metadata and bad payloads are refused with their reason.
+//! payload, survives power cuts mid-write, resumes a broken download, rolls
+//! back on request, and is brought back by the boot loader when a new
+//! version cannot boot. Bad metadata and bad payloads are refused with their
+//! reason.
 
 use basalt_qemu_tests::http::FileServer;
 use basalt_qemu_tests::{basalt_bin, Vm};
@@ -134,14 +135,6 @@ fn wait_blessed(vm: &mut Vm) {
     }
 }
 
-/// Applies what the channel offers and waits for the machine to come back.
-fn apply_and_reboot(vm: &mut Vm, version: &str, slot: &str) {
-    let out = vm.run_ok("basaltctl update apply --no-wait", CMD).unwrap();
-    assert!(out.contains(&format!("installing {version} to slot {slot}")), "{out}");
-    vm.wait_for(&format!("installed basalt_{version}_{}+3.efi on the ESP", slot.to_lowercase()), BOOT).unwrap();
-    ready(vm, version, slot);
-}
-
 /// Waits for the boot of `version` from `slot` and for its update agent.
 fn ready(vm: &mut Vm, version: &str, slot: &str) {
     assert_eq!(vm.wait_ready(BOOT).unwrap(), (version.to_string(), slot.to_string()));
@@ -217,8 +210,7 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
     let mut r = v2_full.clone();
     r.payload.path = "payloads/flipped.payload".into();
     repo.publish(r, LATER, &[&channel_key]);
-    let (status, out) = vm.run("basaltctl update apply", CMD).unwrap();
-    assert!(status != 0 && (out.contains("sha256") || out.contains("decompress") || out.contains("Corrupted")), "a flipped byte: {out}");
+    refused(&mut vm, "a flipped byte", "the payload's sha256 is");
     std::fs::write(repo_dir.join("payloads/truncated.payload"), &good[..good.len() / 3]).unwrap();
     let mut r = v2_full.clone();
     r.payload.path = "payloads/truncated.payload".into();
@@ -244,6 +236,11 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
     // The repository rotates its channel key; 0.3.0 is signed by the new one.
     std::fs::write(repo_dir.join("roots/2.root.json"), root_doc(2, &root_key, &next_channel_key)).unwrap();
     let v3_release = repo.release("0.3.0", "payloads/basalt-0.3.0.payload", None);
+    // First in rollout waves that have not begun: a check waits for them.
+    let waves = Release { rollout: vec![basalt_repo::meta::Wave { from: "2098-01-01T00:00:00Z".into(), share: 1.0 }], ..v3_release.clone() };
+    repo.publish(waves, LATER, &[&next_channel_key]);
+    let check = vm.run_ok("basaltctl update check", CMD).unwrap();
+    assert!(check.contains("0.3.0 is rolling out; this machine's wave starts 2098-01-01"), "{check}");
     repo.publish(v3_release, LATER, &[&next_channel_key]);
 
     // Power cuts while 0.3.0 is being written to USR-A: 0.2.0 boots every time.
@@ -271,8 +268,15 @@ fn updates_roll_forward_survive_power_cuts_and_roll_back() {
     }
     server.set_rate(0);
 
-    // The next try finishes it: 0.3.0 goes back to USR-A.
-    apply_and_reboot(&mut vm, "0.3.0", "A");
+    // The next try finishes it, through a connection that breaks on the way
+    // and is picked up where it broke: 0.3.0 goes back to USR-A.
+    server.hang_up_once_after(20 << 20);
+    let out = vm.run_ok("basaltctl update apply --no-wait", CMD).unwrap();
+    assert!(out.contains("installing 0.3.0 to slot A"), "{out}");
+    vm.wait_for(&format!("broke at byte {}", 20 << 20), BOOT).unwrap();
+    vm.wait_for("resuming, 1 of 5", CMD).unwrap();
+    vm.wait_for("installed basalt_0.3.0_a+3.efi on the ESP", BOOT).unwrap();
+    ready(&mut vm, "0.3.0", "A");
     wait_blessed(&mut vm);
 
     // An explicit rollback returns to 0.2.0, which then does not take 0.3.0 again.

@@ -1,18 +1,26 @@
 //! Writing a payload onto the passive slot: streamed from the network while
-//! its sha256 is computed, decompressed straight onto the partition, then
-//! read back and checked against the signed verity root hash. Only then is
-//! the slot's UKI handed back, for the caller to put on the ESP.
+//! its sha256 is computed, decompressed straight onto the partition, and
+//! read back from it while the rest is written (readback.rs); once the
+//! stream's sha256 is the signed one and the slot is synced, what was read
+//! back must hash to the signed verity root. Only then is the slot's UKI
+//! handed back, for the caller to put on the ESP.
+//!
+//! ```text
+//!   network ─▶ sha256 ─▶ zstd ─▶ 4 MiB blocks ─▶ O_DIRECT write ─▶ read back ─▶ verity tree
+//!   (one thread each: reader, decoder, writer, checker)
+//! ```
 
+use crate::readback::{self, ReadBack};
+use basalt_blockio::{Block, Pool};
 use basalt_disk::layout::Slot;
 use basalt_repo::meta::FileRef;
 use basalt_repo::payload::{self, Header, Reference, Sink};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::time::Instant;
 
 /// What the signed metadata says the payload must be.
@@ -35,11 +43,12 @@ pub type Progress<'a> = dyn FnMut(&str, u64, u64, f64) + 'a;
 /// Reads the stream on a thread of its own: counts it (refusing more than
 /// `limit` bytes), hashes it, and passes it on in pieces, so the network,
 /// the decompression and the disk each keep a core busy.
-fn read_and_hash<R: Read>(mut stream: R, limit: u64, count: &AtomicU64, out: SyncSender<io::Result<Vec<u8>>>) -> String {
+fn read_and_hash<R: Read>(mut stream: R, limit: u64, count: &AtomicU64, out: SyncSender<io::Result<Vec<u8>>>, spare: Receiver<Vec<u8>>) -> String {
     let mut hasher = Sha256::new();
     let mut total = 0u64;
     loop {
-        let mut piece = vec![0u8; PIECE];
+        let mut piece = spare.try_recv().unwrap_or_default();
+        piece.resize(PIECE, 0);
         let mut n = 0;
         let result = loop {
             match stream.read(&mut piece[n..]) {
@@ -77,35 +86,49 @@ fn read_and_hash<R: Read>(mut stream: R, limit: u64, count: &AtomicU64, out: Syn
 
 const PIECE: usize = 1 << 20;
 
-/// The reading end of [`read_and_hash`].
+/// The reading end of [`read_and_hash`]; used pieces go back to it.
 struct Pieces {
     rx: Receiver<io::Result<Vec<u8>>>,
+    spare: Sender<Vec<u8>>,
     piece: Vec<u8>,
     pos: usize,
 }
 
-impl Read for Pieces {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl BufRead for Pieces {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.piece.len() {
             match self.rx.recv() {
                 Ok(Ok(p)) => {
-                    self.piece = p;
+                    let _ = self.spare.send(std::mem::replace(&mut self.piece, p));
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
-        let n = buf.len().min(self.piece.len() - self.pos);
-        buf[..n].copy_from_slice(&self.piece[self.pos..self.pos + n]);
+        Ok(&self.piece[self.pos..])
+    }
+    fn consume(&mut self, n: usize) {
         self.pos += n;
+    }
+}
+
+impl Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = buf.len().min(avail.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
 
 struct SlotSink<'a, 'p> {
-    /// To the writer thread.
-    usr: SyncSender<Vec<u8>>,
+    /// To the writer thread, in whole page-aligned blocks (the last one may
+    /// be shorter), which it can hand to the device with O_DIRECT.
+    usr: SyncSender<Block>,
+    pool: Pool,
+    filling: Block,
     keep: char,
     uki: Vec<u8>,
     count: &'a AtomicU64,
@@ -115,9 +138,21 @@ struct SlotSink<'a, 'p> {
     last_report: Instant,
 }
 
+impl SlotSink<'_, '_> {
+    fn send_block(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(&mut self.filling, self.pool.take());
+        self.usr.send(full).map_err(|_| io::Error::other("the slot writer stopped"))
+    }
+}
+
 impl Sink for SlotSink<'_, '_> {
-    fn usr(&mut self, data: &[u8]) -> io::Result<()> {
-        self.usr.send(data.to_vec()).map_err(|_| io::Error::other("the slot writer stopped"))?;
+    fn usr(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            data = &data[self.filling.push(data)..];
+            if self.filling.is_full() {
+                self.send_block()?;
+            }
+        }
         if self.last_report.elapsed().as_millis() >= 500 {
             self.last_report = Instant::now();
             (self.progress)("downloading", self.count.load(Ordering::Relaxed), self.total, self.started.elapsed().as_secs_f64());
@@ -130,6 +165,12 @@ impl Sink for SlotSink<'_, '_> {
         }
         Ok(())
     }
+    /// The payload's sha256 (checked on the reader thread against the
+    /// signed one) covers every byte, and the slot is read back and checked
+    /// against its signed verity root: the parts need no hash of their own.
+    fn check_parts(&self) -> bool {
+        false
+    }
 }
 
 /// Size of a file or block device.
@@ -139,62 +180,98 @@ pub fn device_bytes(f: &mut File) -> io::Result<u64> {
     Ok(end)
 }
 
-/// Drops the page cache of `f`, so what is read next comes from the disk.
-fn drop_cache(f: &File) {
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-}
-
 pub fn write_slot<R: Read + Send>(stream: R, expect: &Expect, slot: Slot, target: &Path, reference: Option<&Reference>, progress: &mut Progress) -> Result<Written, String> {
     let count = AtomicU64::new(0);
     let limit = expect.file.size;
     let started = Instant::now();
-    let (header, uki, sha, usr) = std::thread::scope(|scope| -> Result<_, String> {
-        let (tx, rx) = mpsc::sync_channel(8);
+    let root: [u8; 32] = basalt_repo::parse_hex(expect.usr_root_hash).and_then(|v| v.try_into().ok()).ok_or("bad root hash in the metadata")?;
+    let (header, uki, sha, usr, read_back) = std::thread::scope(|scope| -> Result<_, String> {
+        let (tx, rx) = mpsc::sync_channel(16);
+        let (spare_tx, spare_rx) = mpsc::channel();
         let count_ref = &count;
-        let reader = scope.spawn(move || read_and_hash(stream, limit, count_ref, tx));
-        let mut src = Pieces { rx, piece: Vec::new(), pos: 0 };
-        let written = (|| -> Result<(Header, Vec<u8>, File), String> {
+        let reader = scope.spawn(move || read_and_hash(stream, limit, count_ref, tx, spare_rx));
+        let mut src = Pieces { rx, spare: spare_tx, piece: Vec::new(), pos: 0 };
+        let written = (|| {
             let header = payload::read_header(&mut src).map_err(|e| e.to_string())?;
             let want = |what: &str, found: &str, expected: &str| if found == expected { Ok(()) } else { Err(format!("payload {what} is {found:?}, the signed metadata says {expected:?}")) };
             want("image", &header.name, expect.name)?;
             want("version", &header.version, expect.version)?;
             want("usr root hash", &header.usr.root_hash, expect.usr_root_hash)?;
-            let mut usr = OpenOptions::new().write(true).open(target).map_err(|e| format!("opening {}: {e}", target.display()))?;
+            let salt = header.salt().ok_or("the payload header's verity salt is not hex")?;
+            let mut usr = OpenOptions::new().read(true).write(true).open(target).map_err(|e| format!("opening {}: {e}", target.display()))?;
             let room = device_bytes(&mut usr).map_err(|e| format!("size of {}: {e}", target.display()))?;
             if header.usr.bytes > room {
                 return Err(format!("the usr image is {} bytes; slot {} has {room}", header.usr.bytes, slot.letter()));
             }
-            let (wtx, wrx) = mpsc::sync_channel::<Vec<u8>>(8);
+            // Written blocks are read back on a thread of their own while
+            // the next ones are decompressed and written.
+            let read_back = ReadBack::open(&usr, header.usr.hash_offset, header.usr.bytes, &salt);
+            let (rtx, rrx) = mpsc::sync_channel::<(u64, usize)>(4);
+            let checker = read_back.map(|mut rb| {
+                scope.spawn(move || -> io::Result<ReadBack> {
+                    for (at, len) in rrx {
+                        rb.next(at, len)?;
+                    }
+                    Ok(rb)
+                })
+            });
+            let (wtx, wrx) = mpsc::sync_channel::<Block>(4);
             let writer = scope.spawn(move || -> io::Result<File> {
-                for piece in wrx {
-                    usr.write_all(&piece)?;
+                // Straight to the device where it takes O_DIRECT: no copy
+                // into the page cache, and the write overlaps decompression.
+                let direct = basalt_blockio::open_direct(&usr, true);
+                let mut at = 0u64;
+                for block in wrx {
+                    basalt_blockio::write_at(direct.as_ref(), &usr, &block, at)?;
+                    // A checker that stopped says why when it is joined.
+                    let _ = rtx.send((at, block.len()));
+                    at += block.len() as u64;
                 }
                 Ok(usr)
             });
+            let pool = Pool::default();
             let mut sink = SlotSink {
                 usr: wtx,
+                filling: pool.take(),
+                pool,
                 keep: slot.letter().to_ascii_lowercase().chars().next().unwrap(),
-                uki: Vec::new(),
+                uki: Vec::with_capacity(if slot == Slot::A { header.uki.a.bytes } else { header.uki.b.bytes }.min(64 << 20) as usize),
                 count: count_ref,
                 total: limit,
                 progress: &mut *progress,
                 started,
                 last_report: started,
             };
-            let unpacked = payload::unpack(&mut src, &header, reference, &mut sink).map_err(|e| e.to_string());
+            let mut unpacked = payload::unpack(&mut src, &header, reference, &mut sink).map_err(|e| e.to_string());
+            if unpacked.is_err() {
+                // The rest is read and hashed all the same: when the bytes
+                // are not the ones signed, that is the reason to give.
+                let _ = io::copy(&mut src, &mut io::sink());
+            }
+            if unpacked.is_ok() && !sink.filling.is_empty() {
+                unpacked = sink.send_block().map_err(|e| e.to_string());
+            }
             let uki = std::mem::take(&mut sink.uki);
             drop(sink);
             let usr = writer.join().map_err(|_| "the slot writer panicked".to_string())?.map_err(|e| format!("writing slot {}: {e}", slot.letter()));
+            let read_back = checker.map(|c| c.join().map_err(|_| "the slot checker panicked".to_string())?.map_err(|e| format!("reading slot {} back: {e}", slot.letter()))).transpose();
             unpacked?;
-            let usr = usr?;
+            let (usr, read_back) = (usr?, read_back?);
             // Whatever follows the frame is counted and hashed too.
             io::copy(&mut src, &mut io::sink()).map_err(|e| format!("reading the payload: {e}"))?;
-            Ok((header, uki, usr))
+            Ok((header, uki, usr, read_back))
         })();
         drop(src);
         let sha = reader.join().map_err(|_| "the payload reader panicked".to_string())?;
-        let (header, uki, usr) = written?;
-        Ok((header, uki, sha, usr))
+        let complete = count.load(Ordering::Relaxed) == expect.file.size;
+        let (header, uki, usr, read_back) = written.map_err(|e| {
+            if complete && sha != expect.file.sha256 {
+                format!("the payload's sha256 is {sha}, the signed metadata says {} ({e})", expect.file.sha256)
+            } else {
+                e
+            }
+        })?;
+        Ok((header, uki, sha, usr, read_back))
     })?;
     let got = count.load(Ordering::Relaxed);
     if got != expect.file.size {
@@ -204,17 +281,16 @@ pub fn write_slot<R: Read + Send>(stream: R, expect: &Expect, slot: Slot, target
         return Err(format!("the payload's sha256 is {sha}, the signed metadata says {}", expect.file.sha256));
     }
     progress("downloading", limit, limit, started.elapsed().as_secs_f64());
-    usr.sync_all().map_err(|e| format!("syncing slot {}: {e}", slot.letter()))?;
-    drop_cache(&usr);
-    drop(usr);
-
-    // Read back what is on the slot: the verity tree must hash to the signed root.
     let verify_started = Instant::now();
     progress("verifying", 0, header.usr.bytes, 0.0);
-    let mut dev = File::open(target).map_err(|e| format!("opening {}: {e}", target.display()))?;
-    drop_cache(&dev);
-    let root: [u8; 32] = basalt_repo::parse_hex(expect.usr_root_hash).and_then(|v| v.try_into().ok()).ok_or("bad root hash in the metadata")?;
-    basalt_verity::verify(&mut dev, header.usr.hash_offset, &root).map_err(|e| format!("slot {} after writing: {e}", slot.letter()))?;
+    usr.sync_all().map_err(|e| format!("syncing slot {}: {e}", slot.letter()))?;
+    // What is on the slot must hash to the signed root.
+    let checked = match read_back {
+        Some(rb) => rb.finish(&root),
+        None => readback::after_sync(&usr, header.usr.hash_offset, &root),
+    };
+    checked.map_err(|e| format!("slot {} after writing: {e}", slot.letter()))?;
+    drop(usr);
     progress("verifying", header.usr.bytes, header.usr.bytes, verify_started.elapsed().as_secs_f64());
 
     check_uki(&uki, slot, expect.usr_root_hash)?;
@@ -322,7 +398,8 @@ mod tests {
         let mut flipped = c.payload.clone();
         let at = flipped.len() - 5000;
         flipped[at] ^= 1;
-        assert!(apply(&c, &flipped, &c.file, 4 << 20, d.path()).is_err(), "a flipped byte");
+        let e = apply(&c, &flipped, &c.file, 4 << 20, d.path()).err().unwrap();
+        assert!(e.contains("the payload's sha256 is"), "a flipped byte is named as a payload that is not the signed one: {e}");
         let mut wrong = c.file.clone();
         wrong.sha256 = "0".repeat(64);
         let e = apply(&c, &c.payload, &wrong, 4 << 20, d.path()).err().unwrap();

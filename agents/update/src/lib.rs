@@ -8,5 +8,6 @@ pub mod config;
 pub mod decide;
 pub mod fetch;
 pub mod protocol;
+pub mod readback;
 pub mod reboot;
 pub mod window;

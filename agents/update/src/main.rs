@@ -76,13 +76,15 @@ fn write_slot(args: &[String]) -> Result<(), String> {
     use basalt_repo::payload;
     let [payload_path, target, slot, rest @ ..] = args else { return Err("usage: basalt-update write-slot PAYLOAD TARGET A|B [REFERENCE_USR REFERENCE_UKI]".into()) };
     let slot = basalt_disk::layout::Slot::parse(slot).ok_or("slot must be A or B")?;
-    let data = std::fs::read(payload_path).map_err(|e| format!("{payload_path}: {e}"))?;
-    let header = payload::read_header(&mut &data[..]).map_err(|e| e.to_string())?;
-    let sha256 = std::fs::read_to_string(format!("{payload_path}.sha256"))
-        .ok()
-        .and_then(|t| t.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| basalt_repo::sha256_hex(&data));
-    let file = basalt_repo::FileRef { path: payload_path.clone(), size: data.len() as u64, sha256 };
+    // Streamed from the file, as the agent streams it from the network.
+    let open = || std::fs::File::open(payload_path).map_err(|e| format!("{payload_path}: {e}"));
+    let header = payload::read_header(&mut std::io::BufReader::new(open()?)).map_err(|e| e.to_string())?;
+    let size = open()?.metadata().map_err(|e| format!("{payload_path}: {e}"))?.len();
+    let sha256 = match std::fs::read_to_string(format!("{payload_path}.sha256")).ok().and_then(|t| t.split_whitespace().next().map(str::to_string)) {
+        Some(s) => s,
+        None => basalt_repo::sha256_hex(&std::fs::read(payload_path).map_err(|e| format!("{payload_path}: {e}"))?),
+    };
+    let file = basalt_repo::FileRef { path: payload_path.clone(), size, sha256 };
     let expect = basalt_update::apply::Expect { name: &header.name, version: &header.version, usr_root_hash: &header.usr.root_hash, file: &file };
     let reference_parts = match rest {
         [usr, uki] => {
@@ -98,7 +100,7 @@ fn write_slot(args: &[String]) -> Result<(), String> {
     let reference = reference_parts.as_ref().map(|(usr, kernel, initrd)| payload::Reference { version: &from_version, usr, kernel, initrd });
     let started = std::time::Instant::now();
     let mut progress = |_: &str, _: u64, _: u64, _: f64| {};
-    let written = basalt_update::apply::write_slot(&data[..], &expect, slot, std::path::Path::new(target), reference.as_ref(), &mut progress)?;
+    let written = basalt_update::apply::write_slot(open()?, &expect, slot, std::path::Path::new(target), reference.as_ref(), &mut progress)?;
     println!(
         "wrote {} {} to {target} (slot {}): {} bytes of usr, UKI {} bytes, {:.3} s",
         written.header.name,

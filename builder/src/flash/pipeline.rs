@@ -15,23 +15,16 @@
 //! A piece is shared (`Arc`) between the hasher and the writer; its buffer
 //! goes back to the pool when both are done with it.
 
-use crate::stream::{is_zero, read_full};
+use crate::stream::is_zero;
 use sha2::{Digest, Sha256};
-use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::fs::File;
 use std::io::{self, BufRead, Read};
-use std::ops::Deref;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::ptr::NonNull;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Data pieces are at most this long.
-pub const CHUNK: usize = 4 << 20;
-/// Buffer alignment: a page, enough for O_DIRECT on any block device.
-pub const ALIGN: usize = 4096;
+pub use basalt_blockio::{Block, Pool, CHUNK};
 /// Runs of zeros travel in pieces of at most this much, so that the writer,
 /// which zeroes them almost for free, stays close behind the hasher.
 const ZERO_PIECE: u64 = 16 << 20;
@@ -43,96 +36,6 @@ const DEPTH: usize = 4;
 #[repr(C, align(4096))]
 pub struct Zeros(pub [u8; 1 << 20]);
 pub static ZEROS: Zeros = Zeros([0; 1 << 20]);
-
-/// CHUNK bytes at a page-aligned address.
-struct AlignedBuf(NonNull<u8>);
-
-// SAFETY: the buffer is plain memory owned by this value alone.
-unsafe impl Send for AlignedBuf {}
-unsafe impl Sync for AlignedBuf {}
-
-impl AlignedBuf {
-    fn layout() -> Layout {
-        Layout::from_size_align(CHUNK, ALIGN).unwrap()
-    }
-    fn new() -> AlignedBuf {
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc_zeroed(Self::layout()) };
-        AlignedBuf(NonNull::new(p).unwrap_or_else(|| handle_alloc_error(Self::layout())))
-    }
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: CHUNK initialised bytes (alloc_zeroed), owned by self.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), CHUNK) }
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), CHUNK) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in new() with the same layout.
-        unsafe { dealloc(self.0.as_ptr(), Self::layout()) }
-    }
-}
-
-/// Buffers that were used and given back; the channels' depth bounds how
-/// many exist at once.
-#[derive(Clone, Default)]
-pub struct Pool(Arc<Mutex<Vec<AlignedBuf>>>);
-
-impl Pool {
-    pub fn take(&self) -> Block {
-        let buf = self.0.lock().unwrap().pop().unwrap_or_else(AlignedBuf::new);
-        Block { buf: Some(buf), len: 0, pool: self.clone() }
-    }
-}
-
-/// A buffer from the pool holding `len` bytes; back to the pool when dropped.
-pub struct Block {
-    buf: Option<AlignedBuf>,
-    len: usize,
-    pool: Pool,
-}
-
-impl Block {
-    /// Fills the block from `r` (until full or the end); the bytes read.
-    fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        self.len = read_full(r, self.buf.as_mut().unwrap().bytes_mut())?;
-        Ok(self.len)
-    }
-
-    fn fill_at(&mut self, f: &File, want: usize, at: u64) -> io::Result<usize> {
-        let buf = &mut self.buf.as_mut().unwrap().bytes_mut()[..want];
-        let mut done = 0;
-        while done < want {
-            match f.read_at(&mut buf[done..], at + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.len = done;
-        Ok(done)
-    }
-}
-
-impl Deref for Block {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.buf.as_ref().unwrap().bytes()[..self.len]
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        if let (Some(buf), Ok(mut pool)) = (self.buf.take(), self.pool.0.lock()) {
-            pool.push(buf);
-        }
-    }
-}
 
 /// A run of the stream: data, or that many zero bytes.
 #[derive(Clone)]
@@ -372,6 +275,8 @@ impl Read for PieceReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basalt_blockio::ALIGN;
+    use std::os::unix::fs::FileExt;
     use std::io::Write;
 
     fn run(input: Input, compressed: bool) -> (Vec<u8>, Vec<bool>, String, u64) {

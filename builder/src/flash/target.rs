@@ -78,10 +78,9 @@ impl Target {
         if self.kind != TargetKind::BlockDevice {
             return None;
         }
-        // Through /proc/self/fd: the very device already opened (and held
-        // with O_EXCL), whatever the path points at by now.
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
-        OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC).open(format!("/proc/self/fd/{fd}")).ok()
+        // The very device already opened (and held with O_EXCL), whatever
+        // the path points at by now.
+        basalt_blockio::open_direct(&self.file, true)
     }
 
     /// Zeroes `len` bytes at `offset` without sending zeros: BLKZEROOUT on a

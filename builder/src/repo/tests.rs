@@ -6,6 +6,14 @@ use super::*;
 use basalt_repo::payload::{Contents, Reference};
 use std::collections::BTreeMap;
 
+/// A usr slot image: one 4 KiB data block that starts with `tag`, then
+/// its verity superblock.
+fn slot(tag: &str, seed: u64) -> Vec<u8> {
+    let mut usr = std::io::Cursor::new([tag.as_bytes(), &noise(4096 - tag.len(), seed)].concat());
+    basalt_verity::format(&mut usr, 4096, b"salt", [0; 16]).unwrap();
+    usr.into_inner()
+}
+
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
@@ -41,13 +49,13 @@ impl Fixture {
     }
     /// A small but real payload (and optionally a delta from `from`).
     fn payload(&self, version: &str, from: Option<&str>) -> PathBuf {
-        let usr = [noise(1 << 16, 7), version.as_bytes().to_vec(), vec![0; 4096 - version.len()]].concat();
+        let usr = slot(version, 7);
         let uki = noise(1 << 14, 9);
         let c = Contents { name: "basalt", version, usr: &usr, hash_offset: 4096, root_hash: &"ab".repeat(32), uki_a: &uki, uki_b: &uki };
         let (file, reference_usr);
         let reference = match from {
             Some(old) => {
-                reference_usr = [noise(1 << 16, 7), old.as_bytes().to_vec(), vec![0; 4096 - old.len()]].concat();
+                reference_usr = slot(old, 7);
                 file = self.path(&format!("basalt-{old}-to-{version}.delta"));
                 Some(Reference { version: old, usr: &reference_usr, kernel: &uki[..100], initrd: &uki[100..200] })
             }
@@ -260,7 +268,7 @@ fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
     assert!(f.add(&p1, "stable").unwrap_err().to_string().contains("never go back"));
     let other_build = f.path("other.payload");
     {
-        let usr = noise(8192, 99);
+        let usr = slot("0.2.0", 99);
         let uki = noise(1000, 98);
         let c = Contents { name: "basalt", version: "0.2.0", usr: &usr, hash_offset: 4096, root_hash: &"cd".repeat(32), uki_a: &uki, uki_b: &uki };
         let mut out = Vec::new();

@@ -77,8 +77,8 @@ impl Slot {
 
 /// ChromeOS/CoreOS "gptprio" attribute bits of a USR partition: priority
 /// (48–51), tries left (52–55) and successful (56). The loader does not read
-/// them (systemd-boot counts tries in UKI names); they record the slot's state
-/// where partitioning tools show it.
+/// them (systemd-boot counts tries in UKI names); they are the state a new
+/// image starts in, set when it is built, and updates do not change them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GptPrio(pub u64);
 

@@ -18,10 +18,11 @@
 use crate::sha256_hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"BASALTUP";
-pub const FORMAT: u32 = 1;
+/// 2: the header names the usr image's verity salt.
+pub const FORMAT: u32 = 2;
 const MAX_HEADER: usize = 64 << 10;
 /// Largest usr slot image and UKI a header may announce.
 pub const MAX_USR_BYTES: u64 = 16 << 30;
@@ -42,6 +43,9 @@ pub struct Usr {
     /// Where the verity superblock starts (the size of the squashfs).
     pub hash_offset: u64,
     pub root_hash: String,
+    /// The verity tree's salt (hex), as in the superblock: with it the
+    /// machine can hash the slot while it is still being written.
+    pub salt: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +76,14 @@ pub struct Header {
     pub uki: Ukis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<DeltaFrom>,
+}
+
+impl Header {
+    /// The usr image's verity salt, None when the header's is not hex of
+    /// at most 256 bytes (what dm-verity takes).
+    pub fn salt(&self) -> Option<Vec<u8>> {
+        crate::parse_hex(&self.usr.salt).filter(|s| s.len() <= 256)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,11 +141,13 @@ fn window_log(bytes: usize) -> u32 {
 /// Writes a payload, a delta when `reference` is given. `level` is zstd's.
 pub fn write<W: Write>(out: &mut W, c: &Contents, reference: Option<&Reference>, level: i32) -> io::Result<Header> {
     let part = |d: &[u8]| Part { bytes: d.len() as u64, sha256: sha256_hex(d) };
+    let superblock = usize::try_from(c.hash_offset).ok().and_then(|at| c.usr.get(at..)).unwrap_or_default();
+    let (_, salt, _) = basalt_verity::read_superblock(superblock).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("the usr image's verity superblock: {e}")))?;
     let header = Header {
         format: FORMAT,
         name: c.name.to_string(),
         version: c.version.to_string(),
-        usr: Usr { bytes: c.usr.len() as u64, sha256: sha256_hex(c.usr), hash_offset: c.hash_offset, root_hash: c.root_hash.to_string() },
+        usr: Usr { bytes: c.usr.len() as u64, sha256: sha256_hex(c.usr), hash_offset: c.hash_offset, root_hash: c.root_hash.to_string(), salt: crate::hex(&salt) },
         uki: Ukis { a: part(c.uki_a), b: part(c.uki_b) },
         delta: reference.map(Reference::describe),
     };
@@ -183,8 +197,11 @@ pub fn read_header<R: Read>(r: &mut R) -> Result<Header, PayloadError> {
     if h.format != FORMAT {
         return Err(PayloadError::Header(format!("format {} (this agent reads format {FORMAT})", h.format)));
     }
-    if h.usr.bytes == 0 || h.usr.bytes > MAX_USR_BYTES || h.usr.hash_offset >= h.usr.bytes || h.usr.hash_offset % 4096 != 0 {
+    if h.usr.bytes == 0 || h.usr.bytes > MAX_USR_BYTES || h.usr.bytes % 4096 != 0 || h.usr.hash_offset >= h.usr.bytes || h.usr.hash_offset % 4096 != 0 {
         return Err(PayloadError::Header(format!("usr of {} bytes with verity at {} is not a slot image", h.usr.bytes, h.usr.hash_offset)));
+    }
+    if h.salt().is_none() {
+        return Err(PayloadError::Header(format!("verity salt {:?} is not hex of at most 256 bytes", h.usr.salt)));
     }
     for (n, p) in [("a", &h.uki.a), ("b", &h.uki.b)] {
         if p.bytes == 0 || p.bytes > MAX_UKI_BYTES {
@@ -214,12 +231,18 @@ pub trait Sink {
     fn usr(&mut self, data: &[u8]) -> io::Result<()>;
     /// Bytes of UKI `slot` ('a' or 'b'), in order.
     fn uki(&mut self, slot: char, data: &[u8]) -> io::Result<()>;
+    /// Whether [`unpack`] checks each part's sha256 as it ends. A sink that
+    /// checks the whole payload's signed sha256 and the usr image's verity
+    /// tree itself has no use for a third pass over the same bytes.
+    fn check_parts(&self) -> bool {
+        true
+    }
 }
 
 /// Decompresses the frame after the header into `sink`, checking each
 /// part's size and sha256 as it ends. `reference` must be given for a delta
 /// (and checked with [`check_reference`] first).
-pub fn unpack<R: Read, S: Sink>(r: R, h: &Header, reference: Option<&Reference>, sink: &mut S) -> Result<(), PayloadError> {
+pub fn unpack<R: BufRead, S: Sink>(r: R, h: &Header, reference: Option<&Reference>, sink: &mut S) -> Result<(), PayloadError> {
     let prefix = match (&h.delta, reference) {
         (Some(from), Some(rf)) => {
             check_reference(from, rf)?;
@@ -229,15 +252,16 @@ pub fn unpack<R: Read, S: Sink>(r: R, h: &Header, reference: Option<&Reference>,
         (None, _) => None,
     };
     let mut dec = match &prefix {
-        Some(p) => zstd::stream::read::Decoder::with_ref_prefix(io::BufReader::new(r), p)?,
-        None => zstd::stream::read::Decoder::with_buffer(io::BufReader::new(r))?,
+        Some(p) => zstd::stream::read::Decoder::with_ref_prefix(r, p)?,
+        None => zstd::stream::read::Decoder::with_buffer(r)?,
     };
     dec.window_log_max(31)?;
     let mut buf = vec![0u8; 1 << 20];
     let parts: [(&str, u64, &str); 3] = [("usr", h.usr.bytes, &h.usr.sha256), ("uki a", h.uki.a.bytes, &h.uki.a.sha256), ("uki b", h.uki.b.bytes, &h.uki.b.sha256)];
+    let check = sink.check_parts();
     for (what, bytes, sha) in parts {
         let mut left = bytes;
-        let mut hasher = Sha256::new();
+        let mut hasher = check.then(Sha256::new);
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
             let n = match dec.read(&mut buf[..want]) {
@@ -247,7 +271,9 @@ pub fn unpack<R: Read, S: Sink>(r: R, h: &Header, reference: Option<&Reference>,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(PayloadError::Truncated(part_name(what))),
                 Err(e) => return Err(PayloadError::Io(io::Error::new(e.kind(), format!("decompressing the {what}: {e}")))),
             };
-            hasher.update(&buf[..n]);
+            if let Some(h) = &mut hasher {
+                h.update(&buf[..n]);
+            }
             match what {
                 "usr" => sink.usr(&buf[..n])?,
                 "uki a" => sink.uki('a', &buf[..n])?,
@@ -255,9 +281,11 @@ pub fn unpack<R: Read, S: Sink>(r: R, h: &Header, reference: Option<&Reference>,
             }
             left -= n as u64;
         }
-        let found = crate::hex(&hasher.finalize());
-        if found != sha {
-            return Err(PayloadError::Digest { what: what.to_string(), found, expected: sha.to_string() });
+        if let Some(h) = hasher {
+            let found = crate::hex(&h.finalize());
+            if found != sha {
+                return Err(PayloadError::Digest { what: what.to_string(), found, expected: sha.to_string() });
+            }
         }
     }
     // The frame must end here, and its checksum is checked at its end.
@@ -265,7 +293,7 @@ pub fn unpack<R: Read, S: Sink>(r: R, h: &Header, reference: Option<&Reference>,
         Ok(0) => Ok(()),
         Ok(_) => Err(PayloadError::Trailing),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(PayloadError::Truncated("end of the payload")),
-        Err(e) => Err(PayloadError::Io(e)),
+        Err(e) => Err(PayloadError::Io(io::Error::new(e.kind(), format!("the end of the compressed frame: {e}")))),
     }
 }
 
@@ -311,13 +339,21 @@ mod tests {
             .collect()
     }
 
+    /// `n` bytes of noise with a verity superblock at 4096, where
+    /// [`contents`] says the hash area starts.
+    fn slot(n: usize, seed: u64) -> Vec<u8> {
+        let mut usr = io::Cursor::new(noise(n, seed));
+        basalt_verity::format(&mut usr, 4096, b"salt", [0; 16]).unwrap();
+        usr.into_inner()
+    }
+
     fn contents<'a>(usr: &'a [u8], a: &'a [u8], b: &'a [u8], version: &'a str) -> Contents<'a> {
         Contents { name: "basalt", version, usr, hash_offset: 4096, root_hash: "ab", uki_a: a, uki_b: b }
     }
 
     #[test]
     fn full_payload_round_trips_and_the_second_uki_is_nearly_free() {
-        let usr = noise(3 << 20, 1);
+        let usr = slot(3 << 20, 1);
         let a = noise(1 << 20, 2);
         let mut b = a.clone();
         b[100] ^= 1;
@@ -326,9 +362,12 @@ mod tests {
         assert!(out.len() < usr.len() + a.len() + (64 << 10), "payload {} bytes", out.len());
         let mut r = &out[..];
         let h = read_header(&mut r).unwrap();
+        assert_eq!(h.salt().unwrap(), b"salt", "the header names the superblock's salt");
         let mut c = Collect::default();
         unpack(r, &h, None, &mut c).unwrap();
-        assert_eq!((c.usr, c.a, c.b), (usr, a, b));
+        assert_eq!((&c.usr, &c.a, &c.b), (&usr, &a, &b));
+        let e = write(&mut Vec::new(), &contents(&noise(1 << 16, 9), &a, &b, "2.0"), None, 3).unwrap_err();
+        assert!(e.to_string().contains("verity superblock"), "a usr image without verity: {e}");
     }
 
     #[test]
@@ -339,6 +378,7 @@ mod tests {
         let mut new_usr = old_usr.clone();
         new_usr.splice(1000..1000, noise(5000, 6)); // a changed file shifts what follows
         new_usr.truncate(old_usr.len());
+        basalt_verity::format(&mut io::Cursor::new(&mut new_usr[..]), 4096, b"salt", [0; 16]).unwrap();
         let uki = [&b"stub"[..], &kernel, &initrd].concat();
         let reference = Reference { version: "1.0", usr: &old_usr, kernel: &kernel, initrd: &initrd };
         let mut delta = Vec::new();
@@ -359,7 +399,7 @@ mod tests {
 
     #[test]
     fn damaged_payloads_are_refused_with_the_reason() {
-        let usr = noise(1 << 20, 7);
+        let usr = slot(1 << 20, 7);
         let a = noise(1 << 16, 8);
         let mut out = Vec::new();
         write(&mut out, &contents(&usr, &a, &a, "2.0"), None, 3).unwrap();

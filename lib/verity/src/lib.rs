@@ -199,31 +199,94 @@ fn compute_tree<R: Read + Seek>(
 ) -> Result<(Vec<Vec<u8>>, [u8; 32]), VerityError> {
     dev.seek(SeekFrom::Start(0))?;
     let mut reader = io::BufReader::with_capacity(1 << 20, dev);
-    let mut block = vec![0u8; BLOCK_SIZE as usize];
-    if data_blocks == 1 {
-        reader.read_exact(&mut block)?;
-        return Ok((Vec::new(), salted_hash(salt, &block)));
+    let mut tree = TreeHasher::new(data_blocks, salt);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = data_blocks * BLOCK_SIZE;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        reader.read_exact(&mut buf[..n])?;
+        tree.update(&buf[..n])?;
+        left -= n as u64;
     }
-    // Bottom level: hashes of data blocks, packed into zero-padded hash blocks.
-    let mut level = Vec::with_capacity((data_blocks.div_ceil(HASHES_PER_BLOCK) * BLOCK_SIZE) as usize);
-    for _ in 0..data_blocks {
-        reader.read_exact(&mut block)?;
-        level.extend_from_slice(&salted_hash(salt, &block));
+    tree.finish()
+}
+
+/// The hash tree of data fed to it block by block, in order: for hashing
+/// data while it streams past (the update agent reads a slot back while it
+/// is still writing the rest of it).
+pub struct TreeHasher {
+    salt: Vec<u8>,
+    data_blocks: u64,
+    fed: u64,
+    /// Hashes of the data blocks so far: the bottom level.
+    bottom: Vec<u8>,
+}
+
+impl TreeHasher {
+    pub fn new(data_blocks: u64, salt: &[u8]) -> TreeHasher {
+        TreeHasher { salt: salt.to_vec(), data_blocks, fed: 0, bottom: Vec::with_capacity((data_blocks.div_ceil(HASHES_PER_BLOCK) * BLOCK_SIZE) as usize) }
     }
-    pad_to_block(&mut level);
-    let mut levels = vec![level];
-    while levels.last().unwrap().len() as u64 > BLOCK_SIZE {
-        let below = levels.last().unwrap();
-        let mut up = Vec::new();
-        for chunk in below.chunks(BLOCK_SIZE as usize) {
-            up.extend_from_slice(&salted_hash(salt, chunk));
+
+    /// Hashes the next data blocks; `data` is a whole number of blocks.
+    pub fn update(&mut self, data: &[u8]) -> Result<(), VerityError> {
+        if data.len() as u64 % BLOCK_SIZE != 0 {
+            return Err(VerityError::Unaligned(data.len() as u64));
         }
-        pad_to_block(&mut up);
-        levels.push(up);
+        let blocks = data.len() as u64 / BLOCK_SIZE;
+        if self.fed + blocks > self.data_blocks {
+            return Err(VerityError::Unsupported(format!("{} data blocks given to a tree of {}", self.fed + blocks, self.data_blocks)));
+        }
+        for block in data.chunks(BLOCK_SIZE as usize) {
+            self.bottom.extend_from_slice(&salted_hash(&self.salt, block));
+        }
+        self.fed += blocks;
+        Ok(())
     }
-    let root = salted_hash(salt, levels.last().unwrap());
-    levels.reverse();
-    Ok((levels, root))
+
+    /// The tree levels (top first) and the root hash, once every data block
+    /// was given.
+    pub fn finish(self) -> Result<(Vec<Vec<u8>>, [u8; 32]), VerityError> {
+        if self.fed != self.data_blocks {
+            return Err(VerityError::Unsupported(format!("{} of {} data blocks hashed", self.fed, self.data_blocks)));
+        }
+        if self.data_blocks == 0 {
+            return Err(VerityError::Empty);
+        }
+        if self.data_blocks == 1 {
+            return Ok((Vec::new(), self.bottom[..HASH_SIZE].try_into().unwrap()));
+        }
+        let mut level = self.bottom;
+        pad_to_block(&mut level);
+        let mut levels = vec![level];
+        while levels.last().unwrap().len() as u64 > BLOCK_SIZE {
+            let below = levels.last().unwrap();
+            let mut up = Vec::new();
+            for chunk in below.chunks(BLOCK_SIZE as usize) {
+                up.extend_from_slice(&salted_hash(&self.salt, chunk));
+            }
+            pad_to_block(&mut up);
+            levels.push(up);
+        }
+        let root = salted_hash(&self.salt, levels.last().unwrap());
+        levels.reverse();
+        Ok((levels, root))
+    }
+}
+
+/// Checks a slot's hash area as stored (superblock, then the tree) against
+/// the tree computed from its data and the root hash expected.
+pub fn check_hash_area(area: &[u8], levels: &[Vec<u8>], root: &[u8; 32], expected_root: &[u8; 32]) -> Result<(), VerityError> {
+    if root != expected_root {
+        return Err(VerityError::RootHashMismatch { expected: hex(expected_root), computed: hex(root) });
+    }
+    let mut at = BLOCK_SIZE as usize;
+    for level in levels {
+        if area.get(at..at + level.len()) != Some(&level[..]) {
+            return Err(VerityError::Unsupported("stored hash tree differs from the data".into()));
+        }
+        at += level.len();
+    }
+    Ok(())
 }
 
 fn pad_to_block(v: &mut Vec<u8>) {
@@ -242,18 +305,10 @@ pub fn verify<F: Read + Seek>(dev: &mut F, hash_offset: u64, expected_root: &[u8
     dev.read_exact(&mut sb)?;
     let (data_blocks, salt, uuid) = read_superblock(&sb)?;
     let (levels, root) = compute_tree(dev, data_blocks, &salt)?;
-    let mismatch = |computed: &[u8; 32]| VerityError::RootHashMismatch { expected: hex(expected_root), computed: hex(computed) };
-    if &root != expected_root {
-        return Err(mismatch(&root));
-    }
-    dev.seek(SeekFrom::Start(hash_offset + BLOCK_SIZE))?;
-    for level in &levels {
-        let mut stored = vec![0u8; level.len()];
-        dev.read_exact(&mut stored)?;
-        if &stored != level {
-            return Err(VerityError::Unsupported("stored hash tree differs from the data".into()));
-        }
-    }
+    let mut area = vec![0u8; (BLOCK_SIZE * (1 + tree_blocks(data_blocks))) as usize];
+    dev.seek(SeekFrom::Start(hash_offset))?;
+    dev.read_exact(&mut area)?;
+    check_hash_area(&area, &levels, &root, expected_root)?;
     Ok(VerityParams { data_blocks, hash_offset, salt, root_hash: root, uuid })
 }
 
@@ -265,6 +320,33 @@ mod tests {
 
     fn data(blocks: u64) -> Vec<u8> {
         (0..blocks * BLOCK_SIZE).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn the_streamed_tree_is_the_formatted_one_however_it_is_fed() {
+        for blocks in [1u64, 2, 128, 129, 300] {
+            let d = data(blocks);
+            let mut dev = Cursor::new(d.clone());
+            let p = format(&mut dev, d.len() as u64, b"pepper", [1; 16]).unwrap();
+            let mut t = TreeHasher::new(blocks, b"pepper");
+            for piece in d.chunks(3 * BLOCK_SIZE as usize) {
+                t.update(piece).unwrap();
+            }
+            let (levels, root) = t.finish().unwrap();
+            assert_eq!(root, p.root_hash, "{blocks} blocks");
+            let area = &dev.get_ref()[d.len()..];
+            check_hash_area(area, &levels, &root, &p.root_hash).unwrap();
+            let mut bad = area.to_vec();
+            if let Some(b) = bad.get_mut(BLOCK_SIZE as usize + 5) {
+                *b ^= 1;
+                assert!(check_hash_area(&bad, &levels, &root, &p.root_hash).is_err());
+            }
+            assert!(matches!(check_hash_area(area, &levels, &root, &[0; 32]), Err(VerityError::RootHashMismatch { .. })));
+        }
+        let mut t = TreeHasher::new(2, b"");
+        assert!(t.update(&[0; 100]).is_err(), "part of a block");
+        t.update(&data(1)).unwrap();
+        assert!(t.finish().is_err(), "a block missing");
     }
 
     #[test]
