@@ -327,12 +327,13 @@ pub fn read_slot(dev: &Path, bytes: u64) -> Result<Vec<u8>, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use basalt_repo::payload::Contents;
 
-    /// A slot image: `blocks` of noise with a real verity tree after them.
-    fn slot_image(dir: &Path, blocks: u64) -> (Vec<u8>, u64, String) {
+    /// A slot image: `blocks` of noise with a real verity tree after them
+    /// (salted with "salt"); its bytes, hash offset and root hash.
+    pub(crate) fn slot_image(dir: &Path, blocks: u64) -> (Vec<u8>, u64, String) {
         let p = dir.join("usr.img");
         let mut x = 0x9e3779b97f4a7c15u64;
         let data: Vec<u8> = (0..blocks * 4096)

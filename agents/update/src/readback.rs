@@ -81,27 +81,15 @@ pub fn after_sync(target: &File, hash_offset: u64, expected_root: &[u8; 32]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
 
     /// A slot image of `blocks` data blocks with its verity tree, in a file
-    /// twice as large (the partition); its hash offset and root.
+    /// twice as large (the partition); its hash offset, size and root.
     fn slot(dir: &std::path::Path, blocks: u64) -> (std::path::PathBuf, u64, u64, [u8; 32]) {
-        let mut x = 0x853c49e6748fea9bu64;
-        let data: Vec<u8> = (0..blocks * BLOCK_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let mut image = Cursor::new(data);
-        let v = basalt_verity::format(&mut image, blocks * BLOCK_SIZE, b"pinch", [3; 16]).unwrap();
-        let image = image.into_inner();
+        let (image, hash_offset, root) = crate::apply::tests::slot_image(dir, blocks);
         let path = dir.join("slot");
         std::fs::write(&path, &image).unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(2 * image.len() as u64).unwrap();
-        (path, v.hash_offset, image.len() as u64, v.root_hash)
+        (path, hash_offset, image.len() as u64, basalt_verity::parse_hex(&root).unwrap().try_into().unwrap())
     }
 
     fn read_back(path: &std::path::Path, hash_offset: u64, bytes: u64, salt: &[u8], root: &[u8; 32]) -> Result<(), String> {
@@ -128,7 +116,7 @@ mod tests {
     fn a_slot_read_back_in_pieces_matches_its_root() {
         let d = tempfile::tempdir().unwrap();
         let (path, hash_offset, bytes, root) = slot(d.path(), 2000);
-        read_back(&path, hash_offset, bytes, b"pinch", &root).unwrap();
+        read_back(&path, hash_offset, bytes, b"salt", &root).unwrap();
         after_sync(&File::open(&path).unwrap(), hash_offset, &root).unwrap();
     }
 
@@ -136,16 +124,16 @@ mod tests {
     fn what_the_device_holds_is_checked_not_what_was_sent() {
         let d = tempfile::tempdir().unwrap();
         let (path, hash_offset, bytes, root) = slot(d.path(), 2000);
-        let e = read_back(&path, hash_offset, bytes, b"pinch", &[9; 32]).unwrap_err();
+        let e = read_back(&path, hash_offset, bytes, b"salt", &[9; 32]).unwrap_err();
         assert!(e.contains("root hash mismatch"), "another root: {e}");
-        let e = read_back(&path, hash_offset, bytes, b"salt!", &root).unwrap_err();
+        let e = read_back(&path, hash_offset, bytes, b"other", &root).unwrap_err();
         assert!(e.contains("the verity superblock says 2000 data blocks and salt"), "another salt: {e}");
         flip(&path, hash_offset + BLOCK_SIZE + 40);
-        let e = read_back(&path, hash_offset, bytes, b"pinch", &root).unwrap_err();
+        let e = read_back(&path, hash_offset, bytes, b"salt", &root).unwrap_err();
         assert!(e.contains("stored hash tree differs"), "a changed tree: {e}");
         flip(&path, hash_offset + BLOCK_SIZE + 40);
         flip(&path, 5 * BLOCK_SIZE + 7);
-        let e = read_back(&path, hash_offset, bytes, b"pinch", &root).unwrap_err();
+        let e = read_back(&path, hash_offset, bytes, b"salt", &root).unwrap_err();
         assert!(e.contains("root hash mismatch"), "a changed data block: {e}");
         assert!(after_sync(&File::open(&path).unwrap(), hash_offset, &root).is_err());
     }

@@ -79,26 +79,21 @@ pub struct Block {
 impl Block {
     /// Fills the block from `r` until it is full or `r` ends; the bytes read.
     pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        let buf = self.buf.as_mut().unwrap().bytes_mut();
-        let mut done = 0;
-        while done < buf.len() {
-            match r.read(&mut buf[done..]) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.len = done;
-        Ok(done)
+        self.fill_with(CHUNK, |buf, _| r.read(buf))
     }
 
     /// Reads `want` (at most CHUNK) bytes of `f` at `at`; fewer at its end.
     pub fn fill_at(&mut self, f: &File, want: usize, at: u64) -> io::Result<usize> {
+        self.fill_with(want, |buf, done| f.read_at(buf, at + done as u64))
+    }
+
+    /// Fills the first `want` bytes by calling `read(rest, done)` until they
+    /// are there or it returns 0.
+    fn fill_with(&mut self, want: usize, mut read: impl FnMut(&mut [u8], usize) -> io::Result<usize>) -> io::Result<usize> {
         let buf = &mut self.buf.as_mut().unwrap().bytes_mut()[..want];
         let mut done = 0;
         while done < want {
-            match f.read_at(&mut buf[done..], at + done as u64) {
+            match read(&mut buf[done..], done) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -246,16 +241,9 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Bytes that differ from one 4 KiB block to the next.
     fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x2545f4914f6cdd1du64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
     }
 
     #[test]
