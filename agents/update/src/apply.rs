@@ -243,11 +243,6 @@ pub fn write_slot<R: Read + Send>(stream: R, expect: &Expect, slot: Slot, target
                 last_report: started,
             };
             let mut unpacked = payload::unpack(&mut src, &header, reference, &mut sink).map_err(|e| e.to_string());
-            if unpacked.is_err() {
-                // The rest is read and hashed all the same: when the bytes
-                // are not the ones signed, that is the reason to give.
-                let _ = io::copy(&mut src, &mut io::sink());
-            }
             if unpacked.is_ok() && !sink.filling.is_empty() {
                 unpacked = sink.send_block().map_err(|e| e.to_string());
             }
@@ -255,8 +250,15 @@ pub fn write_slot<R: Read + Send>(stream: R, expect: &Expect, slot: Slot, target
             drop(sink);
             let usr = writer.join().map_err(|_| "the slot writer panicked".to_string())?.map_err(|e| format!("writing slot {}: {e}", slot.letter()));
             let read_back = checker.map(|c| c.join().map_err(|_| "the slot checker panicked".to_string())?.map_err(|e| format!("reading slot {} back: {e}", slot.letter()))).transpose();
-            unpacked?;
-            let (usr, read_back) = (usr?, read_back?);
+            // A failed write is the cause of whatever failed after it.
+            let usr = usr?;
+            if let Err(e) = unpacked {
+                // The rest is read and hashed all the same: when the bytes
+                // are not the ones signed, that is the reason to give.
+                let _ = io::copy(&mut src, &mut io::sink());
+                return Err(e);
+            }
+            let read_back = read_back?;
             // Whatever follows the frame is counted and hashed too.
             io::copy(&mut src, &mut io::sink()).map_err(|e| format!("reading the payload: {e}"))?;
             Ok((header, uki, usr, read_back))
