@@ -104,7 +104,8 @@ impl Resuming {
     }
 
     /// How many times the download was picked up again.
-    pub fn resumed(&self) -> u32 {
+    #[cfg(test)]
+    fn resumed(&self) -> u32 {
         self.resumed
     }
 

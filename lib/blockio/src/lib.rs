@@ -161,7 +161,6 @@ pub fn write_at(direct: Option<&File>, buffered: &File, data: &[u8], offset: u64
 /// Sequential reads are what it is for; a seek refills from there.
 pub struct MediumReader {
     file: File,
-    direct: bool,
     block: Block,
     /// File offset of the block's first byte.
     at: u64,
@@ -173,22 +172,18 @@ impl MediumReader {
     pub fn open(f: &File) -> io::Result<MediumReader> {
         // A descriptor of its own (its own offset), opened again through
         // /proc/self/fd: the very file `f` is.
-        let (mut file, direct) = match open_direct(f, false) {
-            Some(d) => (d, true),
+        let mut file = match open_direct(f, false) {
+            Some(d) => d,
             None => {
                 // SAFETY: advice only; the descriptor is open.
                 unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-                (OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(format!("/proc/self/fd/{}", f.as_raw_fd()))?, false)
+                OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(format!("/proc/self/fd/{}", f.as_raw_fd()))?
             }
         };
         let end = file.seek(SeekFrom::End(0))?;
-        Ok(MediumReader { file, direct, block: Pool::default().take(), at: 0, pos: 0, end })
+        Ok(MediumReader { file, block: Pool::default().take(), at: 0, pos: 0, end })
     }
 
-    /// Whether the reads bypass the page cache.
-    pub fn is_direct(&self) -> bool {
-        self.direct
-    }
 }
 
 impl Read for MediumReader {
