@@ -17,19 +17,10 @@ export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 
 
 all: image
 
-# Host packages, installed only when missing (apt-get needs root; CI runs as root).
+# Host packages (tools/host-packages.txt, tools/host-python.txt), installed in
+# one apt transaction each run, then every command they provide is checked.
 deps:
-	@missing=$$(grep -v '^\s*#' tools/host-packages.txt | sed 's/#.*//' | xargs -n1 | sort -u | \
-		while read p; do dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed' || echo "$$p"; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing host packages:" $$missing; \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
-	@# moto: a local AWS API server for the tests of basalt publish aws.
-	@command -v moto_server >/dev/null || { python3 -m pip install -q 'moto[server]' && { command -v pyenv >/dev/null && pyenv rehash || true; }; }
-	@command -v moto_server >/dev/null || { echo "moto_server is not on PATH after pip install 'moto[server]'"; exit 1; }
+	tools/deps
 
 build:
 	$(CARGO) build --release --workspace --bins
@@ -46,8 +37,11 @@ run: image
 
 test: deps inputs
 	$(BASALT) build --spec $(SPEC) --output $(IMAGE)
-	BASALT_BIN=$(CURDIR)/$(BASALT) BASALT_IMAGE=$(CURDIR)/$(IMAGE) \
-		$(CARGO) test --release --workspace -- --test-threads=1
+	@# The whole run is kept in out/test.log; the report at its end totals it
+	@# and lists every test that was skipped here, with why.
+	set -o pipefail; BASALT_BIN=$(CURDIR)/$(BASALT) BASALT_IMAGE=$(CURDIR)/$(IMAGE) \
+		$(CARGO) test --release --workspace -- --test-threads=1 2>&1 | tee out/test.log; \
+		status=$$?; tools/test-report out/test.log; exit $$status
 
 bench: deps inputs
 	BASALT_BIN=$(CURDIR)/$(BASALT) tools/bench

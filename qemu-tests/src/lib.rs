@@ -5,6 +5,7 @@
 //! a dm-verity error or a basalt error unless the test expects them.
 
 pub mod bench;
+pub mod harness;
 pub mod http;
 pub mod image;
 pub mod registry;

@@ -5,7 +5,7 @@
 //! mounted, busy or 4K-sector target is refused, and the refusals happen
 //! before the image's first MiB (its partition table) reaches the target.
 
-use basalt_qemu_tests::{basalt_bin, default_image, image, require_image, Vm};
+use basalt_qemu_tests::{basalt_bin, default_image, harness, image, require_image, Vm};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -73,7 +73,6 @@ fn boot_outcome(name: &str, disk: &Path) -> (usize, String) {
     r
 }
 
-#[test]
 fn a_flashed_disk_boots_with_its_cloud_config_and_keeps_oem_on_reflash() {
     let dir = tempfile::tempdir().unwrap();
     let img = image_copy(dir.path());
@@ -132,7 +131,6 @@ fn a_flashed_disk_boots_with_its_cloud_config_and_keeps_oem_on_reflash() {
     assert!(!o.status.success() && text(&o).contains("the image has no partition labelled DATA"), "{}", text(&o));
 }
 
-#[test]
 fn an_interrupted_flash_over_a_bootable_disk_leaves_it_unbootable() {
     let dir = tempfile::tempdir().unwrap();
     let img = image_copy(dir.path());
@@ -150,7 +148,6 @@ fn an_interrupted_flash_over_a_bootable_disk_leaves_it_unbootable() {
     assert!(!console.contains("basalt: ready") && !console.contains("Linux version"), "{console}");
 }
 
-#[test]
 fn a_corrupted_source_is_refused_before_the_first_mib_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let img = image_copy(dir.path());
@@ -175,7 +172,6 @@ fn a_corrupted_source_is_refused_before_the_first_mib_is_written() {
     assert_no_partition_table(&disk);
 }
 
-#[test]
 fn a_too_small_target_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let img = image_copy(dir.path());
@@ -228,7 +224,6 @@ fn answer(mut conn: std::net::TcpStream, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
 fn a_download_is_flashed_from_a_url_and_a_cut_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let img = image_copy(dir.path());
@@ -266,31 +261,24 @@ fn a_download_is_flashed_from_a_url_and_a_cut_one_is_refused() {
     assert!(first_mib(&disk)[..4096].iter().all(|&b| b == 0xa5), "a refused flash must not touch the disk");
 }
 
-/// A free NBD device, or None (printed) where the machine has none: the nbd
-/// module is missing and cannot be loaded, or every device is in use.
-fn free_nbd_device() -> Option<String> {
+/// A free NBD device, or why there is none here: the nbd module is missing
+/// and cannot be loaded, or every device is in use.
+fn free_nbd_device() -> Result<String, String> {
     if !Path::new("/sys/module/nbd").exists() {
         match Command::new("modprobe").arg("nbd").output() {
             Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                eprintln!("SKIPPED: no nbd module on this machine (modprobe nbd: {})", text(&o).trim());
-                return None;
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: no nbd module on this machine, and modprobe cannot run: {e}");
-                return None;
-            }
+            Ok(o) => return Err(format!("no nbd module (modprobe nbd: {})", text(&o).trim())),
+            Err(e) => return Err(format!("no nbd module, and modprobe cannot run: {e}")),
         }
     }
     for i in 0..16 {
         let sys = format!("/sys/block/nbd{i}");
         let unused = std::fs::read_to_string(format!("{sys}/size")).is_ok_and(|s| s.trim() == "0") && !Path::new(&format!("{sys}/pid")).exists();
         if unused && Path::new(&format!("/dev/nbd{i}")).exists() {
-            return Some(format!("/dev/nbd{i}"));
+            return Ok(format!("/dev/nbd{i}"));
         }
     }
-    eprintln!("SKIPPED: the nbd module is loaded but no /dev/nbdN is free");
-    None
+    Err("the nbd module is loaded but no /dev/nbdN is free".to_string())
 }
 
 /// A qemu-nbd connection, disconnected (and flushed) when dropped.
@@ -302,9 +290,7 @@ impl Drop for Nbd {
     }
 }
 
-#[test]
-fn an_nbd_device_made_by_qemu_nbd_is_flashed_and_boots() {
-    let Some(dev) = free_nbd_device() else { return };
+fn an_nbd_device_made_by_qemu_nbd_is_flashed_and_boots(dev: String) {
     let dir = tempfile::tempdir().unwrap();
     let img = image_copy(dir.path());
     let image_bytes = std::fs::metadata(&img).unwrap().len();
@@ -353,7 +339,6 @@ impl Drop for Loop {
     }
 }
 
-#[test]
 fn block_devices_are_flashed_and_refused_when_busy_mounted_or_4k() {
     let dir = tempfile::tempdir().unwrap();
     let img = image_copy(dir.path());
@@ -396,4 +381,27 @@ fn block_devices_are_flashed_and_refused_when_busy_mounted_or_4k() {
 
 fn libc_o_excl() -> i32 {
     0o200 // O_EXCL on Linux
+}
+
+fn main() {
+    let mut tests: Vec<_> = [
+        ("a_flashed_disk_boots_with_its_cloud_config_and_keeps_oem_on_reflash", a_flashed_disk_boots_with_its_cloud_config_and_keeps_oem_on_reflash as fn()),
+        ("an_interrupted_flash_over_a_bootable_disk_leaves_it_unbootable", an_interrupted_flash_over_a_bootable_disk_leaves_it_unbootable as fn()),
+        ("a_corrupted_source_is_refused_before_the_first_mib_is_written", a_corrupted_source_is_refused_before_the_first_mib_is_written as fn()),
+        ("a_too_small_target_is_refused_untouched", a_too_small_target_is_refused_untouched as fn()),
+        ("a_download_is_flashed_from_a_url_and_a_cut_one_is_refused", a_download_is_flashed_from_a_url_and_a_cut_one_is_refused as fn()),
+        ("block_devices_are_flashed_and_refused_when_busy_mounted_or_4k", block_devices_are_flashed_and_refused_when_busy_mounted_or_4k as fn()),
+    ]
+    .into_iter()
+    .map(|(name, run)| harness::test(name, run))
+    .collect();
+    let nbd = "an_nbd_device_made_by_qemu_nbd_is_flashed_and_boots";
+    tests.push(match free_nbd_device() {
+        Ok(dev) => libtest_mimic::Trial::test(nbd, move || {
+            an_nbd_device_made_by_qemu_nbd_is_flashed_and_boots(dev);
+            Ok(())
+        }),
+        Err(why) => harness::skipped(nbd, &why),
+    });
+    harness::main(tests)
 }
