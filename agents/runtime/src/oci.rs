@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::linux::devices::DeviceRule;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
@@ -136,10 +138,10 @@ pub struct Resources {
     pub cpu: Option<Cpu>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<Pids>,
-    /// Accepted for compatibility with `runc spec`; containers get a /dev
-    /// with only the default devices, but no device cgroup program.
+    /// Device rules for the device cgroup program; the OCI default devices
+    /// are allowed after them (linux/devices.rs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub devices: Vec<serde_json::Value>,
+    pub devices: Vec<DeviceRule>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,8 +176,11 @@ impl Config {
     pub fn load(bundle: &Path) -> Result<Config, String> {
         let path = bundle.join("config.json");
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config: Config = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        config.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: Config =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .check()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -190,11 +195,21 @@ impl Config {
             return Err("process.args is empty: nothing to run".into());
         }
         if !self.process.cwd.starts_with('/') {
-            return Err(format!("process.cwd {:?} is not absolute", self.process.cwd));
+            return Err(format!(
+                "process.cwd {:?} is not absolute",
+                self.process.cwd
+            ));
+        }
+        if let Some(resources) = &self.linux.resources {
+            crate::linux::devices::check(&resources.devices)?;
         }
         for namespace in &self.linux.namespaces {
             if !NAMESPACES.contains(&namespace.kind.as_str()) {
-                return Err(format!("linux.namespaces: {:?} is not supported (supported: {})", namespace.kind, NAMESPACES.join(", ")));
+                return Err(format!(
+                    "linux.namespaces: {:?} is not supported (supported: {})",
+                    namespace.kind,
+                    NAMESPACES.join(", ")
+                ));
             }
             if namespace.path.is_some() && namespace.kind != "network" {
                 return Err(format!("linux.namespaces: joining an existing {} namespace (path) is not supported (only a network namespace)", namespace.kind));
@@ -202,11 +217,21 @@ impl Config {
         }
         for mount in &self.mounts {
             if !mount.destination.starts_with('/') {
-                return Err(format!("mounts: destination {:?} is not absolute", mount.destination));
+                return Err(format!(
+                    "mounts: destination {:?} is not absolute",
+                    mount.destination
+                ));
             }
         }
         if let Some(caps) = &self.process.capabilities {
-            for name in caps.bounding.iter().chain(&caps.effective).chain(&caps.inheritable).chain(&caps.permitted).chain(&caps.ambient) {
+            for name in caps
+                .bounding
+                .iter()
+                .chain(&caps.effective)
+                .chain(&caps.inheritable)
+                .chain(&caps.permitted)
+                .chain(&caps.ambient)
+            {
                 if crate::linux::caps::number(name).is_none() {
                     return Err(format!("process.capabilities: unknown capability {name:?}"));
                 }
@@ -226,7 +251,11 @@ impl Config {
 
     /// The namespace of `kind` to join, when the config names one by path.
     pub fn namespace_path(&self, kind: &str) -> Option<&Path> {
-        self.linux.namespaces.iter().find(|n| n.kind == kind).and_then(|n| n.path.as_deref())
+        self.linux
+            .namespaces
+            .iter()
+            .find(|n| n.kind == kind)
+            .and_then(|n| n.path.as_deref())
     }
 }
 
@@ -247,15 +276,30 @@ mod tests {
     #[test]
     fn what_cannot_be_honoured_is_refused_by_name() {
         let with_hooks = RUNC_SPEC.replacen("\"hostname\"", "\"hooks\":{},\"hostname\"", 1);
-        assert!(serde_json::from_str::<Config>(&with_hooks).unwrap_err().to_string().contains("unknown field `hooks`"));
+        assert!(serde_json::from_str::<Config>(&with_hooks)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `hooks`"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
         config.process.terminal = true;
         assert!(config.check().unwrap_err().contains("terminal"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
-        config.linux.namespaces.push(Namespace { kind: "user".into(), path: None });
-        assert!(config.check().unwrap_err().contains("\"user\" is not supported"));
+        config.linux.namespaces.push(Namespace {
+            kind: "user".into(),
+            path: None,
+        });
+        assert!(config
+            .check()
+            .unwrap_err()
+            .contains("\"user\" is not supported"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
-        config.process.capabilities.as_mut().unwrap().bounding.push("CAP_FLY".into());
+        config
+            .process
+            .capabilities
+            .as_mut()
+            .unwrap()
+            .bounding
+            .push("CAP_FLY".into());
         assert!(config.check().unwrap_err().contains("CAP_FLY"));
     }
 }

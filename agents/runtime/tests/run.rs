@@ -2,7 +2,9 @@
 //! the host's cgroups are hybrid; limits are proven in qemu-tests/tests/runtime.rs):
 //! the container is PID 1 of its own namespaces, with its host name, the
 //! configured capabilities and no_new_privs, masked paths, a read-only root,
-//! its exit code passed on, and setup errors reported with exit code 125.
+//! its exit code passed on, and setup errors reported with exit code 125;
+//! the device program (in a cgroup below the host's cgroup v2 mount) lets it
+//! use the default devices and no other, unless the config allows one.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,7 +23,10 @@ fn bundle(dir: &Path, args: &[&str], readonly: bool) {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
     }
-    let args: Vec<String> = args.iter().map(|a| serde_json::to_string(a).unwrap()).collect();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| serde_json::to_string(a).unwrap())
+        .collect();
     let config = format!(
         r#"{{"ociVersion":"1.0.2","process":{{"terminal":false,"user":{{"uid":0,"gid":0}},"args":[{}],"env":["PATH=/bin"],"cwd":"/",
         "capabilities":{{"bounding":["CAP_KILL","CAP_NET_BIND_SERVICE"],"effective":["CAP_KILL","CAP_NET_BIND_SERVICE"],"permitted":["CAP_KILL","CAP_NET_BIND_SERVICE"]}},
@@ -35,8 +40,25 @@ fn bundle(dir: &Path, args: &[&str], readonly: bool) {
 }
 
 fn run(dir: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_basalt-runtime")).args(["run", "--bundle"]).arg(dir).arg("host-test").output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    // Each test's container has a name (and cgroup) of its own.
+    let id = format!(
+        "host-test-{}",
+        dir.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches('.')
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_basalt-runtime"))
+        .args(["run", "--bundle"])
+        .arg(dir)
+        .arg(id)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -51,10 +73,18 @@ fn a_bundle_runs_isolated_and_its_status_comes_back() {
     assert_eq!(lines[0], "pid=1", "{out}");
     assert_eq!(lines[1], "boxed");
     // CAP_KILL (5) and CAP_NET_BIND_SERVICE (10).
-    assert!(out.contains("CapEff:\t0000000000000420") && out.contains("CapBnd:\t0000000000000420") && out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        out.contains("CapEff:\t0000000000000420")
+            && out.contains("CapBnd:\t0000000000000420")
+            && out.contains("NoNewPrivs:\t1"),
+        "{out}"
+    );
     assert_eq!(lines[5], "1", "a new network namespace has only lo: {out}");
     assert!(lines[6].starts_with("crw-rw-rw-"), "default devices: {out}");
-    assert_eq!(lines[7], "masked-end", "/proc/version is masked by /dev/null: {out}");
+    assert_eq!(
+        lines[7], "masked-end",
+        "/proc/version is masked by /dev/null: {out}"
+    );
     assert!(out.contains("sys-ro") && out.contains("root-ro"), "{out}");
     assert!(!dir.path().join("rootfs/root-file").exists());
     let exit_status = std::fs::read_to_string(dir.path().join("exit-status")).unwrap();
@@ -64,12 +94,21 @@ fn a_bundle_runs_isolated_and_its_status_comes_back() {
     bundle(dir.path(), &["no-such-program"], false);
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 125);
-    assert!(err.contains("\"no-such-program\" not found in the container's PATH"), "{err}");
-    assert!(std::fs::read_to_string(dir.path().join("exit-status")).unwrap().starts_with("125 0 process.args[0]"));
+    assert!(
+        err.contains("\"no-such-program\" not found in the container's PATH"),
+        "{err}"
+    );
+    assert!(std::fs::read_to_string(dir.path().join("exit-status"))
+        .unwrap()
+        .starts_with("125 0 process.args[0]"));
 
     // A config the runtime cannot honour is refused by name.
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    std::fs::write(dir.path().join("config.json"), config.replacen("\"hostname\"", "\"hooks\":{},\"hostname\"", 1)).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replacen("\"hostname\"", "\"hooks\":{},\"hostname\"", 1),
+    )
+    .unwrap();
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 125);
     assert!(err.contains("unknown field `hooks`"), "{err}");
@@ -89,7 +128,11 @@ fn a_network_namespace_named_by_path_is_joined() {
     let inode = std::fs::metadata(&held).unwrap().ino();
     bundle(dir.path(), &["readlink", "/proc/self/ns/net"], false);
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    let joined = config.replacen(r#"{"type":"network"}"#, &format!(r#"{{"type":"network","path":"{}"}}"#, held.display()), 1);
+    let joined = config.replacen(
+        r#"{"type":"network"}"#,
+        &format!(r#"{{"type":"network","path":"{}"}}"#, held.display()),
+        1,
+    );
     std::fs::write(dir.path().join("config.json"), joined).unwrap();
     let (code, out, err) = run(dir.path());
     basalt_runtime::network::netns::remove(&held);
@@ -97,8 +140,95 @@ fn a_network_namespace_named_by_path_is_joined() {
     assert_eq!(out.trim(), format!("net:[{inode}]"));
     // Any other namespace by path is refused by name.
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    std::fs::write(dir.path().join("config.json"), config.replacen(r#"{"type":"ipc"}"#, r#"{"type":"ipc","path":"/proc/1/ns/ipc"}"#, 1)).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replacen(
+            r#"{"type":"ipc"}"#,
+            r#"{"type":"ipc","path":"/proc/1/ns/ipc"}"#,
+            1,
+        ),
+    )
+    .unwrap();
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 125);
-    assert!(err.contains("joining an existing ipc namespace (path) is not supported"), "{err}");
+    assert!(
+        err.contains("joining an existing ipc namespace (path) is not supported"),
+        "{err}"
+    );
+}
+
+/// A block device of this machine (its disk), as "major minor".
+fn a_host_disk() -> String {
+    for entry in std::fs::read_dir("/sys/block").unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("loop") || name.starts_with("ram") {
+            continue;
+        }
+        let dev = std::fs::read_to_string(entry.path().join("dev")).unwrap();
+        return dev.trim().replace(':', " ");
+    }
+    panic!("no disk in /sys/block");
+}
+
+#[test]
+fn the_device_program_allows_the_default_devices_and_what_the_config_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = a_host_disk();
+    // Root with CAP_MKNOD, on a tmpfs that allows device nodes: only the
+    // device program stands between the container and the host's disk.
+    let script = format!(
+        "echo x > /dev/null && echo null-ok; head -c 4 /dev/urandom | wc -c; mknod /tmp/null c 1 3 && echo hi > /tmp/null && echo own-null-ok; \
+         mknod /tmp/disk b {disk} && echo mknod-ok; mknod /tmp/mem c 1 1 && echo mem-mknod-ok; \
+         head -c 512 /tmp/disk > /dev/null && echo read-ok; exit 0"
+    );
+    bundle(dir.path(), &["sh", "-c", &script], false);
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let with_mknod = config.replace(
+        r#"["CAP_KILL","CAP_NET_BIND_SERVICE"]"#,
+        r#"["CAP_KILL","CAP_NET_BIND_SERVICE","CAP_MKNOD"]"#,
+    );
+    std::fs::write(dir.path().join("config.json"), &with_mknod).unwrap();
+    let (code, out, err) = run(dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("null-ok")
+            && out.contains("own-null-ok")
+            && out.lines().any(|l| l.trim() == "4"),
+        "the default devices work: {out}{err}"
+    );
+    assert!(
+        !out.contains("mknod-ok") && !out.contains("read-ok"),
+        "the host's disk must stay out of reach: {out}{err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    // Granted by the config (as --device does): made and read.
+    let (major, minor) = disk.split_once(' ').unwrap();
+    let granted = with_mknod.replacen(r#""linux":{"#, &format!(r#""linux":{{"resources":{{"devices":[{{"allow":false,"access":"rwm"}},{{"allow":true,"type":"b","major":{major},"minor":{minor},"access":"rm"}}]}},"#), 1);
+    std::fs::write(dir.path().join("config.json"), granted).unwrap();
+    let (code, out, err) = run(dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("mknod-ok") && out.contains("read-ok") && out.contains("null-ok"),
+        "{out}{err}"
+    );
+    assert!(
+        !out.contains("mem-mknod-ok"),
+        "only the granted device: {out}{err}"
+    );
+
+    // A rule the program cannot express is refused by index and field.
+    let bad = with_mknod.replacen(
+        r#""linux":{"#,
+        r#""linux":{"resources":{"devices":[{"allow":true,"type":"q","access":"rwm"}]},"#,
+        1,
+    );
+    std::fs::write(dir.path().join("config.json"), bad).unwrap();
+    let (code, _, err) = run(dir.path());
+    assert_eq!(code, 125);
+    assert!(
+        err.contains("linux.resources.devices[0]: type \"q\" is not c, b or a"),
+        "{err}"
+    );
 }

@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod devices;
 pub mod mounts;
 pub mod process;
 pub mod sys;
