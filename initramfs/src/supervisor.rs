@@ -6,6 +6,7 @@
 //! multi-user.target.wants/ directory) start in After/Before order. Services
 //! restart by their Restart= policy with a doubling back-off, their output
 //! is logged, orphans are reaped, and a health gate blesses the boot.
+//! A unit's `Alias=` names are other names for it (see `aliases_of`).
 
 use crate::logs::Logs;
 use crate::{bless, log, sys};
@@ -98,6 +99,8 @@ pub struct Supervisor {
     boot: BootInfo,
     console_shell: Option<i32>,
     want_console_shell: bool,
+    /// Alias name → the unit that answers to it.
+    aliases: BTreeMap<String, String>,
 }
 
 fn now() -> Instant {
@@ -142,6 +145,41 @@ fn read_unit_files() -> BTreeMap<String, (String, Vec<(String, String)>)> {
         *drop_ins = files.into_iter().map(|(f, t)| (format!("{name}.d/{f}"), t)).collect();
     }
     found
+}
+
+/// Whether the user (/etc) or this boot (/run) has a unit file of that name.
+fn local_unit_file(name: &str) -> bool {
+    UNIT_DIRS[1..].iter().any(|dir| Path::new(dir).join(name).symlink_metadata().is_ok())
+}
+
+/// The names units answer to besides their own: each unit's `Alias=`. In
+/// systemd an alias is a link that `systemctl enable` makes in /etc, so it
+/// shadows a unit file of the same name in /usr (Debian's etcd-server ships
+/// an `etcd.service` of its own, which `etcd-member.service`'s alias
+/// replaces), while the user's own file of that name in /etc or /run wins
+/// over the alias. Built-in units are enabled by being shipped, so their
+/// aliases hold from the start. A unit shadowed by an alias declares none
+/// itself; when two units claim one name, the first by name keeps it.
+fn aliases_of(units: &BTreeMap<String, Unit>, local: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    let claims = |shadowed: &BTreeMap<String, String>, report: bool| {
+        let mut claims: BTreeMap<String, String> = BTreeMap::new();
+        for (name, unit) in units.iter().filter(|(name, _)| !shadowed.contains_key(*name)) {
+            for alias in unit.aliases.iter().filter(|alias| *alias != name && !local(alias)) {
+                match claims.get(alias) {
+                    Some(owner) if owner != name => {
+                        if report {
+                            log::info(&format!("{name}: Alias={alias} is already {owner}'s; ignored"));
+                        }
+                    }
+                    _ => {
+                        claims.insert(alias.clone(), name.clone());
+                    }
+                }
+            }
+        }
+        claims
+    };
+    claims(&claims(&BTreeMap::new(), false), true)
 }
 
 /// The unit `name` (queued) must wait for, if any: a unit it is ordered
@@ -264,6 +302,7 @@ impl Supervisor {
             boot,
             console_shell: None,
             want_console_shell,
+            aliases: BTreeMap::new(),
         }
     }
 
@@ -271,9 +310,30 @@ impl Supervisor {
     /// definition until restarted.
     pub fn load_units(&mut self) {
         let files = read_unit_files();
-        for (name, (main, drop_ins)) in &files {
-            let ins: Vec<(&str, &str)> = drop_ins.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-            let parsed = Unit::parse(name, main, &ins);
+        let mut parsed: BTreeMap<String, Result<Unit, basalt_unit::UnitError>> = files
+            .iter()
+            .map(|(name, (main, drop_ins))| {
+                let ins: Vec<(&str, &str)> = drop_ins.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                (name.clone(), Unit::parse(name, main, &ins))
+            })
+            .collect();
+        let units: BTreeMap<String, Unit> = parsed.iter().filter_map(|(name, u)| Some((name.clone(), u.as_ref().ok()?.clone()))).collect();
+        self.aliases = aliases_of(&units, local_unit_file);
+        for alias in self.aliases.keys() {
+            parsed.remove(alias);
+        }
+        for (name, mut parsed) in parsed {
+            if let Ok(u) = &mut parsed {
+                // Dependencies on an alias are on the unit behind it.
+                for names in [&mut u.after, &mut u.before, &mut u.requires, &mut u.wants] {
+                    for other in names.iter_mut() {
+                        if let Some(target) = self.aliases.get(other) {
+                            *other = target.clone();
+                        }
+                    }
+                }
+            }
+            let name = &name;
             let svc = self.services.entry(name.clone()).or_insert(Service { unit: None, load_error: None, state: State::Inactive, restarts: 0, failures_in_row: 0 });
             match parsed {
                 Ok(u) => {
@@ -294,9 +354,14 @@ impl Supervisor {
         }
     }
 
+    /// The unit a name means: itself, or the unit it is an alias of.
+    fn resolve(&self, name: &str) -> String {
+        self.aliases.get(name).cloned().unwrap_or_else(|| name.to_string())
+    }
+
     /// Starts the units enabled since the last call (at boot: all of them).
     pub fn start_enabled(&mut self) {
-        let enabled: BTreeSet<String> = enabled_units(&self.services).into_iter().collect();
+        let enabled: BTreeSet<String> = enabled_units(&self.services).iter().map(|name| self.resolve(name)).collect();
         let new: Vec<String> = enabled.difference(&self.enabled).cloned().collect();
         for name in &new {
             if let Err(e) = self.queue_start(name) {
@@ -584,15 +649,15 @@ impl Supervisor {
         match req {
             Request::Status => Ok(self.status().encode()),
             Request::Start(n) => {
-                if !self.services.contains_key(&n) {
+                if !self.services.contains_key(&self.resolve(&n)) {
                     self.load_units();
                 }
-                self.queue_start(&n).map(|_| "ok\n".into())
+                self.queue_start(&self.resolve(&n)).map(|_| "ok\n".into())
             }
-            Request::Stop(n) => self.stop(&n, false).map(|_| "ok\n".into()),
+            Request::Stop(n) => self.stop(&self.resolve(&n), false).map(|_| "ok\n".into()),
             Request::Restart(n) => {
                 self.load_units();
-                self.stop(&n, true).map(|_| "ok\n".into())
+                self.stop(&self.resolve(&n), true).map(|_| "ok\n".into())
             }
             Request::Reload => {
                 self.load_units();
@@ -841,6 +906,26 @@ mod tests {
         let text = format!("[Unit]\n{unit_section}\n[Service]\nExecStart=/bin/true\n");
         let unit = Unit::parse(name, &text, &[]).unwrap();
         (name.to_string(), Service { unit: Some(unit), load_error: None, state, restarts: 0, failures_in_row: 0 })
+    }
+
+    #[test]
+    fn aliases_shadow_vendor_units_but_not_the_users() {
+        let unit = |name: &str, install: &str| (name.to_string(), Unit::parse(name, &format!("[Service]\nExecStart=/bin/true\n[Install]\n{install}\n"), &[]).unwrap());
+        let units: BTreeMap<String, Unit> = [
+            unit("etcd-member.service", "Alias=etcd.service etcd2.service"),
+            // Debian's own unit, shadowed: its alias counts no more.
+            unit("etcd.service", "Alias=etcd2.service other.service"),
+            unit("web.service", "WantedBy=multi-user.target"),
+        ]
+        .into_iter()
+        .collect();
+        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>();
+        assert_eq!(aliases_of(&units, |_| false), map(&[("etcd.service", "etcd-member.service"), ("etcd2.service", "etcd-member.service")]));
+        // The user's own etcd.service in /etc wins over the alias (and keeps its own).
+        assert_eq!(
+            aliases_of(&units, |name| name == "etcd.service"),
+            map(&[("etcd2.service", "etcd-member.service"), ("other.service", "etcd.service")])
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Requires, Wants, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
 //! ExecStartPre, ExecStart, ExecStartPost, ExecStop, Restart=no|on-failure|always,
 //! RestartSec, Environment, EnvironmentFile, WorkingDirectory, User, Group,
-//! TimeoutStopSec; `[Install]` WantedBy, RequiredBy. Anything else is a warning
+//! TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Anything else is a warning
 //! naming the directive and its line, never silently dropped; a file that
 //! cannot be understood at all is an error for that unit only.
 
@@ -76,6 +76,9 @@ pub struct Unit {
     pub group: Option<String>,
     pub wanted_by: Vec<String>,
     pub required_by: Vec<String>,
+    /// `Alias=`: more names the unit answers to (`etcd2.service` for
+    /// `etcd-member.service`); the supervisor resolves them.
+    pub aliases: Vec<String>,
     pub warnings: Vec<Warning>,
 }
 
@@ -204,6 +207,14 @@ impl Unit {
             ("Service", "Group") => self.group = Some(value.to_string()).filter(|v| !v.is_empty()),
             ("Install", "WantedBy") => extend_or_reset(&mut self.wanted_by, value, list(value)),
             ("Install", "RequiredBy") => extend_or_reset(&mut self.required_by, value, list(value)),
+            ("Install", "Alias") => {
+                let names = list(value);
+                let suffix = self.name.rsplit_once('.').map(|(_, s)| s).unwrap_or_default().to_string();
+                if let Some(bad) = names.iter().find(|n| n.rsplit_once('.').map(|(_, s)| s) != Some(suffix.as_str()) || n.contains('/')) {
+                    return Err(format!("Alias={bad}: an alias is another name with the same suffix (.{suffix})"));
+                }
+                extend_or_reset(&mut self.aliases, value, names)
+            }
             ("Unit" | "Service" | "Install", _) => self.warn(line, format!("unknown directive {key}= in [{section}] ignored")),
             _ => {}
         }
@@ -352,14 +363,11 @@ pub fn start_order<'a>(units: &'a BTreeMap<String, Unit>, wanted: &[String]) -> 
     }
     pulled.sort();
     // Order by After/Before among pulled units (Kahn's algorithm, stable by name).
-    let after = |a: &Unit, b: &str| a.after.iter().any(|x| x == b) || units.get(b).is_some_and(|bu| bu.before.iter().any(|x| *x == a.name));
+    let after = |a: &Unit, b: &str| a.after.iter().any(|x| x == b) || units.get(b).is_some_and(|bu| bu.before.contains(&a.name));
     let mut order: Vec<&Unit> = Vec::new();
     let mut remaining: Vec<&Unit> = pulled.iter().filter_map(|n| units.get(n)).collect();
     while !remaining.is_empty() {
-        let pos = remaining
-            .iter()
-            .position(|u| !remaining.iter().any(|other| other.name != u.name && after(u, &other.name)))
-            .unwrap_or(0); // a cycle: break it at the first unit by name
+        let pos = remaining.iter().position(|u| !remaining.iter().any(|other| other.name != u.name && after(u, &other.name))).unwrap_or(0); // a cycle: break it at the first unit by name
         order.push(remaining.remove(pos));
     }
     order
@@ -390,6 +398,16 @@ mod tests {
         assert_eq!(u.warnings.len(), 1);
         assert!(u.warnings[0].message.contains("KillSignal"), "{:?}", u.warnings);
         assert_eq!(u.warnings[0].line, 15);
+    }
+
+    #[test]
+    fn aliases_are_other_names_of_the_same_kind() {
+        let u = Unit::parse("etcd-member.service", "[Service]\nExecStart=/usr/bin/etcd\n[Install]\nAlias=etcd.service etcd2.service\n", &[]).unwrap();
+        assert_eq!(u.aliases, ["etcd.service", "etcd2.service"]);
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
+        let e = Unit::parse("etcd-member.service", "[Service]\nExecStart=/usr/bin/etcd\n[Install]\nAlias=etcd.target\n", &[]).unwrap_err();
+        assert_eq!(e.line, 4);
+        assert!(e.message.contains("same suffix (.service)"), "{e}");
     }
 
     #[test]
@@ -428,7 +446,8 @@ mod tests {
             u.wants = wants.iter().map(|s| s.to_string()).collect();
             (name.to_string(), u)
         };
-        let units: BTreeMap<_, _> = [mk("a.service", &["c.service"], &["c.service"]), mk("b.service", &["a.service"], &[]), mk("c.service", &[], &[]), mk("unused.service", &[], &[])].into_iter().collect();
+        let units: BTreeMap<_, _> =
+            [mk("a.service", &["c.service"], &["c.service"]), mk("b.service", &["a.service"], &[]), mk("c.service", &[], &[]), mk("unused.service", &[], &[])].into_iter().collect();
         let order: Vec<_> = start_order(&units, &["b.service".into(), "a.service".into()]).iter().map(|u| u.name.clone()).collect();
         assert_eq!(order, ["c.service", "a.service", "b.service"]);
     }
