@@ -63,7 +63,7 @@ impl fatfs::TimeProvider for FixedTime {
         self.0.date
     }
     fn get_current_date_time(&self) -> fatfs::DateTime {
-        self.0.clone()
+        self.0
     }
 }
 

@@ -59,7 +59,7 @@ pub fn create_readonly(name: &str, uuid: &str, start: u64, sectors: u64, target:
     spec[24..24 + target.len()].copy_from_slice(target.as_bytes());
     spec.extend_from_slice(params.as_bytes());
     spec.push(0);
-    while spec.len() % 8 != 0 {
+    while !spec.len().is_multiple_of(8) {
         spec.push(0);
     }
     let next = spec.len() as u32;

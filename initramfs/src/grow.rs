@@ -84,7 +84,7 @@ pub fn run(found: &Found, root: &Path) -> Result<bool, String> {
     if new_root.last_lba != root_part.last_lba {
         resize_partition(&dev, &new_root).map_err(|e| format!("telling the kernel ROOT grew: {e}"))?;
         resize_ext4(root, new_root.size_bytes()).map_err(|e| format!("growing ROOT's ext4: {e}"))?;
-        log::info(&format!("grew ROOT to {} MiB to fill {} ({} MiB)", new_root.size_bytes() >> 20, found.disk, sectors * SECTOR >> 20));
+        log::info(&format!("grew ROOT to {} MiB to fill {} ({} MiB)", new_root.size_bytes() >> 20, found.disk, (sectors * SECTOR) >> 20));
     } else if grow {
         log::info("moved the backup partition table to the end of the disk");
     }
