@@ -4,7 +4,7 @@
 
 use crate::inputs::{cache_dir, Lock};
 use crate::modules::ModuleSet;
-use crate::spec::Spec;
+use crate::spec::{ConsoleShell, Spec};
 use crate::tree::Tree;
 use crate::{boot, usr};
 use anyhow::{bail, Context, Result};
@@ -42,19 +42,22 @@ pub struct BuildReport {
     pub usr_fs_bytes: u64,
     pub usr_slot_used_bytes: u64,
     pub verity_root_hash: String,
+    pub console_shell: ConsoleShell,
     pub disk_bytes: u64,
     pub seconds: f64,
 }
 
 /// The kernel command line of a slot's UKI: everything init needs to find
-/// and verify its /usr.
-pub fn slot_cmdline(slot: Slot, usr_partuuid: &Guid, verity: &basalt_verity::VerityParams, extra: &[String]) -> String {
+/// and verify its /usr, and whether it may offer a console shell (which
+/// `basalt flash` and `publish` read back from the image).
+pub fn slot_cmdline(slot: Slot, usr_partuuid: &Guid, verity: &basalt_verity::VerityParams, console_shell: ConsoleShell, extra: &[String]) -> String {
     let mut words = vec![
         format!("basalt.slot={}", slot.letter()),
         format!("basalt.usr=PARTUUID={usr_partuuid}"),
         format!("basalt.usr_hash={}", verity.root_hash_hex()),
         format!("basalt.usr_salt={}", verity.salt_hex()),
         format!("basalt.usr_blocks={}", verity.data_blocks),
+        console_shell.cmdline_word(),
     ];
     words.extend(extra.iter().cloned());
     words.join(" ")
@@ -78,6 +81,9 @@ fn derived_bytes(parts: &[&str]) -> [u8; 32] {
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let started = Instant::now();
     let spec = Spec::load(&opts.spec_path)?;
+    for w in &spec.warnings {
+        eprintln!("basalt: warning: {}: {w}", opts.spec_path.display());
+    }
     let spec_dir = opts.spec_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let lock = Lock::load(&opts.lock_path)?;
     let cache = cache_dir();
@@ -140,9 +146,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     }
     let os_release = boot::os_release(&spec.name, &spec.version);
     tree.file("/usr/lib/os-release", 0o644, os_release.clone().into_bytes())?;
-    if spec.console_shell {
-        tree.file("/usr/lib/basalt/console-shell", 0o644, &b"# present: init starts a root shell on the console\n"[..])?;
-    }
     for f in &spec.files {
         let data = match (&f.content, &f.source) {
             (Some(c), _) => c.clone().into_bytes(),
@@ -176,7 +179,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let initrd = boot::initramfs(&init, &kver, &modules, &spec.initramfs_modules, &module_bytes, mtime)?;
     let stub = deb_file(&boot_deb, "/usr/lib/systemd/boot/efi/linuxx64.efi.stub")?;
     let loader = deb_file(&boot_deb, "/usr/lib/systemd/boot/efi/systemd-bootx64.efi")?;
-    let cmdline = slot_cmdline(Slot::A, &usr_a.guid, &usr_image.verity, &spec.cmdline);
+    let cmdline = slot_cmdline(Slot::A, &usr_a.guid, &usr_image.verity, spec.console_shell, &spec.cmdline);
     let uki = boot::uki(&stub, &os_release, &cmdline, &initrd, &vmlinuz)?;
     let uki_name = uki_file_name(&spec.name, &spec.version, Slot::A);
 
@@ -229,6 +232,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         usr_fs_bytes: usr_image.fs_bytes,
         usr_slot_used_bytes: usr_image.total_bytes(),
         verity_root_hash: usr_image.verity.root_hash_hex(),
+        console_shell: spec.console_shell,
         disk_bytes: layout::disk_bytes(&sizes),
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -2,6 +2,7 @@
 
 mod boot;
 mod civil;
+mod console_shell;
 mod fat_fixup;
 mod flash;
 mod formats;
@@ -78,6 +79,9 @@ enum Cmd {
         /// Write this file as cloud-config.yml into the OEM partition.
         #[arg(long, value_name = "FILE")]
         cloud_config: Option<PathBuf>,
+        /// Flash an image built with `console_shell: always` (an unauthenticated root shell on the serial console) all the same.
+        #[arg(long)]
+        allow_console_shell: bool,
     },
     /// Publish an image to a cloud.
     Publish {
@@ -124,6 +128,10 @@ enum Cmd {
         ssh_port: u16,
         #[arg(long, default_value_t = 1024)]
         memory_mib: u32,
+        /// Boot without fw_cfg opt/org.basalt/console-shell=1, as EC2 or hardware would: an image built with
+        /// `console_shell: hypervisor` then has no shell on its console.
+        #[arg(long)]
+        no_console_shell: bool,
     },
 }
 
@@ -162,6 +170,9 @@ enum PublishCloud {
         /// Where the resumable upload state is kept (default: IMAGE.aws-upload).
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// Publish an image built with `console_shell: always` (an unauthenticated root shell on the serial console) all the same.
+        #[arg(long)]
+        allow_console_shell: bool,
     },
 }
 
@@ -217,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("  /usr files    {:>8.1} MiB", r.usr_tree_bytes as f64 / 1048576.0);
             println!("  /usr squashfs {:>8.1} MiB", r.usr_fs_bytes as f64 / 1048576.0);
             println!("  USR-A used    {:>8.1} MiB  verity root {}", r.usr_slot_used_bytes as f64 / 1048576.0, r.verity_root_hash);
+            println!("  {}", console_shell::describe(Some(r.console_shell)));
             formats::write_sha256_file(&r.output)?;
             for f in format.into_iter().filter(|f| *f != formats::OutputFormat::Raw) {
                 let out = f.output_path(&r.output);
@@ -226,8 +238,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Flash { image, device, sha256, keep_partition, cloud_config } => {
-            let r = flash::flash(&flash::FlashOptions { source: image, target: device.clone(), sha256, keep_partitions: keep_partition, cloud_config })?;
+        Cmd::Flash { image, device, sha256, keep_partition, cloud_config, allow_console_shell } => {
+            let r = flash::flash(&flash::FlashOptions { source: image, target: device.clone(), sha256, keep_partitions: keep_partition, cloud_config, allow_console_shell })?;
             println!(
                 "flashed {} in {:.1} s ({:.1} MiB/s), sha256 {}",
                 device.display(),
@@ -237,7 +249,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Publish { cloud: PublishCloud::Aws { image, name, description, region, endpoint_url, copy_to_region, launch_permission, tag, parallel, dry_run, state_file } } => {
+        Cmd::Publish { cloud: PublishCloud::Aws { image, name, description, region, endpoint_url, copy_to_region, launch_permission, tag, parallel, dry_run, state_file, allow_console_shell } } => {
             let opts = publish::AwsOptions {
                 image,
                 name,
@@ -250,6 +262,7 @@ fn run(cli: Cli) -> Result<()> {
                 parallel,
                 dry_run,
                 state_file,
+                allow_console_shell,
             };
             if let Some(p) = publish::publish(&opts)? {
                 println!("snapshot {}", p.snapshot_id);
@@ -302,7 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Repo { cmd } => repo::run(cmd),
-        Cmd::Run { image, user_data, ssh_port, memory_mib } => {
+        Cmd::Run { image, user_data, ssh_port, memory_mib, no_console_shell } => {
             let state = tempfile::Builder::new().prefix("basalt-run-").tempdir()?;
             let mut cfg = basalt_vm::VmConfig::new(&image, state.path());
             if let Some(file) = user_data {
@@ -312,6 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             cfg.ssh_port = ssh_port;
             cfg.memory_mib = memory_mib;
+            cfg.console_shell = !no_console_shell;
             cfg.prepare()?;
             let accel = basalt_vm::detect_accel();
             eprintln!("basalt: booting {} ({accel:?}; ssh on 127.0.0.1:{ssh_port}; Ctrl-A X quits)", image.display());

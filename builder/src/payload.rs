@@ -58,12 +58,6 @@ fn osrel_value(osrel: &str, key: &str) -> Option<String> {
     osrel.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('='))).map(|v| v.trim().trim_matches('"').to_string())
 }
 
-fn section_text(uki: &[u8], name: &str, file: &str) -> Result<String> {
-    let secs = basalt_uki::sections(uki).with_context(|| format!("{file} is not a UKI"))?;
-    let (_, data) = secs.iter().find(|(n, _)| n == name).with_context(|| format!("{file}: the UKI has no {name} section"))?;
-    Ok(std::str::from_utf8(data).with_context(|| format!("{file}: {name} is not UTF-8"))?.trim_end_matches('\0').to_string())
-}
-
 /// A UKI file name in EFI/Linux is slot A's when, without `.efi` and the
 /// boot counter (`+3`, `+2-1`), it ends in `_a`.
 fn is_slot_a_uki(file: &str) -> bool {
@@ -96,6 +90,29 @@ pub fn slot_b_cmdline(cmdline_a: &str, usr_b: &basalt_disk::Guid) -> Result<Stri
     Ok(words.join(" "))
 }
 
+/// The ESP's one UKI for slot A, (file name, bytes); `esp` is the ESP's
+/// filesystem as a file of its own, `image` names the image in errors.
+pub fn read_uki_a<T: Read + Write + std::io::Seek>(esp: T, image: &str) -> Result<(String, Vec<u8>)> {
+    let fs = fatfs::FileSystem::new(fscommon::BufStream::new(esp), fatfs::FsOptions::new()).with_context(|| format!("{image}: the ESP is not a FAT filesystem"))?;
+    let dir = fs.root_dir().open_dir("EFI/Linux").with_context(|| format!("{image}: the ESP has no EFI/Linux"))?;
+    let names: Vec<String> = dir.iter().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| is_slot_a_uki(n)).collect();
+    let uki_a_name = match names.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("{image}: no UKI for slot A (EFI/Linux/*_a.efi) on the ESP"),
+        many => bail!("{image}: more than one UKI for slot A on the ESP ({}); use a freshly built image", many.join(", ")),
+    };
+    let mut uki_a = Vec::new();
+    dir.open_file(&uki_a_name)?.read_to_end(&mut uki_a).with_context(|| format!("reading EFI/Linux/{uki_a_name}"))?;
+    Ok((uki_a_name, uki_a))
+}
+
+/// A UKI section as text, NUL padding dropped.
+pub fn section_text(uki: &[u8], name: &str, file: &str) -> Result<String> {
+    let secs = basalt_uki::sections(uki).with_context(|| format!("{file} is not a UKI"))?;
+    let (_, data) = secs.iter().find(|(n, _)| n == name).with_context(|| format!("{file}: the UKI has no {name} section"))?;
+    Ok(std::str::from_utf8(data).with_context(|| format!("{file}: {name} is not UTF-8"))?.trim_end_matches('\0').to_string())
+}
+
 /// Reads what an update needs from a raw image built by `basalt build`.
 pub fn read_image(image: &Path) -> Result<SlotParts> {
     let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
@@ -106,18 +123,7 @@ pub fn read_image(image: &Path) -> Result<SlotParts> {
 
     // The ESP's one UKI for slot A.
     let io = PartitionIo { file: &file, start: esp.offset_bytes(), len: esp.size_bytes(), pos: 0 };
-    let fs = fatfs::FileSystem::new(fscommon::BufStream::new(io), fatfs::FsOptions::new()).with_context(|| format!("{}: the ESP is not a FAT filesystem", image.display()))?;
-    let dir = fs.root_dir().open_dir("EFI/Linux").with_context(|| format!("{}: the ESP has no EFI/Linux", image.display()))?;
-    let names: Vec<String> = dir.iter().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| is_slot_a_uki(n)).collect();
-    let uki_a_name = match names.as_slice() {
-        [one] => one.clone(),
-        [] => bail!("{}: no UKI for slot A (EFI/Linux/*_a.efi) on the ESP", image.display()),
-        many => bail!("{}: more than one UKI for slot A on the ESP ({}); use a freshly built image", image.display(), many.join(", ")),
-    };
-    let mut uki_a = Vec::new();
-    dir.open_file(&uki_a_name)?.read_to_end(&mut uki_a).with_context(|| format!("reading EFI/Linux/{uki_a_name}"))?;
-    drop(dir);
-    drop(fs);
+    let (uki_a_name, uki_a) = read_uki_a(io, &image.display().to_string())?;
 
     // Name and version from .osrel, slot and verity from .cmdline.
     let osrel = section_text(&uki_a, ".osrel", &uki_a_name)?;

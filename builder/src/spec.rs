@@ -4,7 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 use basalt_disk::layout::Sizes;
-use serde::Deserialize;
+pub use basalt_fwcfg::ConsoleShell;
+use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -29,9 +30,36 @@ pub struct Spec {
     pub cmdline: Vec<String>,
     #[serde(default)]
     pub partitions: PartitionSpec,
-    /// Start a root shell on the serial console once booted (development images).
-    #[serde(default)]
-    pub console_shell: bool,
+    /// A root shell on the serial console once booted: `hypervisor` (only
+    /// when a local hypervisor sets fw_cfg `opt/org.basalt/console-shell=1`),
+    /// `never` (the default) or `always` (development only).
+    #[serde(default, deserialize_with = "console_shell_field")]
+    pub console_shell: ConsoleShell,
+    /// What was accepted but should be written otherwise (old `true`/`false`).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+const CONSOLE_SHELL_VALUES: &str =
+    "`hypervisor` (a shell only when a local hypervisor sets fw_cfg opt/org.basalt/console-shell=1, as `basalt run` does), `never` or `always` (every boot, anywhere: development only)";
+
+/// `console_shell`: one of the named values; the old booleans are read as
+/// `always` (true) and `never` (false), with a warning from `Spec::parse`.
+fn console_shell_field<'de, D: Deserializer<'de>>(d: D) -> Result<ConsoleShell, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = ConsoleShell;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "one of {CONSOLE_SHELL_VALUES}")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ConsoleShell, E> {
+            Ok(if v { ConsoleShell::Always } else { ConsoleShell::Never })
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ConsoleShell, E> {
+            ConsoleShell::parse(v).ok_or_else(|| E::custom(format!("{v:?} is not one of {CONSOLE_SHELL_VALUES}")))
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -107,8 +135,20 @@ impl Spec {
     }
 
     pub fn parse(text: &str) -> Result<Spec> {
-        let spec: Spec = serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut spec: Spec = serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         spec.check()?;
+        let value: serde_yaml::Value = serde_yaml::from_str(text)?;
+        if let Some(b) = value.get("console_shell").and_then(serde_yaml::Value::as_bool) {
+            spec.warnings.push(format!(
+                "field `console_shell`: `{b}` is read as `{}`; write `hypervisor`, `never` or `always`{}",
+                spec.console_shell,
+                if b {
+                    " (`always` gives every machine the image boots on, an EC2 instance's serial console included, an unauthenticated root shell; `hypervisor` keeps it for `basalt run`)"
+                } else {
+                    ""
+                }
+            ));
+        }
         Ok(spec)
     }
 
@@ -179,7 +219,36 @@ mod tests {
     fn minimal_spec_gets_defaults() {
         let s = Spec::parse(GOOD).unwrap();
         assert_eq!(s.partitions.usr_mib, 1024);
-        assert!(!s.console_shell);
+        assert_eq!(s.console_shell, ConsoleShell::Never);
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn console_shell_is_one_of_three_values() {
+        for (text, want) in [("hypervisor", ConsoleShell::Hypervisor), ("never", ConsoleShell::Never), ("always", ConsoleShell::Always), ("\"always\"", ConsoleShell::Always)] {
+            let s = Spec::parse(&format!("{GOOD}console_shell: {text}\n")).unwrap();
+            assert_eq!(s.console_shell, want, "{text}");
+            assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        }
+    }
+
+    #[test]
+    fn console_shell_booleans_are_mapped_with_a_warning() {
+        let s = Spec::parse(&format!("{GOOD}console_shell: true\n")).unwrap();
+        assert_eq!(s.console_shell, ConsoleShell::Always);
+        assert!(s.warnings.len() == 1 && s.warnings[0].contains("`true` is read as `always`") && s.warnings[0].contains("`hypervisor`"), "{:?}", s.warnings);
+        let s = Spec::parse(&format!("{GOOD}console_shell: false\n")).unwrap();
+        assert_eq!(s.console_shell, ConsoleShell::Never);
+        assert!(s.warnings.len() == 1 && s.warnings[0].contains("`false` is read as `never`"), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn a_bad_console_shell_is_refused_with_the_field_and_the_values() {
+        for bad in ["yes", "hypervisr", "1", "[always]", "{a: b}"] {
+            let e = err(&format!("{GOOD}console_shell: {bad}\n"));
+            assert!(e.contains("console_shell") && e.contains("`hypervisor`") && e.contains("`never`") && e.contains("`always`"), "{bad}: {e}");
+            assert!(e.contains("line 5"), "{bad}: {e}");
+        }
     }
 
     #[test]

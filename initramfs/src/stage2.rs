@@ -1,6 +1,7 @@
 //! Stage 2: PID 1 of the booted system. Sets up the basics, hands over to
 //! the supervisor (services, control socket, health gate), says the system is
-//! ready, offers a console shell on development images, and powers off or
+//! ready, offers a console shell where the image and the machine allow it
+//! (`console_shell`), and powers off or
 //! reboots cleanly on `basaltctl` or on the signals busybox's
 //! `poweroff`/`reboot` send (SIGUSR2/SIGTERM; SIGUSR1 halts = power-off).
 
@@ -10,8 +11,6 @@ use crate::{log, sys};
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-
-const CONSOLE_SHELL_MARK: &str = "/usr/lib/basalt/console-shell";
 
 pub fn os_release_field(text: &str, key: &str) -> Option<String> {
     text.lines().filter_map(|l| l.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v.trim_matches('"').to_string())
@@ -29,7 +28,9 @@ pub fn run() -> ! {
     }
     crate::setup::run();
     let boot = BootInfo { uki_base: format!("{image_id}_{version}_{}", slot.to_lowercase()), version: version.clone(), slot: slot.clone() };
-    let shell = std::path::Path::new(CONSOLE_SHELL_MARK).exists();
+    let shell = console_shell(&cmdline, std::path::Path::new("/sys"));
+    log::info(&shell.1);
+    let shell = shell.0;
     let mut supervisor = Supervisor::new(&signals, boot, shell);
     supervisor.load_units();
     supervisor.start_enabled();
@@ -41,6 +42,26 @@ pub fn run() -> ! {
     });
     supervisor.stop_all();
     shutdown(how)
+}
+
+/// Whether this boot gets a root shell on the console, and the line that
+/// says so: the image's `basalt.console_shell=` (the builder writes it from the
+/// spec; absent means never), and for `hypervisor` the fw_cfg entry only a
+/// local hypervisor can set (`basalt run` and the end-to-end tests do).
+/// Called after coldplug, which loads `qemu_fw_cfg` on QEMU machines.
+pub fn console_shell(cmdline: &str, sys: &std::path::Path) -> (bool, String) {
+    use basalt_fwcfg::{ConsoleShell, CONSOLE_SHELL_ENTRY, CONSOLE_SHELL_PARAM};
+    let Some(setting) = ConsoleShell::from_cmdline(cmdline) else {
+        return (false, format!("console shell: off ({CONSOLE_SHELL_PARAM}= absent or unknown)"));
+    };
+    let on = setting.enabled(sys);
+    let why = match (setting, on) {
+        (ConsoleShell::Never, _) => "the image never has one".to_string(),
+        (ConsoleShell::Always, _) => "the image always has one".to_string(),
+        (ConsoleShell::Hypervisor, true) => format!("the hypervisor set fw_cfg {CONSOLE_SHELL_ENTRY}"),
+        (ConsoleShell::Hypervisor, false) => format!("only when the hypervisor sets fw_cfg {CONSOLE_SHELL_ENTRY}=1"),
+    };
+    (on, format!("console shell: {} ({CONSOLE_SHELL_PARAM}={setting}: {why})", if on { "on" } else { "off" }))
 }
 
 fn block_signals() -> libc::sigset_t {
@@ -94,4 +115,27 @@ fn shutdown(how: sys::Halt) -> ! {
     let _ = sys::mount("", "/", "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
     sys::sync();
     sys::halt(how)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_shell;
+
+    #[test]
+    fn the_console_shell_follows_the_cmdline_and_for_hypervisor_fw_cfg() {
+        let sys = tempfile::tempdir().unwrap();
+        let (on, line) = console_shell("console=ttyS0 panic=10", sys.path());
+        assert!(!on && line.contains("absent"), "{line}");
+        assert!(!console_shell("basalt.console_shell=true", sys.path()).0);
+        assert!(!console_shell("basalt.console_shell=never", sys.path()).0);
+        assert!(console_shell("basalt.console_shell=always", sys.path()).0);
+        let (on, line) = console_shell("basalt.console_shell=hypervisor", sys.path());
+        assert!(!on && line.contains("only when the hypervisor sets fw_cfg opt/org.basalt/console-shell=1"), "{line}");
+        let entry = basalt_fwcfg::entry_path(sys.path(), basalt_fwcfg::CONSOLE_SHELL_ENTRY);
+        std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+        std::fs::write(&entry, "1").unwrap();
+        let (on, line) = console_shell("basalt.console_shell=hypervisor", sys.path());
+        assert!(on && line.starts_with("console shell: on"), "{line}");
+        assert!(!console_shell("basalt.console_shell=never", sys.path()).0);
+    }
 }

@@ -14,11 +14,18 @@
 //!   flash that fails leaves the same, on purpose (the table is wiped again).
 //! - optionally keep a partition (e.g. OEM) of the old disk where the new
 //!   table has the same partition, and write a cloud-config into OEM.
+//! - say whether the image has a console shell (read from its UKI's command
+//!   line, `console_shell`) and refuse one built with `always` without
+//!   `--allow-console-shell`: for a local file before the target is touched;
+//!   for a download or a pipe, which cannot be read twice, from the written
+//!   target before its first MiB is, so a refused image never becomes
+//!   bootable.
 
 pub mod pipeline;
 pub mod source;
 pub mod target;
 
+use crate::console_shell;
 use crate::stream::{is_zero, Progress};
 use anyhow::{bail, Context, Result};
 use basalt_disk::{layout, Gpt};
@@ -33,6 +40,8 @@ const MIB: usize = 1 << 20;
 /// Runs of zeros are zeroed in requests of up to this much.
 const ZERO_BATCH: u64 = 256 << 20;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Where a flashed console shell would be reached, for the refusal.
+const ON_HARDWARE: &str = " (a server's serial port, its BMC's serial-over-LAN, a KVM switch)";
 /// Test hook: the process SIGKILLs itself once this many bytes are written,
 /// standing in for a power cut or a killed flash.
 pub const KILL_AFTER_ENV: &str = "BASALT_FLASH_TEST_KILL_AFTER";
@@ -43,6 +52,7 @@ pub struct FlashOptions {
     pub sha256: Option<String>,
     pub keep_partitions: Vec<String>,
     pub cloud_config: Option<PathBuf>,
+    pub allow_console_shell: bool,
 }
 
 #[derive(Debug)]
@@ -110,6 +120,19 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport> {
         bail!("{name} has no OEM partition to write the cloud-config into");
     }
 
+    // A local file is read a second time for its console-shell setting, so
+    // that an image refused for it is refused before the target is touched.
+    let local = (!source::is_url(&opts.source)).then(|| std::fs::File::open(&opts.source).ok()).flatten().filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+    let early_shell = match local {
+        Some(f) if compressed => Some(console_shell::or_unknown(zstd::Decoder::new(f).map_err(Into::into).and_then(|d| console_shell::of_stream(d, &image_gpt, &name)))),
+        Some(f) => Some(console_shell::or_unknown(console_shell::of_disk(&f, &image_gpt, &name))),
+        None => None,
+    };
+    if let Some(shell) = early_shell {
+        println!("{name}: {}", console_shell::describe(shell));
+        console_shell::check(shell, opts.allow_console_shell, &name, ON_HARDWARE)?;
+    }
+
     let kill_after: Option<u64> = std::env::var(KILL_AFTER_ENV).ok().and_then(|v| v.parse().ok());
     let result = (|| -> Result<(String, u64)> {
         // No table while the disk holds a mix of old and new data.
@@ -137,6 +160,12 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport> {
             bail!("sha256 mismatch: {name} has {actual}, expected {expected}; the download is corrupt or the checksum belongs to another image");
         }
         target.file.sync_all()?;
+        // A download or a pipe: the setting is read from what was written.
+        if early_shell.is_none() {
+            let shell = console_shell::or_unknown(console_shell::of_disk(&target.file, &image_gpt, &name));
+            println!("{name}: {}", console_shell::describe(shell));
+            console_shell::check(shell, opts.allow_console_shell, &name, ON_HARDWARE)?;
+        }
         if let Some(text) = &cloud_config {
             let oem = image_gpt.partition(layout::OEM).unwrap();
             write_cloud_config(&target.file, oem.offset_bytes(), oem.size_bytes(), text).context("writing cloud-config.yml into OEM")?;

@@ -5,6 +5,11 @@
 //! checksums, then an AMI (`RegisterImage`: UEFI, ENA, IMDSv2, x86_64),
 //! optionally copied to other regions and shared.
 //!
+//! Before anything is sent, the image's console-shell setting is read from
+//! its UKI's command line and printed; an image built with
+//! `console_shell: always` (a root shell for whoever opens the instance's
+//! EC2 serial console) is refused without `--allow-console-shell`.
+//!
 //! An upload is resumable: a state file next to the image records the
 //! snapshot id and every block already written with its checksum; a rerun
 //! with the same image and region continues where the last one stopped.
@@ -42,6 +47,7 @@ pub struct AwsOptions {
     pub parallel: usize,
     pub dry_run: bool,
     pub state_file: Option<PathBuf>,
+    pub allow_console_shell: bool,
 }
 
 /// What will be uploaded: the image's non-zero 512 KiB blocks.
@@ -200,6 +206,14 @@ pub struct Published {
 pub fn publish(opts: &AwsOptions) -> Result<Option<Published>> {
     let env = config::Environment::from_process();
     let region = env.region(opts.region.as_deref())?;
+    let shown = opts.image.display().to_string();
+    let shell = {
+        let f = std::fs::File::open(&opts.image).with_context(|| format!("opening {shown}"))?;
+        let gpt = basalt_disk::Gpt::read(&mut &f).with_context(|| format!("{shown} is not a raw disk image (publish takes the raw .img)"))?;
+        crate::console_shell::or_unknown(crate::console_shell::of_disk(&f, &gpt, &shown))
+    };
+    println!("{shown}: {}", crate::console_shell::describe(shell));
+    crate::console_shell::check(shell, opts.allow_console_shell, &shown, " (on EC2, to everyone allowed to open the instance's serial console)")?;
     let plan = plan(&opts.image)?;
     let stem = opts.image.file_name().and_then(|n| n.to_str()).unwrap_or("basalt").trim_end_matches(".img").to_string();
     let name = opts.name.clone().unwrap_or_else(|| format!("{stem}-{}", &plan.image_sha256[..12.min(plan.image_sha256.len())]));

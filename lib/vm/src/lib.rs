@@ -1,7 +1,9 @@
 //! How basalt boots an image in QEMU: OVMF firmware (code read-only, a private
 //! copy of the variable store), the image behind a qcow2 overlay so the
 //! original stays untouched, virtio disk and network, user networking with a
-//! forwarded ssh port. `basalt run` and the end-to-end tests share it.
+//! forwarded ssh port, and by default the fw_cfg entry that lets an image
+//! built with `console_shell: hypervisor` start its console shell.
+//! `basalt run` and the end-to-end tests share it.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -91,11 +93,28 @@ pub struct VmConfig {
     pub fw_cfg: Vec<(String, PathBuf)>,
     /// More raw disks after the boot disk (virtio, writable), e.g. a NoCloud seed.
     pub extra_disks: Vec<PathBuf>,
+    /// Set fw_cfg `opt/org.basalt/console-shell` to `1`: an image built with
+    /// `console_shell: hypervisor` then offers its root shell on the serial
+    /// console (default true; false boots it as EC2 or hardware would).
+    pub console_shell: bool,
 }
 
 impl VmConfig {
     pub fn new(image: &Path, state_dir: &Path) -> VmConfig {
-        VmConfig { image: image.to_owned(), disk_format: "raw".into(), state_dir: state_dir.to_owned(), memory_mib: 1024, cpus: 2, ssh_port: 0, port_forwards: Vec::new(), disk_bytes: None, direct: false, fw_cfg: Vec::new(), extra_disks: Vec::new() }
+        VmConfig {
+            image: image.to_owned(),
+            disk_format: "raw".into(),
+            state_dir: state_dir.to_owned(),
+            memory_mib: 1024,
+            cpus: 2,
+            ssh_port: 0,
+            port_forwards: Vec::new(),
+            disk_bytes: None,
+            direct: false,
+            fw_cfg: Vec::new(),
+            extra_disks: Vec::new(),
+            console_shell: true,
+        }
     }
 
     pub fn overlay_path(&self) -> PathBuf {
@@ -148,6 +167,9 @@ impl VmConfig {
         for (name, file) in &self.fw_cfg {
             c.arg("-fw_cfg").arg(format!("name={name},file={}", file.display()));
         }
+        if self.console_shell {
+            c.arg("-fw_cfg").arg(format!("name={},string=1", basalt_fwcfg::CONSOLE_SHELL_ENTRY));
+        }
         let mut net = "user,id=net0".to_string();
         if self.ssh_port != 0 {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port));
@@ -158,5 +180,23 @@ impl VmConfig {
         c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
         c.args(["-device", "virtio-rng-pci"]);
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cfg: &VmConfig) -> Vec<String> {
+        cfg.command(Accel::Tcg).get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn the_console_shell_entry_is_set_unless_turned_off() {
+        let mut cfg = VmConfig::new(Path::new("x.img"), Path::new("/tmp/state"));
+        let a = args(&cfg);
+        assert!(a.windows(2).any(|w| w[0] == "-fw_cfg" && w[1] == "name=opt/org.basalt/console-shell,string=1"), "{a:?}");
+        cfg.console_shell = false;
+        assert!(!args(&cfg).iter().any(|a| a.contains("console-shell")));
     }
 }
