@@ -69,7 +69,6 @@ fn unknown_keys_warn_by_name_and_are_ignored() {
             "3:1: warning: apt_update: unknown key \"apt_update\", ignored",
             "6:5: warning: users[0].sudo: unknown key \"sudo\", ignored",
             "8:3: warning: coreos.oem: coreos.oem describes a vendor image and is ignored; ignored",
-            "10:3: warning: coreos.etcd2: etcd2 is not part of basalt; the node's store takes seed keys under `store.seed`; ignored",
             "12:3: warning: coreos.colour: unknown key \"colour\", ignored",
         ]
     );

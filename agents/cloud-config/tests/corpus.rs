@@ -32,8 +32,8 @@ fn every_corpus_file_is_free_of_errors() {
 #[test]
 fn applying_any_corpus_file_twice_changes_nothing_the_second_time() {
     for name in [
-        "containers-and-store.yml", "etcd-fleet-cluster.yml", "multipart.txt", "script.sh", "ssh-and-hostname.yml",
-        "static-network.yml", "units-and-drop-ins.yml", "update-and-reboot-window.yml", "users-and-groups.yml", "write-files.yml",
+        "containers-and-store.yml", "etcd-fleet-cluster.yml", "etcd2-static-cluster.yml", "multipart.txt", "script.sh", "seed-coreos-user-data.yml",
+        "ssh-and-hostname.yml", "static-network.yml", "units-and-drop-ins.yml", "update-and-reboot-window.yml", "users-and-groups.yml", "write-files.yml",
     ] {
         let applied = apply_twice(&corpus(name), &cloud_metadata());
         assert!(applied.first.failures.is_empty(), "{name}: {:?}", applied.first.failures);
@@ -42,18 +42,65 @@ fn applying_any_corpus_file_twice_changes_nothing_the_second_time() {
     }
 }
 
+const ETCD_HEADER: &str = "# Written by basalt-cloud-config from user data; replaced when the user data changes.\n";
+
 #[test]
-fn the_etcd_and_fleet_example_starts_its_units_and_warns_about_the_rest() {
+fn the_etcd_and_fleet_example_configures_etcd_and_warns_about_fleet() {
     assert_eq!(
         warnings_of("etcd-fleet-cluster.yml"),
-        [
-            "7:3: warning: coreos.etcd: etcd (v0.4) is not part of basalt; the node's store takes seed keys under `store.seed`; ignored",
-            "12:3: warning: coreos.fleet: fleet is not part of basalt; declare units under coreos.units or containers under `containers`; ignored",
-        ]
+        ["12:3: warning: coreos.fleet: fleet is not part of basalt; declare units under coreos.units or containers under `containers`; ignored"]
     );
     let applied = apply_twice(&corpus("etcd-fleet-cluster.yml"), &cloud_metadata());
-    assert_eq!(applied.requests, ["start etcd.service", "start fleet.service"], "no unit files changed, so no reload");
+    assert_eq!(applied.requests, ["reload", "start etcd.service", "start fleet.service"], "etcd-member.service was enabled");
     assert!(applied.read("/home/core/.ssh/authorized_keys").contains("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDfakekeyfortheclusteradmin ops@bastion\n"));
+}
+
+/// The talk's own user data (etcd 0.4 keys, etcd.service started) is taken
+/// as written: etcd is configured, only fleet is warned about.
+#[test]
+fn the_seed_user_data_configures_etcd_member() {
+    assert_eq!(
+        warnings_of("seed-coreos-user-data.yml"),
+        ["18:3: warning: coreos.fleet: fleet is not part of basalt; declare units under coreos.units or containers under `containers`; ignored"]
+    );
+    let applied = apply_twice(&corpus("seed-coreos-user-data.yml"), &cloud_metadata());
+    assert_eq!(
+        applied.read("/etc/basalt/etcd-member.env"),
+        format!(
+            "{ETCD_HEADER}ETCD_DISCOVERY=https://discovery.etcd.io/<token>\nETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.0.0.7:7001\nETCD_ADVERTISE_CLIENT_URLS=http://10.0.0.7:4001\nETCD_LISTEN_CLIENT_URLS=http://10.0.0.7:4001\nETCD_LISTEN_PEER_URLS=http://10.0.0.7:7001\n"
+        )
+    );
+    assert_eq!(applied.mode_owner("/etc/basalt/etcd-member.env"), (0o600, 0, 0));
+    assert_eq!(applied.link("/etc/systemd/system/multi-user.target.wants/etcd-member.service"), "/usr/lib/systemd/system/etcd-member.service");
+    assert_eq!(applied.requests, ["reload", "start etcd.service", "start fleet.service"]);
+}
+
+/// Without a datasource address, `$private_ipv4` is the static address the
+/// user data gives the private interface (QEMU's fw_cfg has no metadata).
+#[test]
+fn a_static_etcd2_member_takes_its_address_from_the_network_settings() {
+    assert_eq!(warnings_of("etcd2-static-cluster.yml"), Vec::<String>::new());
+    let applied = apply_twice(&corpus("etcd2-static-cluster.yml"), &basalt_cloud_config::metadata::Metadata::default());
+    let env = applied.read("/etc/basalt/etcd-member.env");
+    assert_eq!(
+        env,
+        format!(
+            "{ETCD_HEADER}ETCD_NAME=node2\nETCD_INITIAL_CLUSTER=node1=http://10.10.1.1:2380,node2=http://10.10.1.2:2380,node3=http://10.10.1.3:2380\nETCD_INITIAL_CLUSTER_STATE=new\nETCD_INITIAL_CLUSTER_TOKEN=basalt-corpus\nETCD_INITIAL_ADVERTISE_PEER_URLS=http://10.10.1.2:2380\nETCD_ADVERTISE_CLIENT_URLS=http://10.10.1.2:2379\nETCD_LISTEN_CLIENT_URLS=http://10.10.1.2:2379,http://127.0.0.1:4001\nETCD_LISTEN_PEER_URLS=http://10.10.1.2:2380\nETCD_HEARTBEAT_INTERVAL=500\nETCD_ELECTION_TIMEOUT=5000\n"
+        )
+    );
+    assert!(applied.read("/etc/environment").contains("COREOS_PRIVATE_IPV4=10.10.1.2\n"));
+    assert_eq!(applied.requests, ["reload", "start etcd2.service", "start registrar.service"]);
+
+    // New settings for a member that is already enabled: a restart, no reload.
+    let changed = String::from_utf8(corpus("etcd2-static-cluster.yml")).unwrap().replace("election-timeout: 5000", "election-timeout: 6000");
+    let user_data = basalt_cloud_config::parse_user_data(changed.as_bytes());
+    let mut supervisor = common::RecordingSupervisor::default();
+    let mut runner = common::RecordingRunner::default();
+    let mut applier = basalt_cloud_config::apply::Applier { root: applied.root.clone(), supervisor: &mut supervisor, runner: &mut runner, live: false };
+    let log = applier.apply(&user_data, &basalt_cloud_config::metadata::Metadata::default());
+    assert!(log.changes.contains(&"wrote /etc/basalt/etcd-member.env".to_string()), "{log:?}");
+    assert_eq!(supervisor.requests, ["restart etcd-member.service"]);
+    assert!(applied.read("/etc/basalt/etcd-member.env").contains("ETCD_ELECTION_TIMEOUT=6000\n"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Files cloud-config leaves for the other agents: networkd `.network` files
 //! for the network service, container specs for the runtime agent, seed keys
-//! for the store agent, update settings for the update agent. Their formats
+//! for the store agent, update settings for the update agent, etcd's
+//! settings for etcd-member.service. Their formats
 //! are documented in docs/cloud-config.md; this is the one place they are
 //! written.
 
@@ -10,12 +11,16 @@ use serde::Serialize;
 
 use super::root::Root;
 use super::Log;
-use crate::config::{Container, Interface, StoreKey, UpdateSettings};
+use crate::config::{Container, EtcdSettings, Interface, StoreKey, UpdateSettings};
 
 pub const NETWORK_DIR: &str = "/etc/systemd/network";
 pub const CONTAINER_DIR: &str = "/etc/basalt/containers";
 pub const STORE_SEED_FILE: &str = "/etc/basalt/store-seed.json";
 pub const UPDATE_FILE: &str = "/etc/basalt/update.conf";
+pub const ETCD_FILE: &str = "/etc/basalt/etcd-member.env";
+pub const ETCD_UNIT: &str = "etcd-member.service";
+const ETCD_UNIT_FILE: &str = "/usr/lib/systemd/system/etcd-member.service";
+const ETCD_WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/etcd-member.service";
 
 /// Version of the JSON formats below; bumped on incompatible changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -135,10 +140,54 @@ pub fn write_update(root: &Root, settings: &UpdateSettings, log: &mut Log) {
     log.outcome(format!("wrote {UPDATE_FILE}"), root.write(UPDATE_FILE, update_conf(settings).as_bytes(), 0o644, 0, 0));
 }
 
+/// `ETCD_*=value` lines for etcd-member.service's EnvironmentFile=. Without
+/// a `name`, the member is named after the machine id, as CoreOS's
+/// etcd2.service did (`%m`), so members found through discovery differ.
+pub fn etcd_env(settings: &EtcdSettings, machine_id: Option<&str>) -> String {
+    let mut text = format!("{HEADER}\n");
+    if settings.get("ETCD_NAME").is_none() {
+        if let Some(id) = machine_id {
+            let _ = writeln!(text, "ETCD_NAME={id}");
+        }
+    }
+    for (variable, value) in &settings.environment {
+        let _ = writeln!(text, "{variable}={value}");
+    }
+    text
+}
+
+/// What writing etcd's settings did, for the supervisor.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EtcdOutcome {
+    /// etcd-member.service was enabled just now (a reload starts it).
+    pub enabled: bool,
+    /// It was enabled already and its settings changed (it needs a restart).
+    pub changed_settings: bool,
+}
+
+/// Writes /etc/basalt/etcd-member.env (0600: discovery URLs are
+/// credentials of a kind) and enables etcd-member.service.
+pub fn write_etcd(root: &Root, settings: Option<&EtcdSettings>, log: &mut Log) -> EtcdOutcome {
+    let Some(settings) = settings else { return EtcdOutcome::default() };
+    let machine_id = root.read_to_string("/etc/machine-id").map(|id| id.trim().to_string()).filter(|id| !id.is_empty());
+    let was_enabled = root.exists(ETCD_WANTS_LINK);
+    let changed = log.outcome(format!("wrote {ETCD_FILE}"), root.write(ETCD_FILE, etcd_env(settings, machine_id.as_deref()).as_bytes(), 0o600, 0, 0));
+    let enabled = log.outcome(format!("enabled {ETCD_UNIT} in multi-user.target"), root.ensure_symlink(ETCD_WANTS_LINK, ETCD_UNIT_FILE));
+    EtcdOutcome { enabled: enabled && !was_enabled, changed_settings: changed && was_enabled }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Route;
+
+    #[test]
+    fn etcd_settings_become_an_environment_file_named_after_the_machine() {
+        let settings = EtcdSettings { environment: vec![("ETCD_DISCOVERY".into(), "https://discovery.example/abc".into())] };
+        assert_eq!(etcd_env(&settings, Some("0123abcd")), format!("{HEADER}\nETCD_NAME=0123abcd\nETCD_DISCOVERY=https://discovery.example/abc\n"));
+        let named = EtcdSettings { environment: vec![("ETCD_NAME".into(), "node1".into())] };
+        assert_eq!(etcd_env(&named, Some("0123abcd")), format!("{HEADER}\nETCD_NAME=node1\n"));
+    }
 
     #[test]
     fn a_static_interface_becomes_a_network_file() {

@@ -14,7 +14,9 @@ use std::io;
 
 pub use accounts::{Accounts, NO_PASSWORD};
 pub use commands::{instance_dir, CommandRunner, ProcessRunner, BOOT_STATE_DIR, STATE_DIR};
-pub use handoff::{container_json, network_file, store_seed_json, update_conf, CONTAINER_DIR, FORMAT_VERSION, NETWORK_DIR, STORE_SEED_FILE, UPDATE_FILE};
+pub use handoff::{
+    container_json, etcd_env, network_file, store_seed_json, update_conf, CONTAINER_DIR, ETCD_FILE, ETCD_UNIT, FORMAT_VERSION, NETWORK_DIR, STORE_SEED_FILE, UPDATE_FILE,
+};
 pub use root::Root;
 pub use units::install_targets;
 
@@ -76,6 +78,7 @@ impl Applier<'_> {
     pub fn apply(&mut self, user_data: &UserData, metadata: &Metadata) -> Log {
         let mut log = Log::default();
         let mut config = user_data.config.clone();
+        let metadata = &with_static_private_ipv4(metadata, &config);
         config.substitute(&|text| metadata.substitute(text));
         let root = self.root.clone();
 
@@ -87,9 +90,16 @@ impl Applier<'_> {
         }
         handoff::write_network(&root, &config.network, &mut log);
         let units_changed = units::write_units(&root, &config.units, &mut log);
-        if units_changed {
+        let etcd = handoff::write_etcd(&root, config.etcd.as_ref(), &mut log);
+        if units_changed || etcd.enabled {
             if let Err(error) = self.supervisor.reload() {
                 log.fail(error.to_string());
+            }
+        }
+        if etcd.changed_settings {
+            match self.supervisor.request(ETCD_UNIT, crate::config::UnitCommand::Restart) {
+                Ok(()) => log.change(format!("asked the supervisor to restart {ETCD_UNIT}")),
+                Err(error) => log.fail(error.to_string()),
             }
         }
         self.request_unit_commands(&config, &mut log);
@@ -207,6 +217,26 @@ impl Applier<'_> {
         }
         log.outcome(String::new(), self.root.write(&marker, b"done\n", 0o644, 0, 0));
     }
+}
+
+/// `$private_ipv4` where the datasource does not know it (QEMU's fw_cfg,
+/// NoCloud without `local-ipv4`): the first IPv4 address the user data
+/// itself gives an interface, in `network.interfaces` or a `.network`
+/// unit. cloud-config runs before the network is up, so that is the address
+/// the machine is about to have.
+fn with_static_private_ipv4(metadata: &Metadata, config: &CloudConfig) -> Metadata {
+    let mut metadata = metadata.clone();
+    if metadata.private_ipv4.is_none() {
+        let ipv4 = |address: &str| address.split('/').next().and_then(|ip| ip.trim().parse::<std::net::Ipv4Addr>().ok()).map(|ip| ip.to_string());
+        let from_interfaces = config.network.iter().flat_map(|interface| interface.addresses.iter()).find_map(|address| ipv4(address));
+        let from_units = || {
+            config.units.iter().filter(|unit| unit.name.ends_with(".network")).filter_map(|unit| unit.content.as_deref()).find_map(|content| {
+                content.lines().filter_map(|line| line.trim().strip_prefix("Address=")).find_map(ipv4)
+            })
+        };
+        metadata.private_ipv4 = from_interfaces.or_else(from_units);
+    }
+    metadata
 }
 
 /// The kernel keeps at most 64 bytes of host name; a longer platform name

@@ -32,6 +32,11 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Every (key, value) in source order.
+    pub fn entries(&self) -> &'a [(Node, Node)] {
+        self.entries
+    }
+
     pub fn get(&self, key: &str) -> Option<&'a Node> {
         self.entries.iter().find(|(name, _)| name.as_scalar() == Some(key)).map(|(_, value)| value).filter(|value| !value.is_null())
     }

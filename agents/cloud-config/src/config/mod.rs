@@ -8,6 +8,7 @@
 //! and a user never created half. Everything else still applies.
 
 mod container;
+mod etcd;
 mod fields;
 mod file;
 mod network;
@@ -18,6 +19,7 @@ mod user;
 use serde::Serialize;
 
 pub use container::{parse_cpu_millis, parse_memory_bytes, parse_port, Container, Port, Volume};
+pub use etcd::EtcdSettings;
 pub use file::WriteFile;
 pub use network::{Interface, Route};
 pub use unit::{DropIn, Unit, UnitCommand};
@@ -62,6 +64,10 @@ pub struct CloudConfig {
     pub network: Vec<Interface>,
     pub containers: Vec<Container>,
     pub store_seed: Vec<StoreKey>,
+    /// `coreos.etcd2` (and `coreos.etcd`): this machine's etcd member;
+    /// `None` when not configured or refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdSettings>,
 }
 
 const TOP_LEVEL: &[&str] = &[
@@ -71,8 +77,6 @@ const TOP_LEVEL: &[&str] = &[
 
 /// `coreos.*` keys that configured services basalt does not have, with what to use instead.
 const COREOS_UNSUPPORTED: &[(&str, &str)] = &[
-    ("etcd", "etcd (v0.4) is not part of basalt; the node's store takes seed keys under `store.seed`"),
-    ("etcd2", "etcd2 is not part of basalt; the node's store takes seed keys under `store.seed`"),
     ("fleet", "fleet is not part of basalt; declare units under coreos.units or containers under `containers`"),
     ("flannel", "flannel is not part of basalt"),
     ("oem", "coreos.oem describes a vendor image and is ignored"),
@@ -178,7 +182,7 @@ fn parse_root(root: &Node, report: &mut Report) -> CloudConfig {
 
 fn parse_coreos(node: &Node, config: &mut CloudConfig, report: &mut Report) {
     let Some(fields) = Fields::of(node, "coreos", report) else { return };
-    let mut known = vec!["units", "update", "locksmith"];
+    let mut known = vec!["units", "update", "locksmith", "etcd", "etcd2"];
     for (key, why) in COREOS_UNSUPPORTED {
         if let Some(value) = fields.get(key) {
             report.warning(fields.key_path(key), fields.key_position(key).or(Some(value.position)), format!("{why}; ignored"));
@@ -200,6 +204,18 @@ fn parse_coreos(node: &Node, config: &mut CloudConfig, report: &mut Report) {
         let settings = update::parse_locksmith(node, "coreos.locksmith", report);
         config.update.merge(settings);
     }
+    // etcd 0.4's keys first, then coreos.etcd2's over them; either refused
+    // leaves etcd unconfigured rather than half configured.
+    let old = fields.get("etcd").map(|node| etcd::parse_etcd_v04(node, "coreos.etcd", report));
+    let new = fields.get("etcd2").map(|node| etcd::parse_etcd2(node, "coreos.etcd2", report));
+    config.etcd = match (old, new) {
+        (None, None) | (Some(None), _) | (_, Some(None)) => None,
+        (old, new) => {
+            let mut settings = old.flatten().unwrap_or_default();
+            settings.merge(new.flatten().unwrap_or_default());
+            Some(settings)
+        }
+    };
 }
 
 /// `runcmd`/`bootcmd`: each item a shell line or an argument list. A bad item
@@ -270,6 +286,13 @@ impl CloudConfig {
         self.network.extend(later.network);
         self.containers.extend(later.containers);
         self.store_seed.extend(later.store_seed);
+        self.etcd = match (self.etcd.take(), later.etcd) {
+            (Some(mut earlier), Some(later)) => {
+                earlier.merge(later);
+                Some(earlier)
+            }
+            (earlier, later) => later.or(earlier),
+        };
     }
 
     /// Replaces `$private_ipv4` and friends in the values where coreos-cloudinit
@@ -305,6 +328,9 @@ impl CloudConfig {
         for key in &mut self.store_seed {
             key.value = apply(&key.value);
         }
+        if let Some(etcd) = &mut self.etcd {
+            etcd.environment.iter_mut().for_each(|(_, value)| *value = apply(value));
+        }
     }
 }
 
@@ -313,12 +339,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_example_parses_with_warnings_for_etcd_and_fleet() {
+    fn the_seed_example_configures_etcd() {
         let text = "#cloud-config\ncoreos:\n  etcd:\n    addr: $private_ipv4:4001\n  units:\n    - name: etcd.service\n      command: start\n    - name: fleet.service\n      command: start\n";
         let (config, report) = parse(text);
         assert_eq!(config.units.len(), 2);
-        assert_eq!(report.error_count(), 0);
-        assert!(report.to_string().starts_with("3:3: warning: coreos.etcd: etcd (v0.4) is not part of basalt"), "{report}");
+        assert!(report.problems.is_empty(), "{report}");
+        assert_eq!(config.etcd.unwrap().get("ETCD_ADVERTISE_CLIENT_URLS"), Some("http://$private_ipv4:4001"));
     }
 
     #[test]
