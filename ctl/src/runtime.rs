@@ -7,15 +7,19 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use base64::Engine as _;
 use basalt_runtime::api::{call, ContainerStatus, ExecInput, Reply, Request};
 use basalt_runtime::spec::{ContainerSpec, Port, Volume, FORMAT_VERSION};
+use base64::Engine as _;
 
 pub const USAGE: &str = "containers (basalt-runtime.service):
   images ls|pull REF|rm REF|prune   container images in the store
-  run [--name N] [--cpu 750m] [--memory 128M] [--pids N] [--net host|none|bridge]
+  run [--name N] [--cpu 750m] [--memory 128M] [--pids N] [--net bridge|host|none]
       [-p [IP:]HOST:CONTAINER[/udp]]... [--restart always|on-failure|never]
-      [-e K=V]... [-v SRC:DST[:ro]]... IMAGE [ARGS...]
+      [-e K=V]... [-v SRC:DST[:ro]]... [--privileged] [--cap-add CAP]... [--cap-drop CAP]...
+      [--device /dev/X[:/dev/Y][:rwm]]... [--security-opt seccomp=default|unconfined|PATH]
+      IMAGE [ARGS...]
+      (default: a private bridge network, docker's capabilities, the default
+      devices only, the default seccomp profile; anything wider is named)
   ps                  containers: state, pid, restarts, last exit
   exec [-i] [-t] NAME CMD...   run CMD in a running container (-i: stdin too, -t: a terminal)
   rm [-f] NAME        remove a container (-f: stop it first)
@@ -88,10 +92,15 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
         cpu_millis: None,
         memory_bytes: None,
         pids_limit: None,
-        network: "host".into(),
+        network: "bridge".into(),
         restart: "always".into(),
         volumes: vec![],
         ports: vec![],
+        privileged: false,
+        cap_add: vec![],
+        cap_drop: vec![],
+        devices: vec![],
+        seccomp: None,
     };
     let mut rest = args;
     while let Some((first, tail)) = rest.split_first() {
@@ -99,6 +108,11 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
             break;
         }
         let first: &str = first;
+        if first == "--privileged" {
+            spec.privileged = true;
+            rest = tail;
+            continue;
+        }
         let (flag, inline): (&str, Option<&str>) = match first.split_once('=') {
             Some((f, v)) => (f, Some(v)),
             None => (first, None),
@@ -117,6 +131,13 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
             "--pids" => spec.pids_limit = Some(value.parse().map_err(|_| format!("--pids {value:?} is not a number"))?),
             "--net" | "--network" => spec.network = value.to_string(),
             "--restart" => spec.restart = value.to_string(),
+            "--cap-add" => spec.cap_add.push(value.to_string()),
+            "--cap-drop" => spec.cap_drop.push(value.to_string()),
+            "--device" => spec.devices.push(value.to_string()),
+            "--security-opt" => match value.split_once(['=', ':']) {
+                Some(("seccomp", profile)) => spec.seccomp = Some(profile.to_string()),
+                _ => return Err(format!("--security-opt {value:?}: only seccomp=default|unconfined|PATH is supported")),
+            },
             "-p" | "--publish" => {
                 let port = basalt_cloud_config::config::parse_port(value).ok_or_else(|| format!("-p {value:?} is not a port mapping such as 8080:80, 127.0.0.1:8443:443 or 53:53/udp"))?;
                 spec.ports.push(Port { host_ip: port.host_ip, host_port: port.host_port, container_port: port.container_port, protocol: port.protocol });
@@ -148,7 +169,11 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
     }
     spec.check()?;
     if !spec.ports.is_empty() && spec.network != "bridge" {
-        return Err(format!("-p publishes ports of a bridge network container; add --net bridge (with --net {} the container's ports are {})", spec.network, if spec.network == "host" { "the machine's" } else { "unreachable" }));
+        return Err(format!(
+            "-p publishes ports of a bridge network container; add --net bridge (with --net {} the container's ports are {})",
+            spec.network,
+            if spec.network == "host" { "the machine's" } else { "unreachable" }
+        ));
     }
     Ok(spec)
 }
@@ -346,11 +371,33 @@ mod tests {
         assert!(parse_run(&["--memory", "lots", "x"]).unwrap_err().contains("--memory"));
         let spec = parse_run(&["--net", "bridge", "-p", "8080:80", "--publish=127.0.0.1:5353:53/udp", "x"]).unwrap();
         assert_eq!(spec.network, "bridge");
-        assert_eq!(spec.ports, [Port { host_ip: None, host_port: 8080, container_port: 80, protocol: "tcp".into() }, Port { host_ip: Some("127.0.0.1".into()), host_port: 5353, container_port: 53, protocol: "udp".into() }]);
-        assert!(parse_run(&["-p", "8080:80", "x"]).unwrap_err().contains("add --net bridge"));
+        assert_eq!(
+            spec.ports,
+            [
+                Port { host_ip: None, host_port: 8080, container_port: 80, protocol: "tcp".into() },
+                Port { host_ip: Some("127.0.0.1".into()), host_port: 5353, container_port: 53, protocol: "udp".into() }
+            ]
+        );
+        assert!(parse_run(&["--net", "host", "-p", "8080:80", "x"]).unwrap_err().contains("add --net bridge"));
+        assert_eq!(parse_run(&["-p", "8080:80", "x"]).unwrap().network, "bridge", "the default network is a private one");
         assert!(parse_run(&["--net", "bridge", "-p", "80:eighty", "x"]).unwrap_err().contains("\"80:eighty\" is not a port mapping"));
         assert!(parse_run(&["--net", "bridge", "-p", "80:80", "-p", "80:81", "x"]).unwrap_err().contains("publish the same host port"));
         assert!(parse_run(&["--wat", "1", "x"]).unwrap_err().contains("unknown option --wat"));
+    }
+
+    #[test]
+    fn run_grants_only_what_is_named() {
+        let spec = parse_run(&["x"]).unwrap();
+        assert!(!spec.privileged && spec.cap_add.is_empty() && spec.devices.is_empty() && spec.seccomp.is_none());
+        let spec = parse_run(&["--privileged", "--cap-add", "NET_ADMIN", "--cap-drop=mknod", "--device", "/dev/fuse", "--security-opt", "seccomp=unconfined", "x", "sh"]).unwrap();
+        assert!(spec.privileged);
+        assert_eq!((spec.cap_add, spec.cap_drop, spec.devices), (vec!["NET_ADMIN".to_string()], vec!["mknod".to_string()], vec!["/dev/fuse".to_string()]));
+        assert_eq!(spec.seccomp.as_deref(), Some("unconfined"));
+        assert_eq!(spec.args, ["sh"]);
+        assert!(parse_run(&["--cap-add", "SUPERPOWER", "x"]).unwrap_err().contains("cap_add: \"SUPERPOWER\" is not a capability"));
+        assert!(parse_run(&["--device", "/etc/passwd", "x"]).unwrap_err().contains("is not a path below /dev"));
+        assert!(parse_run(&["--security-opt", "apparmor=x", "x"]).unwrap_err().contains("only seccomp="));
+        assert!(parse_run(&["--security-opt", "seccomp=strict", "x"]).unwrap_err().contains("\"strict\" is not default, unconfined"));
     }
 
     #[test]

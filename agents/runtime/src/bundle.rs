@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::linux::devices::DeviceRule;
 use crate::linux::{caps, sys};
 use crate::manifest::ImageConfig;
 use crate::oci::{self, Config};
@@ -37,7 +38,8 @@ impl BundleDir {
         }
         self.unmount_rootfs();
         let options = format!("lowerdir={},upperdir={},workdir={}", names.join(":"), self.dir.join("upper").display(), self.dir.join("work").display());
-        sys::mount("overlay", &self.rootfs(), Some("overlay"), 0, Some(&options)).map_err(|e| format!("{e} (is the overlay module loaded?)"))
+        // nodev: device nodes in the image or its writable layer do not work.
+        sys::mount("overlay", &self.rootfs(), Some("overlay"), libc::MS_NODEV, Some(&options)).map_err(|e| format!("{e} (is the overlay module loaded?)"))
     }
 
     pub fn unmount_rootfs(&self) {
@@ -129,13 +131,15 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
     if args.is_empty() {
         return Err(format!("image {} names no command (no Entrypoint or Cmd) and the container gives no args", spec.image));
     }
-    let default_caps: Vec<String> = caps::DEFAULT.iter().map(|c| c.to_string()).collect();
+    let granted_caps = capabilities_of(spec)?;
     let capabilities = if uid == 0 {
-        oci::Capabilities { bounding: default_caps.clone(), effective: default_caps.clone(), inheritable: vec![], permitted: default_caps, ambient: vec![] }
+        oci::Capabilities { bounding: granted_caps.clone(), effective: granted_caps.clone(), inheritable: vec![], permitted: granted_caps.clone(), ambient: vec![] }
     } else {
         // A user other than root starts without capabilities, as with docker.
-        oci::Capabilities { bounding: default_caps, ..oci::Capabilities::default() }
+        oci::Capabilities { bounding: granted_caps.clone(), ..oci::Capabilities::default() }
     };
+    let (device_rules, devices) = devices_of(spec)?;
+    let seccomp = crate::seccomp::for_container(spec.seccomp.as_deref().or(spec.privileged.then_some(crate::seccomp::UNCONFINED)), &granted_caps)?;
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
@@ -156,7 +160,8 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
     }
     for volume in &spec.volumes {
         std::fs::create_dir_all(&volume.source).map_err(|e| format!("volume source {}: {e}", volume.source))?;
-        let mut options = vec!["rbind", "rprivate"];
+        // A volume cannot hold device nodes that work (unless privileged).
+        let mut options = if spec.privileged { vec!["rbind", "rprivate"] } else { vec!["rbind", "rprivate", "nodev"] };
         if volume.read_only {
             options.push("ro");
         }
@@ -172,7 +177,7 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
         memory: spec.memory_bytes.map(|bytes| oci::Memory { limit: Some(bytes as i64), swap: Some(bytes as i64) }),
         cpu: spec.cpu_millis.map(|millis| oci::Cpu { shares: None, quota: Some(millis as i64 * 100), period: Some(100_000) }),
         pids: Some(oci::Pids { limit: spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT) as i64 }),
-        devices: vec![],
+        devices: device_rules,
     };
     let config = Config {
         oci_version: "1.0.2".into(),
@@ -194,17 +199,71 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
             namespaces,
             resources: Some(resources),
             cgroups_path: Some(format!("/basalt/{}", spec.name)),
-            masked_paths: ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
-            readonly_paths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].iter().map(|p| p.to_string()).collect(),
+            masked_paths: if spec.privileged { vec![] } else { MASKED_PATHS.iter().map(|p| p.to_string()).collect() },
+            readonly_paths: if spec.privileged { vec![] } else { READONLY_PATHS.iter().map(|p| p.to_string()).collect() },
             sysctl: BTreeMap::new(),
+            devices,
+            seccomp,
         },
         annotations: BTreeMap::new(),
     };
     config.check()?;
     Ok(config)
+}
+
+/// runc's masked and read-only paths.
+const MASKED_PATHS: &[&str] =
+    &["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"];
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The bounding set: docker's default, or every capability when
+/// privileged, then `cap_drop` and `cap_add` (`ALL` in either).
+pub fn capabilities_of(spec: &ContainerSpec) -> Result<Vec<String>, String> {
+    let mut set: Vec<String> = if spec.privileged { caps::all() } else { caps::DEFAULT.iter().map(|c| c.to_string()).collect() };
+    for name in &spec.cap_drop {
+        match crate::spec::capability_name(name).map_err(|e| format!("cap_drop: {e}"))?.as_str() {
+            "ALL" => set.clear(),
+            cap => set.retain(|c| c != cap),
+        }
+    }
+    for name in &spec.cap_add {
+        match crate::spec::capability_name(name).map_err(|e| format!("cap_add: {e}"))?.as_str() {
+            "ALL" => set = caps::all(),
+            cap if !set.iter().any(|c| c == cap) => set.push(cap.to_string()),
+            _ => {}
+        }
+    }
+    Ok(set)
+}
+
+fn major_minor(rdev: u64) -> (i64, i64) {
+    // glibc's encoding of dev_t.
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major as i64, minor as i64)
+}
+
+/// The device program's rules (nothing but the defaults, which the runner
+/// adds; everything when privileged; granted devices) and the nodes to make.
+pub fn devices_of(spec: &ContainerSpec) -> Result<(Vec<DeviceRule>, Vec<oci::Device>), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut rules = vec![if spec.privileged { DeviceRule::allow_all() } else { DeviceRule::deny_all() }];
+    let mut nodes = Vec::new();
+    for text in &spec.devices {
+        let grant = crate::spec::parse_device(text)?;
+        let meta = std::fs::metadata(&grant.host).map_err(|e| format!("devices: {}: {e}", grant.host))?;
+        let kind = if meta.file_type().is_block_device() {
+            "b"
+        } else if meta.file_type().is_char_device() {
+            "c"
+        } else {
+            return Err(format!("devices: {} is not a device node", grant.host));
+        };
+        let (major, minor) = major_minor(meta.rdev());
+        rules.push(DeviceRule { allow: true, kind: Some(kind.into()), major: Some(major), minor: Some(minor), access: Some(grant.access.clone()) });
+        nodes.push(oci::Device { path: grant.container, kind: kind.into(), major, minor, file_mode: Some(meta.mode() & 0o777), uid: Some(0), gid: Some(0) });
+    }
+    Ok((rules, nodes))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod digest;
 pub mod manifest;
 pub mod pull;
 pub mod reference;
+pub mod seccomp;
 pub mod registry;
 pub mod settings;
 pub mod store;

@@ -118,6 +118,66 @@ pub struct Linux {
     pub readonly_paths: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctl: BTreeMap<String, String>,
+    /// Device nodes made in the container's /dev besides the default ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// The seccomp filter, installed last before the exec (linux/seccomp.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Seccomp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Device {
+    pub path: String,
+    /// `c` or `b`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub major: i64,
+    pub minor: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+/// `linux.seccomp` of the runtime spec: the form docker's profiles take once
+/// resolved for one container (seccomp/mod.rs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Seccomp {
+    pub default_action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_errno_ret: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub syscalls: Vec<SeccompSyscall>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SeccompSyscall {
+    pub names: Vec<String>,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno_ret: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<SeccompArg>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SeccompArg {
+    pub index: u32,
+    pub value: u64,
+    #[serde(default)]
+    pub value_two: u64,
+    pub op: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,11 +236,8 @@ impl Config {
     pub fn load(bundle: &Path) -> Result<Config, String> {
         let path = bundle.join("config.json");
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config: Config =
-            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        config
-            .check()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.check().map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -195,21 +252,22 @@ impl Config {
             return Err("process.args is empty: nothing to run".into());
         }
         if !self.process.cwd.starts_with('/') {
-            return Err(format!(
-                "process.cwd {:?} is not absolute",
-                self.process.cwd
-            ));
+            return Err(format!("process.cwd {:?} is not absolute", self.process.cwd));
         }
         if let Some(resources) = &self.linux.resources {
             crate::linux::devices::check(&resources.devices)?;
         }
+        if let Some(seccomp) = &self.linux.seccomp {
+            crate::linux::seccomp::compile(seccomp)?;
+        }
+        for (index, device) in self.linux.devices.iter().enumerate() {
+            if !matches!(device.kind.as_str(), "c" | "b") || !device.path.starts_with("/dev/") || device.path.contains("/../") || device.major < 0 || device.minor < 0 {
+                return Err(format!("linux.devices[{index}]: {:?} {} {}:{} is not a character or block device below /dev", device.path, device.kind, device.major, device.minor));
+            }
+        }
         for namespace in &self.linux.namespaces {
             if !NAMESPACES.contains(&namespace.kind.as_str()) {
-                return Err(format!(
-                    "linux.namespaces: {:?} is not supported (supported: {})",
-                    namespace.kind,
-                    NAMESPACES.join(", ")
-                ));
+                return Err(format!("linux.namespaces: {:?} is not supported (supported: {})", namespace.kind, NAMESPACES.join(", ")));
             }
             if namespace.path.is_some() && namespace.kind != "network" {
                 return Err(format!("linux.namespaces: joining an existing {} namespace (path) is not supported (only a network namespace)", namespace.kind));
@@ -217,21 +275,11 @@ impl Config {
         }
         for mount in &self.mounts {
             if !mount.destination.starts_with('/') {
-                return Err(format!(
-                    "mounts: destination {:?} is not absolute",
-                    mount.destination
-                ));
+                return Err(format!("mounts: destination {:?} is not absolute", mount.destination));
             }
         }
         if let Some(caps) = &self.process.capabilities {
-            for name in caps
-                .bounding
-                .iter()
-                .chain(&caps.effective)
-                .chain(&caps.inheritable)
-                .chain(&caps.permitted)
-                .chain(&caps.ambient)
-            {
+            for name in caps.bounding.iter().chain(&caps.effective).chain(&caps.inheritable).chain(&caps.permitted).chain(&caps.ambient) {
                 if crate::linux::caps::number(name).is_none() {
                     return Err(format!("process.capabilities: unknown capability {name:?}"));
                 }
@@ -251,11 +299,7 @@ impl Config {
 
     /// The namespace of `kind` to join, when the config names one by path.
     pub fn namespace_path(&self, kind: &str) -> Option<&Path> {
-        self.linux
-            .namespaces
-            .iter()
-            .find(|n| n.kind == kind)
-            .and_then(|n| n.path.as_deref())
+        self.linux.namespaces.iter().find(|n| n.kind == kind).and_then(|n| n.path.as_deref())
     }
 }
 
@@ -276,30 +320,15 @@ mod tests {
     #[test]
     fn what_cannot_be_honoured_is_refused_by_name() {
         let with_hooks = RUNC_SPEC.replacen("\"hostname\"", "\"hooks\":{},\"hostname\"", 1);
-        assert!(serde_json::from_str::<Config>(&with_hooks)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown field `hooks`"));
+        assert!(serde_json::from_str::<Config>(&with_hooks).unwrap_err().to_string().contains("unknown field `hooks`"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
         config.process.terminal = true;
         assert!(config.check().unwrap_err().contains("terminal"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
-        config.linux.namespaces.push(Namespace {
-            kind: "user".into(),
-            path: None,
-        });
-        assert!(config
-            .check()
-            .unwrap_err()
-            .contains("\"user\" is not supported"));
+        config.linux.namespaces.push(Namespace { kind: "user".into(), path: None });
+        assert!(config.check().unwrap_err().contains("\"user\" is not supported"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
-        config
-            .process
-            .capabilities
-            .as_mut()
-            .unwrap()
-            .bounding
-            .push("CAP_FLY".into());
+        config.process.capabilities.as_mut().unwrap().bounding.push("CAP_FLY".into());
         assert!(config.check().unwrap_err().contains("CAP_FLY"));
     }
 }

@@ -47,7 +47,7 @@ pub struct ContainerSpec {
     /// Not in cloud-config's format (yet); defaults to DEFAULT_PIDS_LIMIT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u64>,
-    #[serde(default = "host")]
+    #[serde(default = "bridge")]
     pub network: String,
     #[serde(default = "always")]
     pub restart: String,
@@ -55,10 +55,65 @@ pub struct ContainerSpec {
     pub volumes: Vec<Volume>,
     #[serde(default)]
     pub ports: Vec<Port>,
+    /// docker's --privileged: every capability and device, no seccomp
+    /// filter, no masked or read-only /proc and /sys paths.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Capabilities on top of docker's default set (`NET_ADMIN`, `CAP_NET_ADMIN`, `ALL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities taken from it (`ALL` for none at all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Host devices the container may use: `/dev/X[:/dev/Y][:rwm]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// `default` (when absent), `unconfined`, or the path of a profile in docker's JSON format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
 }
 
-fn host() -> String {
-    "host".into()
+/// A container with no network setting gets its own private network, as
+/// with docker and rkt; the machine's network (`host`) is asked for by name.
+fn bridge() -> String {
+    "bridge".into()
+}
+
+/// A granted device: the host's node, where it appears in the container, and the access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceGrant {
+    pub host: String,
+    pub container: String,
+    pub access: String,
+}
+
+/// docker's `--device` form: `/dev/X`, `/dev/X:/dev/Y`, `/dev/X:rw`, `/dev/X:/dev/Y:rwm`.
+pub fn parse_device(text: &str) -> Result<DeviceGrant, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let is_access = |s: &str| !s.is_empty() && s.len() <= 3 && s.chars().all(|c| matches!(c, 'r' | 'w' | 'm'));
+    let (host, container, access) = match parts.as_slice() {
+        [host] => (*host, *host, "rwm"),
+        [host, access] if is_access(access) => (*host, *host, *access),
+        [host, container] => (*host, *container, "rwm"),
+        [host, container, access] if is_access(access) => (*host, *container, *access),
+        _ => return Err(format!("devices: {text:?} is not /dev/X, /dev/X:/dev/Y or either with :rwm access")),
+    };
+    for path in [host, container] {
+        if !path.starts_with("/dev/") || path.split('/').any(|c| c == "..") {
+            return Err(format!("devices: {text:?}: {path:?} is not a path below /dev"));
+        }
+    }
+    Ok(DeviceGrant { host: host.into(), container: container.into(), access: access.into() })
+}
+
+/// A capability as a user writes it (`net_admin`, `NET_ADMIN`, `CAP_NET_ADMIN`) in the kernel's spelling, or `ALL`.
+pub fn capability_name(text: &str) -> Result<String, String> {
+    let upper = text.to_ascii_uppercase();
+    if upper == "ALL" {
+        return Ok(upper);
+    }
+    let name = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    crate::linux::caps::number(&name).map(|_| name).ok_or_else(|| format!("{text:?} is not a capability"))
 }
 
 fn always() -> String {
@@ -103,7 +158,20 @@ impl ContainerSpec {
                 return Err(format!("volumes: {} -> {}: both sides must be absolute paths", volume.source, volume.target));
             }
         }
-        for (key, _) in &self.env {
+        for (field, names) in [("cap_add", &self.cap_add), ("cap_drop", &self.cap_drop)] {
+            for name in names {
+                capability_name(name).map_err(|e| format!("{field}: {e}"))?;
+            }
+        }
+        for device in &self.devices {
+            parse_device(device)?;
+        }
+        if let Some(setting) = &self.seccomp {
+            if setting != crate::seccomp::DEFAULT && setting != crate::seccomp::UNCONFINED && !setting.starts_with('/') {
+                return Err(format!("seccomp: {setting:?} is not default, unconfined or the absolute path of a profile in docker's JSON format"));
+            }
+        }
+        for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
                 return Err(format!("env: {key:?} is not a variable name"));
             }

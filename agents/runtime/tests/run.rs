@@ -23,10 +23,7 @@ fn bundle(dir: &Path, args: &[&str], readonly: bool) {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
     }
-    let args: Vec<String> = args
-        .iter()
-        .map(|a| serde_json::to_string(a).unwrap())
-        .collect();
+    let args: Vec<String> = args.iter().map(|a| serde_json::to_string(a).unwrap()).collect();
     let config = format!(
         r#"{{"ociVersion":"1.0.2","process":{{"terminal":false,"user":{{"uid":0,"gid":0}},"args":[{}],"env":["PATH=/bin"],"cwd":"/",
         "capabilities":{{"bounding":["CAP_KILL","CAP_NET_BIND_SERVICE"],"effective":["CAP_KILL","CAP_NET_BIND_SERVICE"],"permitted":["CAP_KILL","CAP_NET_BIND_SERVICE"]}},
@@ -41,24 +38,9 @@ fn bundle(dir: &Path, args: &[&str], readonly: bool) {
 
 fn run(dir: &Path) -> (i32, String, String) {
     // Each test's container has a name (and cgroup) of its own.
-    let id = format!(
-        "host-test-{}",
-        dir.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches('.')
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_basalt-runtime"))
-        .args(["run", "--bundle"])
-        .arg(dir)
-        .arg(id)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let id = format!("host-test-{}", dir.file_name().unwrap().to_string_lossy().trim_start_matches('.'));
+    let out = Command::new(env!("CARGO_BIN_EXE_basalt-runtime")).args(["run", "--bundle"]).arg(dir).arg(id).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -73,18 +55,10 @@ fn a_bundle_runs_isolated_and_its_status_comes_back() {
     assert_eq!(lines[0], "pid=1", "{out}");
     assert_eq!(lines[1], "boxed");
     // CAP_KILL (5) and CAP_NET_BIND_SERVICE (10).
-    assert!(
-        out.contains("CapEff:\t0000000000000420")
-            && out.contains("CapBnd:\t0000000000000420")
-            && out.contains("NoNewPrivs:\t1"),
-        "{out}"
-    );
+    assert!(out.contains("CapEff:\t0000000000000420") && out.contains("CapBnd:\t0000000000000420") && out.contains("NoNewPrivs:\t1"), "{out}");
     assert_eq!(lines[5], "1", "a new network namespace has only lo: {out}");
     assert!(lines[6].starts_with("crw-rw-rw-"), "default devices: {out}");
-    assert_eq!(
-        lines[7], "masked-end",
-        "/proc/version is masked by /dev/null: {out}"
-    );
+    assert_eq!(lines[7], "masked-end", "/proc/version is masked by /dev/null: {out}");
     assert!(out.contains("sys-ro") && out.contains("root-ro"), "{out}");
     assert!(!dir.path().join("rootfs/root-file").exists());
     let exit_status = std::fs::read_to_string(dir.path().join("exit-status")).unwrap();
@@ -94,21 +68,12 @@ fn a_bundle_runs_isolated_and_its_status_comes_back() {
     bundle(dir.path(), &["no-such-program"], false);
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 125);
-    assert!(
-        err.contains("\"no-such-program\" not found in the container's PATH"),
-        "{err}"
-    );
-    assert!(std::fs::read_to_string(dir.path().join("exit-status"))
-        .unwrap()
-        .starts_with("125 0 process.args[0]"));
+    assert!(err.contains("\"no-such-program\" not found in the container's PATH"), "{err}");
+    assert!(std::fs::read_to_string(dir.path().join("exit-status")).unwrap().starts_with("125 0 process.args[0]"));
 
     // A config the runtime cannot honour is refused by name.
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        config.replacen("\"hostname\"", "\"hooks\":{},\"hostname\"", 1),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("config.json"), config.replacen("\"hostname\"", "\"hooks\":{},\"hostname\"", 1)).unwrap();
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 125);
     assert!(err.contains("unknown field `hooks`"), "{err}");
@@ -128,11 +93,7 @@ fn a_network_namespace_named_by_path_is_joined() {
     let inode = std::fs::metadata(&held).unwrap().ino();
     bundle(dir.path(), &["readlink", "/proc/self/ns/net"], false);
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    let joined = config.replacen(
-        r#"{"type":"network"}"#,
-        &format!(r#"{{"type":"network","path":"{}"}}"#, held.display()),
-        1,
-    );
+    let joined = config.replacen(r#"{"type":"network"}"#, &format!(r#"{{"type":"network","path":"{}"}}"#, held.display()), 1);
     std::fs::write(dir.path().join("config.json"), joined).unwrap();
     let (code, out, err) = run(dir.path());
     basalt_runtime::network::netns::remove(&held);
@@ -140,21 +101,10 @@ fn a_network_namespace_named_by_path_is_joined() {
     assert_eq!(out.trim(), format!("net:[{inode}]"));
     // Any other namespace by path is refused by name.
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    std::fs::write(
-        dir.path().join("config.json"),
-        config.replacen(
-            r#"{"type":"ipc"}"#,
-            r#"{"type":"ipc","path":"/proc/1/ns/ipc"}"#,
-            1,
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("config.json"), config.replacen(r#"{"type":"ipc"}"#, r#"{"type":"ipc","path":"/proc/1/ns/ipc"}"#, 1)).unwrap();
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 125);
-    assert!(
-        err.contains("joining an existing ipc namespace (path) is not supported"),
-        "{err}"
-    );
+    assert!(err.contains("joining an existing ipc namespace (path) is not supported"), "{err}");
 }
 
 /// A block device of this machine (its disk), as "major minor".
@@ -184,51 +134,80 @@ fn the_device_program_allows_the_default_devices_and_what_the_config_grants() {
     );
     bundle(dir.path(), &["sh", "-c", &script], false);
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    let with_mknod = config.replace(
-        r#"["CAP_KILL","CAP_NET_BIND_SERVICE"]"#,
-        r#"["CAP_KILL","CAP_NET_BIND_SERVICE","CAP_MKNOD"]"#,
-    );
+    let with_mknod = config.replace(r#"["CAP_KILL","CAP_NET_BIND_SERVICE"]"#, r#"["CAP_KILL","CAP_NET_BIND_SERVICE","CAP_MKNOD"]"#);
     std::fs::write(dir.path().join("config.json"), &with_mknod).unwrap();
     let (code, out, err) = run(dir.path());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("null-ok")
-            && out.contains("own-null-ok")
-            && out.lines().any(|l| l.trim() == "4"),
-        "the default devices work: {out}{err}"
-    );
-    assert!(
-        !out.contains("mknod-ok") && !out.contains("read-ok"),
-        "the host's disk must stay out of reach: {out}{err}"
-    );
+    assert!(out.contains("null-ok") && out.contains("own-null-ok") && out.lines().any(|l| l.trim() == "4"), "the default devices work: {out}{err}");
+    assert!(!out.contains("mknod-ok") && !out.contains("read-ok"), "the host's disk must stay out of reach: {out}{err}");
     assert!(err.contains("Operation not permitted"), "{err}");
 
     // Granted by the config (as --device does): made and read.
     let (major, minor) = disk.split_once(' ').unwrap();
-    let granted = with_mknod.replacen(r#""linux":{"#, &format!(r#""linux":{{"resources":{{"devices":[{{"allow":false,"access":"rwm"}},{{"allow":true,"type":"b","major":{major},"minor":{minor},"access":"rm"}}]}},"#), 1);
+    let granted = with_mknod.replacen(
+        r#""linux":{"#,
+        &format!(r#""linux":{{"resources":{{"devices":[{{"allow":false,"access":"rwm"}},{{"allow":true,"type":"b","major":{major},"minor":{minor},"access":"rm"}}]}},"#),
+        1,
+    );
     std::fs::write(dir.path().join("config.json"), granted).unwrap();
     let (code, out, err) = run(dir.path());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("mknod-ok") && out.contains("read-ok") && out.contains("null-ok"),
-        "{out}{err}"
-    );
-    assert!(
-        !out.contains("mem-mknod-ok"),
-        "only the granted device: {out}{err}"
-    );
+    assert!(out.contains("mknod-ok") && out.contains("read-ok") && out.contains("null-ok"), "{out}{err}");
+    assert!(!out.contains("mem-mknod-ok"), "only the granted device: {out}{err}");
 
     // A rule the program cannot express is refused by index and field.
-    let bad = with_mknod.replacen(
-        r#""linux":{"#,
-        r#""linux":{"resources":{"devices":[{"allow":true,"type":"q","access":"rwm"}]},"#,
-        1,
-    );
+    let bad = with_mknod.replacen(r#""linux":{"#, r#""linux":{"resources":{"devices":[{"allow":true,"type":"q","access":"rwm"}]},"#, 1);
     std::fs::write(dir.path().join("config.json"), bad).unwrap();
     let (code, _, err) = run(dir.path());
     assert_eq!(code, 125);
-    assert!(
-        err.contains("linux.resources.devices[0]: type \"q\" is not c, b or a"),
-        "{err}"
-    );
+    assert!(err.contains("linux.resources.devices[0]: type \"q\" is not c, b or a"), "{err}");
+}
+
+/// The config with `seccomp` (serialised `linux.seccomp`) in its linux object.
+fn with_seccomp(dir: &Path, seccomp: Option<basalt_runtime::oci::Seccomp>) {
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = match seccomp {
+        Some(s) => config.replacen(r#""linux":{"#, &format!(r#""linux":{{"seccomp":{},"#, serde_json::to_string(&s).unwrap()), 1),
+        None => config,
+    };
+    std::fs::write(dir.join("config.json"), config).unwrap();
+}
+
+#[test]
+fn the_seccomp_filter_is_installed_last_and_refuses_what_the_profile_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = vec!["CAP_KILL".to_string(), "CAP_NET_BIND_SERVICE".to_string()];
+    let script = "grep '^Seccomp:' /proc/self/status; unshare -U true && echo unshare-ok; mkdir /tmp/d && echo mkdir-ok; echo end";
+
+    // Unconfined: no filter, a new user namespace can be made.
+    bundle(dir.path(), &["sh", "-c", script], false);
+    let (code, out, err) = run(dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Seccomp:\t0") && out.contains("unshare-ok") && out.contains("mkdir-ok"), "{out}{err}");
+
+    // The default profile: mode 2 (filter), unshare refused without CAP_SYS_ADMIN.
+    bundle(dir.path(), &["sh", "-c", script], false);
+    with_seccomp(dir.path(), basalt_runtime::seccomp::for_container(None, &caps).unwrap());
+    let (code, out, err) = run(dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Seccomp:\t2") && !out.contains("unshare-ok") && out.contains("mkdir-ok") && out.contains("end"), "{out}{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+
+    // A profile of the user's, in docker's format: mkdir refused, with EACCES.
+    let profile_path = dir.path().join("profile.json");
+    std::fs::write(&profile_path, r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#).unwrap();
+    bundle(dir.path(), &["sh", "-c", script], false);
+    with_seccomp(dir.path(), basalt_runtime::seccomp::for_container(Some(profile_path.to_str().unwrap()), &caps).unwrap());
+    let (code, out, err) = run(dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Seccomp:\t2") && out.contains("unshare-ok") && !out.contains("mkdir-ok"), "{out}{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+
+    // A filter that refuses execve: the start fails, reported as a setup error.
+    std::fs::write(&profile_path, r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["execve"],"action":"SCMP_ACT_ERRNO"}]}"#).unwrap();
+    bundle(dir.path(), &["sh", "-c", script], false);
+    with_seccomp(dir.path(), basalt_runtime::seccomp::for_container(Some(profile_path.to_str().unwrap()), &caps).unwrap());
+    let (code, _, err) = run(dir.path());
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
 }

@@ -38,9 +38,22 @@ pub struct Container {
     pub restart: String,
     pub volumes: Vec<Volume>,
     pub ports: Vec<Port>,
+    /// Grants beyond the default, each named (docs/runtime.md): every
+    /// capability and device with no seccomp filter, capabilities added or
+    /// dropped, host devices, a seccomp profile.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<String>,
 }
 
-const KNOWN: &[&str] = &["name", "image", "args", "env", "cpu", "memory", "network", "restart", "volumes", "ports"];
+const KNOWN: &[&str] = &["name", "image", "args", "env", "cpu", "memory", "network", "restart", "volumes", "ports", "privileged", "cap_add", "cap_drop", "devices", "seccomp"];
 pub const NETWORKS: &[&str] = &["host", "none", "bridge"];
 pub const RESTART_POLICIES: &[&str] = &["always", "on-failure", "never"];
 
@@ -74,7 +87,8 @@ pub fn parse_container(node: &Node, path: &str, report: &mut Report) -> Option<C
             }
             parsed
         });
-        let network = one_of(&fields, "network", NETWORKS, "host", report);
+        // No network named: a private one (the runtime's bridge), as docker does.
+        let network = one_of(&fields, "network", NETWORKS, "bridge", report);
         let restart = one_of(&fields, "restart", RESTART_POLICIES, "always", report);
         let volumes = fields
             .strings("volumes", report)
@@ -100,7 +114,31 @@ pub fn parse_container(node: &Node, path: &str, report: &mut Report) -> Option<C
                 port
             })
             .collect();
-        Some(Container { name, image, args, env, cpu_millis, memory_bytes, network, restart, volumes, ports })
+        let privileged = fields.bool("privileged", report).unwrap_or(false);
+        let capabilities = |key: &str, report: &mut Report| -> Vec<String> {
+            let names = fields.strings(key, report).unwrap_or_default();
+            for name in &names {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    report.error(fields.key_path(key), fields.get(key).map(|n| n.position), format!("{name:?} is not a capability name such as NET_ADMIN"));
+                }
+            }
+            names
+        };
+        let cap_add = capabilities("cap_add", report);
+        let cap_drop = capabilities("cap_drop", report);
+        let devices = fields.strings("devices", report).unwrap_or_default();
+        for device in &devices {
+            if !device.starts_with("/dev/") {
+                report.error(fields.key_path("devices"), fields.get("devices").map(|n| n.position), format!("{device:?} is not a device such as \"/dev/fuse\" or \"/dev/sdb:/dev/xvdb:rw\""));
+            }
+        }
+        let seccomp = fields.string("seccomp", report);
+        if let Some(value) = &seccomp {
+            if value != "default" && value != "unconfined" && !value.starts_with('/') {
+                report.error(fields.key_path("seccomp"), fields.get("seccomp").map(|n| n.position), format!("{value:?} is not default, unconfined or the absolute path of a profile in docker's JSON format"));
+            }
+        }
+        Some(Container { name, image, args, env, cpu_millis, memory_bytes, network, restart, volumes, ports, privileged, cap_add, cap_drop, devices, seccomp })
     })
 }
 
@@ -228,6 +266,24 @@ mod tests {
         assert_eq!(container.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(container.ports[1].protocol, "udp");
         assert!(!container.volumes[0].read_only);
+    }
+
+    #[test]
+    fn grants_are_named_and_the_default_network_is_private() {
+        let node = yaml::parse("name: a\nimage: b\n").unwrap();
+        let mut report = Report::default();
+        let container = parse_container(&node, "containers[0]", &mut report).unwrap();
+        assert_eq!(container.network, "bridge");
+        assert!(!container.privileged && container.cap_add.is_empty() && container.devices.is_empty() && container.seccomp.is_none());
+        let node = yaml::parse("name: a\nimage: b\nprivileged: true\ncap_add: [NET_ADMIN]\ncap_drop: [MKNOD]\ndevices: ['/dev/fuse']\nseccomp: /etc/basalt/seccomp.json\n").unwrap();
+        let container = parse_container(&node, "containers[0]", &mut report).unwrap();
+        assert!(report.problems.is_empty(), "{report}");
+        assert!(container.privileged);
+        assert_eq!((container.cap_add, container.cap_drop, container.devices), (vec!["NET_ADMIN".to_string()], vec!["MKNOD".to_string()], vec!["/dev/fuse".to_string()]));
+        let node = yaml::parse("name: a\nimage: b\ncap_add: ['NET ADMIN']\ndevices: [fuse]\nseccomp: strict\n").unwrap();
+        assert!(parse_container(&node, "containers[0]", &mut report).is_none());
+        let text = report.to_string();
+        assert!(text.contains("containers[0].cap_add: \"NET ADMIN\" is not a capability name") && text.contains("containers[0].devices: \"fuse\" is not a device") && text.contains("containers[0].seccomp: \"strict\""), "{text}");
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub const DEFAULT: &[&str] = &[
     "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ];
 
+/// Every capability this runtime knows, for `--privileged` and `--cap-add ALL`.
+pub fn all() -> Vec<String> {
+    NAMES.iter().map(|n| n.to_string()).collect()
+}
+
 pub fn number(name: &str) -> Option<u32> {
     NAMES.iter().position(|n| *n == name).map(|i| i as u32)
 }

@@ -35,55 +35,24 @@ pub struct DeviceRule {
 
 impl DeviceRule {
     pub fn allow_char(major: i64, minor: Option<i64>, access: &str) -> DeviceRule {
-        DeviceRule {
-            allow: true,
-            kind: Some("c".into()),
-            major: Some(major),
-            minor,
-            access: Some(access.into()),
-        }
+        DeviceRule { allow: true, kind: Some("c".into()), major: Some(major), minor, access: Some(access.into()) }
     }
 
     pub fn deny_all() -> DeviceRule {
-        DeviceRule {
-            allow: false,
-            kind: Some("a".into()),
-            major: None,
-            minor: None,
-            access: Some("rwm".into()),
-        }
+        DeviceRule { allow: false, kind: Some("a".into()), major: None, minor: None, access: Some("rwm".into()) }
     }
 
     pub fn allow_all() -> DeviceRule {
-        DeviceRule {
-            allow: true,
-            kind: Some("a".into()),
-            major: None,
-            minor: None,
-            access: Some("rwm".into()),
-        }
+        DeviceRule { allow: true, kind: Some("a".into()), major: None, minor: None, access: Some("rwm".into()) }
     }
 }
 
 /// The OCI default devices every container may use: null, zero, full,
 /// random, urandom, tty, console, ptmx and the pts terminals.
-pub const DEFAULT_ALLOWED: &[(i64, Option<i64>)] = &[
-    (1, Some(3)),
-    (1, Some(5)),
-    (1, Some(7)),
-    (1, Some(8)),
-    (1, Some(9)),
-    (5, Some(0)),
-    (5, Some(1)),
-    (5, Some(2)),
-    (136, None),
-];
+pub const DEFAULT_ALLOWED: &[(i64, Option<i64>)] = &[(1, Some(3)), (1, Some(5)), (1, Some(7)), (1, Some(8)), (1, Some(9)), (5, Some(0)), (5, Some(1)), (5, Some(2)), (136, None)];
 
 pub fn default_rules() -> Vec<DeviceRule> {
-    DEFAULT_ALLOWED
-        .iter()
-        .map(|(major, minor)| DeviceRule::allow_char(*major, *minor, "rwm"))
-        .collect()
+    DEFAULT_ALLOWED.iter().map(|(major, minor)| DeviceRule::allow_char(*major, *minor, "rwm")).collect()
 }
 
 // The kernel's encoding (include/uapi/linux/bpf.h).
@@ -130,13 +99,7 @@ fn compile_rule(index: usize, rule: &DeviceRule) -> Result<Compiled, String> {
     if access == 0 {
         return Err(format!("{}: access is empty (give some of r, w, m)", at()));
     }
-    Ok(Compiled {
-        allow: rule.allow,
-        kind,
-        major: number(rule.major, "major")?,
-        minor: number(rule.minor, "minor")?,
-        access,
-    })
+    Ok(Compiled { allow: rule.allow, kind, major: number(rule.major, "major")?, minor: number(rule.minor, "minor")?, access })
 }
 
 /// One eBPF instruction (struct bpf_insn).
@@ -150,12 +113,7 @@ pub struct Insn {
 }
 
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
+    Insn { code, regs: (src << 4) | dst, off, imm }
 }
 
 // Opcodes: class | operation | source.
@@ -179,11 +137,7 @@ const R5: u8 = 5;
 
 /// The program for `rules` (the config's, then the defaults).
 pub fn assemble(rules: &[DeviceRule]) -> Result<Vec<Insn>, String> {
-    let compiled: Vec<Compiled> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| compile_rule(i, r))
-        .collect::<Result<_, _>>()?;
+    let compiled: Vec<Compiled> = rules.iter().enumerate().map(|(i, r)| compile_rule(i, r)).collect::<Result<_, _>>()?;
     let mut program = vec![
         insn(LDX_MEM_W, R2, R1, 0, 0),
         insn(ALU32_MOV_X, R3, R2, 0, 0),
@@ -232,10 +186,7 @@ pub fn assemble(rules: &[DeviceRule]) -> Result<Vec<Insn>, String> {
 
 /// The checked rules of a config, for errors before anything starts.
 pub fn check(rules: &[DeviceRule]) -> Result<(), String> {
-    rules
-        .iter()
-        .enumerate()
-        .try_for_each(|(i, r)| compile_rule(i, r).map(|_| ()))
+    rules.iter().enumerate().try_for_each(|(i, r)| compile_rule(i, r).map(|_| ()))
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -275,14 +226,7 @@ fn bpf<T>(command: libc::c_long, attr: &mut T) -> libc::c_long {
     // SAFETY: `attr` is a live, initialised repr(C) prefix of union bpf_attr
     // for `command`, and its size is passed with it; the kernel copies it in
     // and writes back into it only within that size.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut T,
-            std::mem::size_of::<T>() as u32,
-        )
-    }
+    unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut T, std::mem::size_of::<T>() as u32) }
 }
 
 /// Loads the program for `rules` and attaches it to the cgroup directory
@@ -310,43 +254,19 @@ pub fn attach(cgroup: &Path, rules: &[DeviceRule]) -> Result<(), String> {
     let prog_fd = bpf(BPF_PROG_LOAD, &mut load);
     if prog_fd < 0 {
         let error = std::io::Error::last_os_error();
-        let verifier =
-            String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)])
-                .trim()
-                .to_string();
-        return Err(format!(
-            "loading the device cgroup program: {error}{}",
-            if verifier.is_empty() {
-                String::new()
-            } else {
-                format!(" (verifier: {verifier})")
-            }
-        ));
+        let verifier = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).trim().to_string();
+        return Err(format!("loading the device cgroup program: {error}{}", if verifier.is_empty() { String::new() } else { format!(" (verifier: {verifier})") }));
     }
     let dir = super::sys::cpath(cgroup);
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
-    let cgroup_fd = unsafe {
-        libc::open(
-            dir.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    let cgroup_fd = unsafe { libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
     if cgroup_fd < 0 {
         let error = std::io::Error::last_os_error();
         // SAFETY: closing the program descriptor this function opened.
         unsafe { libc::close(prog_fd as i32) };
-        return Err(format!(
-            "opening cgroup {} for its device program: {error}",
-            cgroup.display()
-        ));
+        return Err(format!("opening cgroup {} for its device program: {error}", cgroup.display()));
     }
-    let mut attach = ProgAttach {
-        target_fd: cgroup_fd as u32,
-        attach_bpf_fd: prog_fd as u32,
-        attach_type: BPF_CGROUP_DEVICE,
-        attach_flags: 0,
-        replace_bpf_fd: 0,
-    };
+    let mut attach = ProgAttach { target_fd: cgroup_fd as u32, attach_bpf_fd: prog_fd as u32, attach_type: BPF_CGROUP_DEVICE, attach_flags: 0, replace_bpf_fd: 0 };
     let attached = bpf(BPF_PROG_ATTACH, &mut attach);
     let error = std::io::Error::last_os_error();
     // SAFETY: both descriptors were opened above and are not used again; the
@@ -356,10 +276,7 @@ pub fn attach(cgroup: &Path, rules: &[DeviceRule]) -> Result<(), String> {
         libc::close(prog_fd as i32);
     }
     if attached < 0 {
-        return Err(format!(
-            "attaching the device program to cgroup {}: {error}",
-            cgroup.display()
-        ));
+        return Err(format!("attaching the device program to cgroup {}: {error}", cgroup.display()));
     }
     Ok(())
 }
@@ -403,38 +320,13 @@ mod tests {
     fn the_default_devices_and_nothing_else() {
         let mut rules = vec![DeviceRule::deny_all()];
         rules.extend(default_rules());
-        for (major, minor) in [
-            (1, 3),
-            (1, 5),
-            (1, 7),
-            (1, 8),
-            (1, 9),
-            (5, 0),
-            (5, 1),
-            (5, 2),
-            (136, 0),
-            (136, 7),
-        ] {
-            assert!(
-                allowed(&rules, DEV_CHAR, ACC_READ | ACC_WRITE, major, minor),
-                "{major}:{minor}"
-            );
+        for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, 0), (136, 7)] {
+            assert!(allowed(&rules, DEV_CHAR, ACC_READ | ACC_WRITE, major, minor), "{major}:{minor}");
         }
         // The host's disks (virtio 253/254, sd 8, nvme 259) and memory (1:1), any access.
-        for (kind, major, minor) in [
-            (DEV_BLOCK, 254, 0),
-            (DEV_BLOCK, 253, 1),
-            (DEV_BLOCK, 8, 0),
-            (DEV_BLOCK, 259, 0),
-            (DEV_CHAR, 1, 1),
-            (DEV_CHAR, 10, 200),
-            (DEV_CHAR, 4, 1),
-        ] {
+        for (kind, major, minor) in [(DEV_BLOCK, 254, 0), (DEV_BLOCK, 253, 1), (DEV_BLOCK, 8, 0), (DEV_BLOCK, 259, 0), (DEV_CHAR, 1, 1), (DEV_CHAR, 10, 200), (DEV_CHAR, 4, 1)] {
             for access in [ACC_READ, ACC_WRITE, ACC_MKNOD, ACC_READ | ACC_WRITE] {
-                assert!(
-                    !allowed(&rules, kind, access, major, minor),
-                    "{kind} {major}:{minor} {access}"
-                );
+                assert!(!allowed(&rules, kind, access, major, minor), "{kind} {major}:{minor} {access}");
             }
         }
         // /dev/null is not a block device.
@@ -443,71 +335,22 @@ mod tests {
 
     #[test]
     fn the_last_matching_rule_wins_and_access_is_checked_per_letter() {
-        let mut rules = vec![
-            DeviceRule::deny_all(),
-            DeviceRule {
-                allow: true,
-                kind: Some("b".into()),
-                major: Some(254),
-                minor: Some(0),
-                access: Some("r".into()),
-            },
-        ];
+        let mut rules = vec![DeviceRule::deny_all(), DeviceRule { allow: true, kind: Some("b".into()), major: Some(254), minor: Some(0), access: Some("r".into()) }];
         assert!(allowed(&rules, DEV_BLOCK, ACC_READ, 254, 0));
-        assert!(
-            !allowed(&rules, DEV_BLOCK, ACC_READ | ACC_WRITE, 254, 0),
-            "w was not granted"
-        );
+        assert!(!allowed(&rules, DEV_BLOCK, ACC_READ | ACC_WRITE, 254, 0), "w was not granted");
         assert!(!allowed(&rules, DEV_BLOCK, ACC_READ, 254, 1));
-        rules.push(DeviceRule {
-            allow: false,
-            kind: Some("b".into()),
-            major: Some(254),
-            minor: None,
-            access: Some("r".into()),
-        });
-        assert!(
-            !allowed(&rules, DEV_BLOCK, ACC_READ, 254, 0),
-            "a later deny overrides"
-        );
-        assert!(allowed(
-            &[DeviceRule::allow_all()],
-            DEV_BLOCK,
-            ACC_READ | ACC_WRITE | ACC_MKNOD,
-            8,
-            0
-        ));
+        rules.push(DeviceRule { allow: false, kind: Some("b".into()), major: Some(254), minor: None, access: Some("r".into()) });
+        assert!(!allowed(&rules, DEV_BLOCK, ACC_READ, 254, 0), "a later deny overrides");
+        assert!(allowed(&[DeviceRule::allow_all()], DEV_BLOCK, ACC_READ | ACC_WRITE | ACC_MKNOD, 8, 0));
         assert!(!allowed(&[], DEV_CHAR, ACC_READ, 1, 3), "no rule: nothing");
     }
 
     #[test]
     fn bad_rules_are_refused_by_index_and_field() {
         let bad = |rule: DeviceRule| assemble(&[DeviceRule::deny_all(), rule]).unwrap_err();
-        assert_eq!(
-            bad(DeviceRule {
-                kind: Some("x".into()),
-                ..DeviceRule::allow_all()
-            }),
-            "linux.resources.devices[1]: type \"x\" is not c, b or a"
-        );
-        assert_eq!(
-            bad(DeviceRule {
-                access: Some("rx".into()),
-                ..DeviceRule::allow_all()
-            }),
-            "linux.resources.devices[1]: access 'x' is not one of r, w, m"
-        );
-        assert_eq!(
-            bad(DeviceRule {
-                major: Some(-5),
-                ..DeviceRule::allow_all()
-            }),
-            "linux.resources.devices[1]: major -5 is not a device number"
-        );
-        assert!(bad(DeviceRule {
-            access: Some(String::new()),
-            ..DeviceRule::allow_all()
-        })
-        .contains("access is empty"));
+        assert_eq!(bad(DeviceRule { kind: Some("x".into()), ..DeviceRule::allow_all() }), "linux.resources.devices[1]: type \"x\" is not c, b or a");
+        assert_eq!(bad(DeviceRule { access: Some("rx".into()), ..DeviceRule::allow_all() }), "linux.resources.devices[1]: access 'x' is not one of r, w, m");
+        assert_eq!(bad(DeviceRule { major: Some(-5), ..DeviceRule::allow_all() }), "linux.resources.devices[1]: major -5 is not a device number");
+        assert!(bad(DeviceRule { access: Some(String::new()), ..DeviceRule::allow_all() }).contains("access is empty"));
     }
 }

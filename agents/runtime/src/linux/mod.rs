@@ -6,4 +6,5 @@ pub mod cgroup;
 pub mod devices;
 pub mod mounts;
 pub mod process;
+pub mod seccomp;
 pub mod sys;

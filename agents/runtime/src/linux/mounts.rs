@@ -13,11 +13,15 @@ use crate::oci::Mount;
 /// the root, symlinks are followed inside it.
 pub fn secure_join(root: &Path, unsafe_path: &str) -> PathBuf {
     let mut resolved: Vec<std::ffi::OsString> = Vec::new();
-    let mut pending: Vec<std::ffi::OsString> = Path::new(unsafe_path).components().rev().filter_map(|c| match c {
-        Component::Normal(p) => Some(p.to_os_string()),
-        Component::ParentDir => Some("..".into()),
-        _ => None,
-    }).collect();
+    let mut pending: Vec<std::ffi::OsString> = Path::new(unsafe_path)
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
     let mut hops = 0;
     while let Some(part) = pending.pop() {
         if part == ".." {
@@ -162,6 +166,25 @@ pub fn default_devices(root: &Path) -> Result<(), String> {
         if std::fs::symlink_metadata(&path).is_err() {
             symlink(target, &path).map_err(|e| format!("linking /dev/{link}: {e}"))?;
         }
+    }
+    Ok(())
+}
+
+/// The config's `linux.devices`: nodes the user granted, made in /dev (the
+/// device program, set up with the cgroup, lets them be used).
+pub fn extra_devices(root: &Path, devices: &[crate::oci::Device]) -> Result<(), String> {
+    for device in devices {
+        let path = secure_join(root, &device.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("linux.devices: creating {}: {e}", parent.display()))?;
+        }
+        let _ = std::fs::remove_file(&path);
+        let kind = if device.kind == "b" { libc::S_IFBLK } else { libc::S_IFCHR };
+        let mode = device.file_mode.unwrap_or(0o660) & 0o7777;
+        let c = cpath(&path);
+        check(unsafe { libc::mknod(c.as_ptr(), kind | mode, libc::makedev(device.major as u32, device.minor as u32)) }, || format!("linux.devices: creating {}", device.path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("linux.devices: {}: {e}", device.path))?;
+        check(unsafe { libc::chown(c.as_ptr(), device.uid.unwrap_or(0), device.gid.unwrap_or(0)) }, || format!("linux.devices: owning {}", device.path))?;
     }
     Ok(())
 }

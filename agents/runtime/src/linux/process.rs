@@ -16,21 +16,13 @@ use std::path::{Path, PathBuf};
 
 use super::cgroup::Cgroup;
 use super::sys::{self, check, cstr};
-use super::{caps, mounts};
+use super::{caps, mounts, seccomp};
 use crate::oci::Config;
 
 /// Exit code when the container could not be started (as docker and podman use).
 pub const SETUP_FAILED: i32 = 125;
 
-const FORWARDED: &[libc::c_int] = &[
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-];
+const FORWARDED: &[libc::c_int] = &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 
 pub fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
     Some(match name {
@@ -56,10 +48,7 @@ pub fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
 
 fn pipe() -> Result<(i32, i32), String> {
     let mut fds = [0; 2];
-    check(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        || "pipe".into(),
-    )?;
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, || "pipe".into())?;
     Ok((fds[0], fds[1]))
 }
 
@@ -79,46 +68,20 @@ pub fn run(bundle: &Path, id: &str) -> Result<i32, String> {
     let mut oom_kills = 0;
     let result = run_to_end(bundle, id, &mut oom_kills);
     let code = result.as_ref().copied().unwrap_or(SETUP_FAILED);
-    let error = result
-        .as_ref()
-        .err()
-        .map(|e| e.replace('\n', " "))
-        .unwrap_or_default();
-    let _ = std::fs::write(
-        bundle.join(EXIT_FILE),
-        format!("{code} {oom_kills} {error}\n"),
-    );
+    let error = result.as_ref().err().map(|e| e.replace('\n', " ")).unwrap_or_default();
+    let _ = std::fs::write(bundle.join(EXIT_FILE), format!("{code} {oom_kills} {error}\n"));
     result
 }
 
 fn run_to_end(bundle: &Path, id: &str, oom_kills: &mut u64) -> Result<i32, String> {
     let config = Config::load(bundle)?;
-    let root = if config.root.path.is_absolute() {
-        config.root.path.clone()
-    } else {
-        bundle.join(&config.root.path)
-    };
-    let root = root
-        .canonicalize()
-        .map_err(|e| format!("root.path {}: {e}", root.display()))?;
-    let resources = config
-        .linux
-        .resources
-        .as_ref()
-        .filter(|r| r.memory.is_some() || r.cpu.is_some() || r.pids.is_some());
+    let root = if config.root.path.is_absolute() { config.root.path.clone() } else { bundle.join(&config.root.path) };
+    let root = root.canonicalize().map_err(|e| format!("root.path {}: {e}", root.display()))?;
+    let resources = config.linux.resources.as_ref().filter(|r| r.memory.is_some() || r.cpu.is_some() || r.pids.is_some());
     // Every container has a cgroup: its device program hangs on it.
-    let mut devices = config
-        .linux
-        .resources
-        .as_ref()
-        .map(|r| r.devices.clone())
-        .unwrap_or_default();
+    let mut devices = config.linux.resources.as_ref().map(|r| r.devices.clone()).unwrap_or_default();
     devices.extend(super::devices::default_rules());
-    let cgroups_path = config
-        .linux
-        .cgroups_path
-        .clone()
-        .unwrap_or_else(|| format!("/basalt/{id}"));
+    let cgroups_path = config.linux.cgroups_path.clone().unwrap_or_else(|| format!("/basalt/{id}"));
     let cgroup = Cgroup::create(&cgroups_path, resources, &devices)?;
     let result = start_and_wait(&config, &root, Some(&cgroup));
     *oom_kills = cgroup.oom_kills();
@@ -137,9 +100,7 @@ fn start_and_wait(config: &Config, root: &Path, cgroup: Option<&Cgroup>) -> Resu
     let (error_read, error_write) = pipe()?;
     sys::sigmask(libc::SIG_BLOCK, &[FORWARDED, &[libc::SIGCHLD]].concat());
     if config.has_namespace("pid") {
-        check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || {
-            "unsharing the PID namespace".into()
-        })?;
+        check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || "unsharing the PID namespace".into())?;
     }
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -152,11 +113,7 @@ fn start_and_wait(config: &Config, root: &Path, cgroup: Option<&Cgroup>) -> Resu
         }
         let mut go = [0u8; 1];
         let proceed = unsafe { libc::read(go_read, go.as_mut_ptr().cast(), 1) } == 1;
-        let error = if proceed {
-            child(config, root).unwrap_err()
-        } else {
-            "the runtime went away before the start".into()
-        };
+        let error = if proceed { child(config, root).unwrap_err() } else { "the runtime went away before the start".into() };
         let mut pipe = unsafe { std::fs::File::from_raw_fd(error_write) };
         let _ = pipe.write_all(error.as_bytes());
         unsafe { libc::_exit(SETUP_FAILED) };
@@ -219,100 +176,59 @@ fn child(config: &Config, root: &Path) -> Result<std::convert::Infallible, Strin
     if let Some(path) = network_path {
         let c = sys::cpath(path);
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        check(fd, || {
-            format!("linux.namespaces: network namespace {}", path.display())
-        })?;
+        check(fd, || format!("linux.namespaces: network namespace {}", path.display()))?;
         let joined = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
         unsafe { libc::close(fd) };
-        check(joined, || {
-            format!(
-                "linux.namespaces: joining the network namespace {}",
-                path.display()
-            )
-        })?;
+        check(joined, || format!("linux.namespaces: joining the network namespace {}", path.display()))?;
     }
     let mut flags = 0;
-    for (kind, flag) in [
-        ("mount", libc::CLONE_NEWNS),
-        ("uts", libc::CLONE_NEWUTS),
-        ("ipc", libc::CLONE_NEWIPC),
-        ("network", libc::CLONE_NEWNET),
-        ("cgroup", libc::CLONE_NEWCGROUP),
-    ] {
+    for (kind, flag) in [("mount", libc::CLONE_NEWNS), ("uts", libc::CLONE_NEWUTS), ("ipc", libc::CLONE_NEWIPC), ("network", libc::CLONE_NEWNET), ("cgroup", libc::CLONE_NEWCGROUP)] {
         if config.has_namespace(kind) && !(kind == "network" && network_path.is_some()) {
             flags |= flag;
         }
     }
-    check(unsafe { libc::unshare(flags) }, || {
-        "unsharing namespaces".into()
-    })?;
+    check(unsafe { libc::unshare(flags) }, || "unsharing namespaces".into())?;
     if config.has_namespace("network") && network_path.is_none() {
         loopback_up()?;
     }
     if config.has_namespace("mount") {
         // Nothing mounted for the container reaches the host, and back.
-        sys::mount(
-            "none",
-            Path::new("/"),
-            None,
-            libc::MS_REC | libc::MS_PRIVATE,
-            None,
-        )?;
+        sys::mount("none", Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
         // The root must be a mount point of its own for pivot_root.
-        sys::mount(
-            &root.to_string_lossy(),
-            root,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )?;
+        sys::mount(&root.to_string_lossy(), root, None, libc::MS_BIND | libc::MS_REC, None)?;
         for mount in &config.mounts {
             mounts::mount_one(root, mount)?;
         }
         mounts::default_devices(root)?;
+        mounts::extra_devices(root, &config.linux.devices)?;
         mounts::pivot_root(root)?;
         mounts::mask_and_protect(&config.linux.masked_paths, &config.linux.readonly_paths)?;
         if config.root.readonly {
-            sys::mount(
-                "none",
-                Path::new("/"),
-                None,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                None,
-            )?;
+            sys::mount("none", Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?;
         }
     } else {
         return Err("linux.namespaces: a container needs its own mount namespace here".into());
     }
     for (key, value) in &config.linux.sysctl {
-        sys::write_file(
-            &PathBuf::from("/proc/sys").join(key.replace('.', "/")),
-            value,
-        )?;
+        sys::write_file(&PathBuf::from("/proc/sys").join(key.replace('.', "/")), value)?;
     }
     if let Some(hostname) = &config.hostname {
         if config.has_namespace("uts") {
-            check(
-                unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) },
-                || format!("setting the host name {hostname:?}"),
-            )?;
+            check(unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) }, || format!("setting the host name {hostname:?}"))?;
         }
     }
     for limit in &config.process.rlimits {
         let resource = rlimit_resource(&limit.kind).expect("checked when loaded");
-        let value = libc::rlimit {
-            rlim_cur: limit.soft,
-            rlim_max: limit.hard,
-        };
-        check(unsafe { libc::setrlimit(resource, &value) }, || {
-            format!("process.rlimits: {}", limit.kind)
-        })?;
+        let value = libc::rlimit { rlim_cur: limit.soft, rlim_max: limit.hard };
+        check(unsafe { libc::setrlimit(resource, &value) }, || format!("process.rlimits: {}", limit.kind))?;
     }
     if let Some(adjust) = config.process.oom_score_adj {
         sys::write_file(Path::new("/proc/self/oom_score_adj"), &adjust.to_string())?;
     }
     let env: Vec<CString> = config.process.env.iter().map(|e| cstr(e)).collect();
     let program = find_program(&config.process.args[0], &config.process.env)?;
+    // Compiled while everything is still allowed; installed last.
+    let filters = config.linux.seccomp.as_ref().map(seccomp::compile).transpose()?.unwrap_or_default();
     let cwd = Path::new(&config.process.cwd);
     if !cwd.is_dir() {
         std::fs::create_dir_all(cwd).map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
@@ -320,24 +236,15 @@ fn child(config: &Config, root: &Path) -> Result<std::convert::Infallible, Strin
     become_user(config)?;
     std::env::set_current_dir(cwd).map_err(|e| format!("process.cwd {}: {e}", cwd.display()))?;
     if config.process.no_new_privileges {
-        check(
-            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-            || "setting no_new_privs".into(),
-        )?;
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, || "setting no_new_privs".into())?;
     }
     if let Some(umask) = config.process.user.umask {
         unsafe { libc::umask(umask as libc::mode_t) };
     }
     // Descriptors beyond stdio must not leak into the container.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     let args: Vec<CString> = config.process.args.iter().map(|a| cstr(a)).collect();
+    seccomp::install(&filters)?;
     exec(&program, &args, &env)
 }
 
@@ -346,34 +253,14 @@ fn child(config: &Config, root: &Path) -> Result<std::convert::Infallible, Strin
 pub fn become_user(config: &Config) -> Result<(), String> {
     let caps = config.process.capabilities.clone().unwrap_or_default();
     caps::limit_bounding(&caps.bounding)?;
-    check(
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) },
-        || "keeping capabilities across setuid".into(),
-    )?;
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) }, || "keeping capabilities across setuid".into())?;
     let user = &config.process.user;
     let groups: Vec<libc::gid_t> = user.additional_gids.clone();
-    check(
-        unsafe { libc::setgroups(groups.len(), groups.as_ptr()) },
-        || "process.user.additionalGids (setgroups)".into(),
-    )?;
-    check(
-        unsafe { libc::setresgid(user.gid, user.gid, user.gid) },
-        || format!("process.user.gid {}", user.gid),
-    )?;
-    check(
-        unsafe { libc::setresuid(user.uid, user.uid, user.uid) },
-        || format!("process.user.uid {}", user.uid),
-    )?;
-    caps::apply(
-        &caps.effective,
-        &caps.permitted,
-        &caps.inheritable,
-        &caps.ambient,
-    )?;
-    check(
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) },
-        || "clearing keepcaps".into(),
-    )
+    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) }, || "process.user.additionalGids (setgroups)".into())?;
+    check(unsafe { libc::setresgid(user.gid, user.gid, user.gid) }, || format!("process.user.gid {}", user.gid))?;
+    check(unsafe { libc::setresuid(user.uid, user.uid, user.uid) }, || format!("process.user.uid {}", user.uid))?;
+    caps::apply(&caps.effective, &caps.permitted, &caps.inheritable, &caps.ambient)?;
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) }, || "clearing keepcaps".into())
 }
 
 /// `args[0]` as exec will find it: a path, or a name looked up in the
@@ -382,10 +269,7 @@ pub fn find_program(name: &str, env: &[String]) -> Result<PathBuf, String> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(name);
         let c = sys::cpath(&candidate);
@@ -393,27 +277,17 @@ pub fn find_program(name: &str, env: &[String]) -> Result<PathBuf, String> {
             return Ok(candidate);
         }
     }
-    Err(format!(
-        "process.args[0]: {name:?} not found in the container's PATH ({path})"
-    ))
+    Err(format!("process.args[0]: {name:?} not found in the container's PATH ({path})"))
 }
 
-pub fn exec(
-    program: &Path,
-    args: &[CString],
-    env: &[CString],
-) -> Result<std::convert::Infallible, String> {
+pub fn exec(program: &Path, args: &[CString], env: &[CString]) -> Result<std::convert::Infallible, String> {
     let program_c = sys::cpath(program);
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
     unsafe { libc::execve(program_c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Err(format!(
-        "executing {}: {}",
-        program.display(),
-        std::io::Error::last_os_error()
-    ))
+    Err(format!("executing {}: {}", program.display(), std::io::Error::last_os_error()))
 }
 
 /// Brings up `lo` in a fresh network namespace.
@@ -427,11 +301,7 @@ fn loopback_up() -> Result<(), String> {
         }
         let got = libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request);
         request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        let set = if got == 0 {
-            libc::ioctl(socket, libc::SIOCSIFFLAGS, &request)
-        } else {
-            got
-        };
+        let set = if got == 0 { libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) } else { got };
         libc::close(socket);
         check(set, || "bringing up lo".into())
     }
@@ -442,13 +312,7 @@ fn loopback_up() -> Result<(), String> {
 /// config's user and capabilities, and execs. Returns the command's exit
 /// code. With `tty`, stdin is a terminal that becomes the command's
 /// controlling terminal in a session of its own (and `TERM` defaults to xterm).
-pub fn exec_in(
-    pid: i32,
-    config: &Config,
-    cgroup: Option<&Cgroup>,
-    args: &[String],
-    tty: bool,
-) -> Result<i32, String> {
+pub fn exec_in(pid: i32, config: &Config, cgroup: Option<&Cgroup>, args: &[String], tty: bool) -> Result<i32, String> {
     if let Some(cgroup) = cgroup {
         cgroup.add(std::process::id() as i32)?;
     }
@@ -465,11 +329,10 @@ pub fn exec_in(
         fds.push((kind, fd));
     }
     for (kind, fd) in fds {
-        check(unsafe { libc::setns(fd, 0) }, || {
-            format!("joining the container's {kind} namespace")
-        })?;
+        check(unsafe { libc::setns(fd, 0) }, || format!("joining the container's {kind} namespace"))?;
         unsafe { libc::close(fd) };
     }
+    let filters = config.linux.seccomp.as_ref().map(seccomp::compile).transpose()?.unwrap_or_default();
     sys::sigmask(libc::SIG_BLOCK, &[FORWARDED, &[libc::SIGCHLD]].concat());
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -480,25 +343,22 @@ pub fn exec_in(
             sys::reset_signals();
             if tty {
                 check(unsafe { libc::setsid() }, || "starting a session".into())?;
-                check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }, || {
-                    "taking the terminal as the controlling one".into()
-                })?;
+                check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }, || "taking the terminal as the controlling one".into())?;
             }
             let program = find_program(&args[0], &config.process.env)?;
             become_user(config)?;
             let cwd = Path::new(&config.process.cwd);
             std::env::set_current_dir(cwd).map_err(|e| format!("{}: {e}", cwd.display()))?;
             if config.process.no_new_privileges {
-                check(
-                    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
-                    || "setting no_new_privs".into(),
-                )?;
+                check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, || "setting no_new_privs".into())?;
             }
             let argv: Vec<CString> = args.iter().map(|a| cstr(a)).collect();
             let mut env: Vec<CString> = config.process.env.iter().map(|e| cstr(e)).collect();
             if tty && !config.process.env.iter().any(|e| e.starts_with("TERM=")) {
                 env.push(cstr("TERM=xterm"));
             }
+            // A command run in the container is under its filter too.
+            seccomp::install(&filters)?;
             exec(&program, &argv, &env)
         })()
         .unwrap_err();
