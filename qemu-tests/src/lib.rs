@@ -83,6 +83,12 @@ impl Vm {
     }
 
     pub fn boot_with(name: &str, image: &Path, adjust: impl FnOnce(&mut VmConfig)) -> Result<Vm> {
+        Self::boot_with_qemu_args(name, image, adjust, &[])
+    }
+
+    /// Like `boot_with`, with more QEMU arguments after the harness's own:
+    /// another NIC on a network of the test's own, for instance.
+    pub fn boot_with_qemu_args(name: &str, image: &Path, adjust: impl FnOnce(&mut VmConfig), qemu_args: &[String]) -> Result<Vm> {
         require_image(image)?;
         let state = tempfile::Builder::new().prefix("basalt-vm-").tempdir()?;
         let mut cfg = VmConfig::new(image, state.path());
@@ -92,6 +98,7 @@ impl Vm {
         let qmp_sock = state.path().join("qmp.sock");
         let log_path = state.path().join("serial.log");
         let mut cmd = cfg.command(basalt_vm::detect_accel());
+        cmd.args(qemu_args);
         // wait=on: QEMU does not start the guest before we listen, so no byte is lost.
         cmd.arg("-chardev").arg(format!("socket,id=ser0,path={},server=on,wait=on,logfile={}", serial_sock.display(), log_path.display()));
         cmd.args(["-serial", "chardev:ser0"]);
