@@ -18,8 +18,18 @@
 //!     oifname "basalt0" ct status dnat accept
 //!     oifname "basalt0" ct state established,related accept
 //!     oifname "basalt0" iifname != "basalt0" drop }
+//!   chain input { type filter hook input priority filter;
+//!     iifname "basalt0" ip daddr 127.0.0.0/8 ct direction original drop }
 //! }
 //! ```
+//!
+//! The input rule keeps the machine's loopback services (the store on
+//! 127.0.0.1:2379 and anything else bound there) out of the containers'
+//! reach: `route_localnet` on the bridge, needed so that 127.0.0.1 can reach
+//! a published port, would otherwise let a container (root with CAP_NET_RAW,
+//! docker's default) send packets to 127.0.0.1 of the host. Replies to the
+//! machine's own connections to published ports are in the reply direction
+//! and pass.
 //!
 //! A `host_ip` replaces `fib daddr type local` with `ip daddr HOST_IP`.
 
@@ -58,6 +68,7 @@ const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 
 const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
@@ -76,6 +87,7 @@ const NFT_META_L4PROTO: u32 = 16;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NFT_CT_STATE: u32 = 0;
+const NFT_CT_DIRECTION: u32 = 1;
 const NFT_CT_STATUS: u32 = 2;
 const NFT_NAT_DNAT: u32 = 1;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
@@ -248,7 +260,7 @@ fn batch(ruleset: Option<&Ruleset>) -> Vec<(Message, String)> {
     messages.push((table(NFT_MSG_DELTABLE, 0), format!("deleting table ip {TABLE}")));
     if let Some(r) = ruleset {
         messages.push((table(NFT_MSG_NEWTABLE, NLM_F_CREATE), format!("table ip {TABLE}")));
-        for (name, kind, hook, priority) in [("prerouting", "nat", NF_INET_PRE_ROUTING, -100), ("output", "nat", NF_INET_LOCAL_OUT, -100), ("postrouting", "nat", NF_INET_POST_ROUTING, 100), ("forward", "filter", NF_INET_FORWARD, 0)] {
+        for (name, kind, hook, priority) in [("prerouting", "nat", NF_INET_PRE_ROUTING, -100), ("output", "nat", NF_INET_LOCAL_OUT, -100), ("postrouting", "nat", NF_INET_POST_ROUTING, 100), ("forward", "filter", NF_INET_FORWARD, 0), ("input", "filter", NF_INET_LOCAL_IN, 0)] {
             messages.push((base_chain(name, kind, hook, priority), format!("chain {name} (type {kind})")));
         }
         let masquerade = || expr("masq", vec![]);
@@ -277,6 +289,12 @@ fn batch(ruleset: Option<&Ruleset>) -> Vec<(Message, String)> {
         rest.extend(interface(NFT_META_IIFNAME, &r.bridge, NFT_CMP_NEQ));
         rest.push(verdict(NF_DROP));
         messages.push((rule("forward", rest), "forward filter (drop)".into()));
+        let mut to_loopback = interface(NFT_META_IIFNAME, &r.bridge, NFT_CMP_EQ);
+        to_loopback.extend(address_in(16, &loopback, NFT_CMP_EQ));
+        // IP_CT_DIR_ORIGINAL: the container opened it.
+        to_loopback.extend([ct(NFT_CT_DIRECTION), cmp(NFT_CMP_EQ, &[0u8])]);
+        to_loopback.push(verdict(NF_DROP));
+        messages.push((rule("input", to_loopback), "input filter (containers to the machine's 127.0.0.0/8)".into()));
         for forward in &r.forwards {
             let what = format!("{}:{}/{} -> {}:{}", forward.host_ip.map(|ip| ip.to_string()).unwrap_or_default(), forward.host_port, protocol_name(forward.protocol), forward.address, forward.port);
             messages.push((rule("prerouting", dnat(forward)), format!("publishing {what}")));
@@ -331,8 +349,9 @@ mod tests {
         assert_eq!(messages[2].0.kind, (10 << 8) | NFT_MSG_DELTABLE);
         let names: Vec<&str> = messages.iter().map(|(_, n)| n.as_str()).collect();
         assert!(names.iter().any(|n| n.contains(":8080/tcp -> 10.88.0.2:80")), "{names:?}");
-        // 4 markers and table messages, 4 chains, 6 fixed rules, 2 per port.
-        assert_eq!(messages.len(), 1 + 3 + 4 + 6 + 2 + 1);
+        // 4 markers and table messages, 5 chains, 7 fixed rules, 2 per port.
+        assert_eq!(messages.len(), 1 + 3 + 5 + 7 + 2 + 1);
+        assert!(names.contains(&"input filter (containers to the machine's 127.0.0.0/8)"), "{names:?}");
         assert_eq!(batch(None).len(), 4);
     }
 }
