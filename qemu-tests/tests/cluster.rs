@@ -11,6 +11,9 @@
 //!
 //! One boot of three VMs under TCG, with etcd's timeouts for it (heartbeat
 //! 500 ms, election 5 s): every machine is small (512 MiB, one vCPU).
+//!
+//! And one boot of the default image without user data: etcd is off, and
+//! `basaltctl start etcd.service` starts etcd-member.service.
 
 use basalt_qemu_tests::{default_image, Vm};
 use std::process::Command;
@@ -173,4 +176,30 @@ fn three_machines_form_an_etcd_cluster_that_survives_its_leader() {
     for machine in survivors {
         vms[machine - 1].power_cut().unwrap();
     }
+}
+
+/// Without user data etcd does not run, and Debian's own etcd.service is
+/// not loaded; the CoreOS names start etcd-member.service, which then serves
+/// a one-member cluster on its loopback URL from its defaults.
+#[test]
+fn etcd_is_off_unless_configured_and_answers_to_its_coreos_names() {
+    let mut vm = Vm::boot_with("cluster_unconfigured", &default_image(), |c| {
+        c.memory_mib = 512;
+        c.cpus = 1;
+    })
+    .unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    let status = vm.run_ok("basaltctl status", CMD).unwrap();
+    let etcd_lines: Vec<&str> = status.lines().filter(|line| line.starts_with("etcd")).collect();
+    assert_eq!(etcd_lines.len(), 1, "only etcd-member.service, no unit of Debian's: {status}");
+    assert_eq!(etcd_lines[0].split_whitespace().take(2).collect::<Vec<_>>(), ["etcd-member.service", "inactive"], "{status}");
+    assert!(!vm.run_ok("ls /var/lib", CMD).unwrap().lines().any(|name| name == "etcd"), "etcd never ran");
+    vm.run_ok("basaltctl start etcd.service", CMD).unwrap();
+    wait_until(&mut vm, &format!("{} >/dev/null 2>&1", etcdctl_v2("set /hello world")), 120);
+    assert_eq!(vm.run_ok(&etcdctl_v2("get /hello"), CMD).unwrap(), "world\n");
+    wait_until(&mut vm, "basaltctl status | grep -q '^etcd-member.service *active'", 30);
+    assert_eq!(vm.run_ok("stat -c '%a' /var/lib/etcd", CMD).unwrap(), "700\n");
+    vm.run_ok("basaltctl stop etcd2.service", CMD).unwrap();
+    wait_until(&mut vm, "basaltctl status | grep -q '^etcd-member.service *inactive'", 60);
+    vm.power_cut().unwrap();
 }
