@@ -206,6 +206,35 @@ impl Vm {
         Ok((status, without_console_noise(output)))
     }
 
+    /// Whether a shell answers on the console: types a command line and
+    /// waits up to `wait` for its output or a `# ` prompt after it. The
+    /// terminal's echo of the typed line is neither (the quotes keep the
+    /// marker out of it), so a console nobody reads from answers nothing.
+    /// Consumes nothing of what later waits see.
+    pub fn shell_answers(&mut self, wait: Duration) -> Result<bool> {
+        self.next_marker += 1;
+        let marker = format!("PROBE{}\n", self.next_marker);
+        let from = self.console.0.lock().unwrap().bytes.len();
+        self.serial.write_all(format!("echo PROBE\"\"{}\n", self.next_marker).as_bytes())?;
+        let deadline = Instant::now() + wait;
+        let (lock, cond) = &*self.console;
+        let mut console = lock.lock().unwrap();
+        loop {
+            let text = String::from_utf8_lossy(&console.bytes[from..]).into_owned();
+            if text.contains(&marker) || text.contains("\n# ") {
+                return Ok(true);
+            }
+            if let Some(p) = FAILURE_PATTERNS.iter().find(|p| text.contains(*p)) {
+                bail!("console shows a failure ({p})\n{}", self.log_hint());
+            }
+            let now = Instant::now();
+            if now >= deadline || console.closed {
+                return Ok(false);
+            }
+            console = cond.wait_timeout(console, deadline - now).unwrap().0;
+        }
+    }
+
     /// Like `run`, but the command must succeed.
     pub fn run_ok(&mut self, command: &str, timeout: Duration) -> Result<String> {
         let (status, out) = self.run(command, timeout)?;
@@ -293,15 +322,6 @@ pub fn without_console_noise(text: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn console_noise_is_dropped_and_output_kept() {
-        let t = "usr\n[network.service] udhcpc: lease\n[   12.345678] virtio_net up\nbasalt: blessed\n[x] stays\n";
-        assert_eq!(super::without_console_noise(t), "usr\n[x] stays\n");
-    }
-}
-
 fn pump(mut from: UnixStream, sink: Arc<(Mutex<Console>, Condvar)>) {
     let mut buf = [0u8; 4096];
     loop {
@@ -330,5 +350,14 @@ impl Drop for Vm {
                 eprintln!("serial console of {} kept in {}", self.name, kept.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_noise_is_dropped_and_output_kept() {
+        let t = "usr\n[network.service] udhcpc: lease\n[   12.345678] virtio_net up\nbasalt: blessed\n[x] stays\n";
+        assert_eq!(super::without_console_noise(t), "usr\n[x] stays\n");
     }
 }

@@ -1,5 +1,7 @@
 //! The image boots under OVMF to `basalt: ready`, /usr is read-only and
-//! verity-backed, a flipped byte in USR-A is caught, and poweroff ends QEMU.
+//! verity-backed, a flipped byte in USR-A is caught, and poweroff ends QEMU;
+//! its console shell is there only when the hypervisor sets the fw_cfg entry
+//! (as the harness and `basalt run` do), not when booted as EC2 would.
 
 use basalt_qemu_tests::{default_image, image, Vm};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -18,6 +20,11 @@ fn boots_to_ready_with_verity_usr_and_powers_off() {
     let mut vm = Vm::boot("boots_to_ready", &default_image()).unwrap();
     let (version, slot) = vm.wait_ready(BOOT).unwrap();
     assert_eq!((version.as_str(), slot.as_str()), (spec_version().as_str(), "A"));
+    // The harness sets fw_cfg opt/org.basalt/console-shell=1: the default
+    // image (console_shell: hypervisor) offers its shell, and the probe that
+    // finds none below finds this one.
+    assert!(vm.console_text().contains("basalt: console shell: on (basalt.console_shell=hypervisor: the hypervisor set fw_cfg opt/org.basalt/console-shell)"), "{}", vm.console_text());
+    assert!(vm.shell_answers(CMD).unwrap(), "no shell answered on the console although the fw_cfg entry is set");
 
     // /usr is the dm device, squashfs, read-only.
     let mounts = vm.run_ok("cat /proc/mounts", CMD).unwrap();
@@ -46,6 +53,26 @@ fn boots_to_ready_with_verity_usr_and_powers_off() {
     vm.wait_for("powering off", CMD).unwrap();
     let status = vm.wait_exit(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "QEMU exited with {status}");
+}
+
+/// Booted without the fw_cfg entry, as on EC2 or hardware, the default image
+/// comes up but nothing on its serial console answers: no shell, no prompt.
+#[test]
+fn without_the_fw_cfg_entry_the_console_has_no_shell() {
+    let mut vm = Vm::boot_with("no_console_shell", &default_image(), |c| c.console_shell = false).unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    // A shell, had one started, answers within a second or two even under TCG.
+    assert!(!vm.shell_answers(Duration::from_secs(20)).unwrap(), "a shell answered on the console:\n{}", vm.console_text());
+    assert!(vm.console_text().contains("basalt: console shell: off (basalt.console_shell=hypervisor: only when the hypervisor sets fw_cfg opt/org.basalt/console-shell=1)"), "{}", vm.console_text());
+    let after_ready = vm.console_text().split_once("basalt: ready").unwrap().1.to_string();
+    assert!(!after_ready.lines().any(|l| l.starts_with("# ") || l == "#"), "a shell prompt on the console:\n{after_ready}");
+    // The machine is up all the same: its services run and log to the console.
+    let deadline = std::time::Instant::now() + BOOT;
+    while !vm.console_text().contains("[sshd.service]") {
+        assert!(std::time::Instant::now() < deadline, "sshd.service never said anything:\n{}", vm.console_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    vm.power_cut().unwrap();
 }
 
 /// Flips one byte inside USR-A's squashfs on a copy of the image and reads
