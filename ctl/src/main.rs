@@ -38,6 +38,7 @@ fn main() {
         ["images", rest @ ..] => runtime::images(rest),
         ["run", rest @ ..] => runtime::run(rest),
         ["ps"] => runtime::ps(),
+        ["inspect", name] => runtime::inspect(name),
         ["exec", rest @ ..] => runtime::exec(rest),
         ["rm", rest @ ..] => runtime::rm(rest),
         ["restart", n] => simple(Request::Restart(unit_name(n))),

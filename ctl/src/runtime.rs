@@ -20,7 +20,8 @@ pub const USAGE: &str = "containers (basalt-runtime.service):
       IMAGE [ARGS...]
       (default: a private bridge network, docker's capabilities, the default
       devices only, the default seccomp profile; anything wider is named)
-  ps                  containers: state, pid, restarts, last exit
+  ps                  containers: state, pid, restarts, last exit, what each was granted
+  inspect NAME        its declaration, capabilities, seccomp profile and device rules (JSON)
   exec [-i] [-t] NAME CMD...   run CMD in a running container (-i: stdin too, -t: a terminal)
   rm [-f] NAME        remove a container (-f: stop it first)
   start|stop|logs NAME   act on the container NAME if the runtime has one, else on the unit";
@@ -195,11 +196,26 @@ pub fn ps() -> Result<(), String> {
     outcome
 }
 
+/// The declaration, the capabilities, seccomp profile and device rules it
+/// gets, and its state, as JSON.
+pub fn inspect(name: &str) -> Result<(), String> {
+    let mut outcome = Err("no answer from the runtime agent".to_string());
+    call(&Request::Inspect { name: name.to_string() }, |reply| match reply {
+        Reply::Inspect(inspection) => {
+            println!("{}", serde_json::to_string_pretty(&inspection).expect("serialises"));
+            outcome = Ok(());
+        }
+        Reply::Error(e) => outcome = Err(e),
+        other => outcome = Err(format!("unexpected answer {other:?}")),
+    })?;
+    outcome
+}
+
 fn print_ps(list: &[ContainerStatus]) {
-    println!("{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15}  {}", "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "EXIT", "ADDRESS", "DETAIL");
+    println!("{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15} {:<10}  {}", "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "EXIT", "ADDRESS", "GRANTED", "DETAIL");
     for c in list {
         println!(
-            "{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15}  {}",
+            "{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15} {:<10}  {}",
             c.name,
             c.image,
             c.state,
@@ -207,6 +223,7 @@ fn print_ps(list: &[ContainerStatus]) {
             c.restarts,
             c.exit_code.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             c.address.as_deref().unwrap_or("-"),
+            c.granted,
             c.detail
         );
     }

@@ -269,6 +269,45 @@ containers:
     let (code, out) = vm.run(&format!("basaltctl images rm {reference}"), CMD).unwrap();
     assert!(code != 0 && out.contains("used by"), "{out}");
 
+    // Escape probes: a container started the default way (root, docker's
+    // capabilities with CAP_MKNOD, the default network) tries to reach the
+    // machine's disk, a partition, mount, sysrq and the store, and is refused
+    // each time; the same probes with --privileged and --net host show the
+    // opt-ins work, so the probes can fail. The OEM partition (vda6) is the
+    // one written to; its bytes must not change.
+    let disk = vm.run_ok("cat /sys/block/vda/dev", CMD).unwrap().trim().replace(':', " ");
+    let oem = vm.run_ok("cat /sys/block/vda/vda6/dev", CMD).unwrap().trim().replace(':', " ");
+    let oem_before = vm.run_ok("sha256sum /dev/vda6", CMD).unwrap();
+    let probes = |write: bool| {
+        let write_part = if write { format!("mknod /dev/probe-part b {oem} && echo x | dd of=/dev/probe-part conv=notrunc 2>/dev/null && echo PART-WRITTEN; ") } else { String::new() };
+        format!(
+            "grep ^Seccomp: /proc/self/status; mknod /dev/probe-disk b {disk} && head -c 1024 /dev/probe-disk | grep -q \"EFI PART\" && echo DISK-READ; {write_part}\
+             mkdir -p /mnt && mount -t tmpfs none /mnt && echo MOUNTED; echo h > /proc/sysrq-trigger && echo SYSRQ; \
+             printf \"GET /version HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 $STORE | grep -q HTTP/1 && echo STORE-REACHED; echo probes-done"
+        )
+    };
+    vm.run_ok(&format!("basaltctl run --name probe --restart never -e \"STORE=10.88.0.1 2379\" {reference} sh -c '{}'", probes(true)), CMD).unwrap();
+    wait_output(&mut vm, "basaltctl ps | grep ^probe", "exited", Duration::from_secs(90));
+    let log = vm.run_ok("basaltctl logs probe", CMD).unwrap();
+    assert!(log.contains("probes-done") && log.contains("Seccomp:\t2"), "the probe ran under seccomp: {log}");
+    for escaped in ["DISK-READ", "PART-WRITTEN", "MOUNTED", "SYSRQ", "STORE-REACHED"] {
+        assert!(!log.contains(escaped), "a default container got {escaped}: {log}");
+    }
+    assert_eq!(vm.run_ok("sha256sum /dev/vda6", CMD).unwrap(), oem_before, "the host partition is unchanged");
+    vm.run_ok("basaltctl rm probe", CMD).unwrap();
+    // Granted by name: the same probes (reading only) succeed.
+    vm.run_ok(&format!("basaltctl run --name probe --restart never --privileged --net host -e \"STORE=127.0.0.1 2379\" {reference} sh -c '{}'", probes(false)), CMD).unwrap();
+    wait_output(&mut vm, "basaltctl ps | grep ^probe", "exited", Duration::from_secs(90));
+    let log = vm.run_ok("basaltctl logs probe", CMD).unwrap();
+    assert!(log.contains("Seccomp:\t0"), "privileged: no filter: {log}");
+    for granted in ["DISK-READ", "MOUNTED", "SYSRQ", "STORE-REACHED", "probes-done"] {
+        assert!(log.contains(granted), "--privileged --net host should give {granted}: {log}");
+    }
+    assert!(ps_line(&mut vm, "probe").contains("privileged, net host"), "ps shows what was granted");
+    let inspected = vm.run_ok("basaltctl inspect probe", CMD).unwrap();
+    assert!(inspected.contains("\"seccomp\": \"unconfined\"") && inspected.contains("CAP_SYS_ADMIN"), "{inspected}");
+    vm.run_ok("basaltctl rm probe", CMD).unwrap();
+
     // After a reboot: web runs again with its limits; hog stays down.
     vm.send("basaltctl reboot").unwrap();
     vm.wait_ready(BOOT).unwrap();

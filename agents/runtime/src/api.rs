@@ -20,6 +20,9 @@ pub enum Request {
     Pull { reference: String },
     RemoveImage { reference: String },
     Prune,
+    Inspect {
+        name: String,
+    },
     Run { spec: ContainerSpec },
     Start { name: String },
     Stop { name: String },
@@ -64,6 +67,22 @@ pub struct ContainerStatus {
     /// The container's address on the bridge network while it runs there.
     #[serde(default)]
     pub address: Option<String>,
+    /// What it was granted beyond the defaults (`ContainerSpec::grants`).
+    #[serde(default)]
+    pub granted: String,
+}
+
+/// `inspect`: the declaration and what the runtime makes of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inspection {
+    pub spec: ContainerSpec,
+    pub status: ContainerStatus,
+    /// The bounding set the container's processes get.
+    pub capabilities: Vec<String>,
+    /// default, unconfined or a profile's path.
+    pub seccomp: String,
+    /// Device rules beyond the OCI default devices.
+    pub device_rules: Vec<crate::linux::devices::DeviceRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +102,7 @@ pub enum Reply {
     Error(String),
     Containers(Vec<ContainerStatus>),
     Images(Vec<ImageInfo>),
+    Inspect(Box<Inspection>),
     /// Output of `exec`: stream 1 or 2, bytes in base64.
     Output { stream: u8, data: String },
     /// `exec` finished with this code.

@@ -129,6 +129,33 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl ContainerSpec {
+    /// What the container was granted beyond the defaults, for `ps`:
+    /// "default", or e.g. "privileged, net host" or "cap +NET_ADMIN -MKNOD, device /dev/fuse, seccomp unconfined".
+    pub fn grants(&self) -> String {
+        let mut grants = Vec::new();
+        if self.privileged {
+            grants.push("privileged".to_string());
+        }
+        if self.network == "host" {
+            grants.push("net host".to_string());
+        }
+        let caps: Vec<String> = self.cap_add.iter().map(|c| format!("+{c}")).chain(self.cap_drop.iter().map(|c| format!("-{c}"))).collect();
+        if !caps.is_empty() {
+            grants.push(format!("cap {}", caps.join(" ")));
+        }
+        for device in &self.devices {
+            grants.push(format!("device {device}"));
+        }
+        if let Some(seccomp) = self.seccomp.as_deref().filter(|s| *s != crate::seccomp::DEFAULT) {
+            grants.push(format!("seccomp {seccomp}"));
+        }
+        if grants.is_empty() {
+            "default".into()
+        } else {
+            grants.join(", ")
+        }
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<ContainerSpec, String> {
         let spec: ContainerSpec = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         spec.check()?;
@@ -205,6 +232,25 @@ mod tests {
         let spec = ContainerSpec::parse(FROM_CLOUD_CONFIG.as_bytes()).unwrap();
         assert_eq!(spec.memory_bytes, Some(128 << 20));
         assert_eq!(spec.volumes[0].target, "/usr/share/nginx/html");
+    }
+
+    #[test]
+    fn grants_beyond_the_defaults_are_summed_up() {
+        let mut spec = ContainerSpec::parse(FROM_CLOUD_CONFIG.replace("\"network\": \"host\",", "").as_bytes()).unwrap();
+        assert_eq!((spec.network.as_str(), spec.grants().as_str()), ("bridge", "default"), "no network named: a private one");
+        spec.network = "host".into();
+        spec.privileged = true;
+        spec.cap_add = vec!["NET_ADMIN".into()];
+        spec.cap_drop = vec!["MKNOD".into()];
+        spec.devices = vec!["/dev/fuse".into()];
+        spec.seccomp = Some("unconfined".into());
+        assert_eq!(spec.grants(), "privileged, net host, cap +NET_ADMIN -MKNOD, device /dev/fuse, seccomp unconfined");
+        assert!(spec.check().is_ok());
+        spec.cap_add = vec!["WIZARDRY".into()];
+        assert_eq!(spec.check().unwrap_err(), "cap_add: \"WIZARDRY\" is not a capability");
+        spec.cap_add = vec![];
+        spec.devices = vec!["/dev/../etc/shadow".into()];
+        assert!(spec.check().unwrap_err().contains("is not a path below /dev"));
     }
 
     #[test]

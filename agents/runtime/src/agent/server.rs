@@ -59,6 +59,7 @@ fn handle(agent: &Arc<Agent>, stream: &mut UnixStream) -> Reply {
     };
     let result = match request {
         Request::Ps => return Reply::Containers(agent.containers.lock().unwrap().values().map(|s| s.status()).collect()),
+        Request::Inspect { name } => return inspect(agent, &name).map(|i| Reply::Inspect(Box::new(i))).unwrap_or_else(Reply::Error),
         Request::Images => return images_list(agent).map(Reply::Images).unwrap_or_else(Reply::Error),
         Request::Pull { reference } => {
             let store = agent.store.lock().unwrap();
@@ -154,4 +155,13 @@ fn run(agent: &Arc<Agent>, mut spec: crate::spec::ContainerSpec) -> Result<Strin
     agent.adopt(record);
     say(&format!("{name}: created by basaltctl run"));
     Ok(format!("started {name}"))
+}
+
+fn inspect(agent: &Arc<Agent>, name: &str) -> Result<crate::api::Inspection, String> {
+    let supervised = agent.containers.lock().unwrap().get(name).cloned().ok_or_else(|| format!("no container {name:?}"))?;
+    let spec = supervised.record().spec;
+    let capabilities = crate::bundle::capabilities_of(&spec)?;
+    let (device_rules, _) = crate::bundle::devices_of(&spec)?;
+    let seccomp = spec.seccomp.clone().unwrap_or_else(|| if spec.privileged { crate::seccomp::UNCONFINED.into() } else { crate::seccomp::DEFAULT.into() });
+    Ok(crate::api::Inspection { status: supervised.status(), spec, capabilities, seccomp, device_rules })
 }

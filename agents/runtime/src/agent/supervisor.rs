@@ -64,6 +64,7 @@ impl Supervised {
             oom_kills: 0,
             detail: String::new(),
             address: None,
+            granted: String::new(),
         };
         let supervised = Arc::new(Supervised { record: Mutex::new(record), status: Mutex::new(status), commands: Mutex::new(sender), thread: Mutex::new(None) });
         let worker = supervised.clone();
@@ -77,7 +78,9 @@ impl Supervised {
     }
 
     pub fn status(&self) -> ContainerStatus {
-        self.status.lock().unwrap().clone()
+        let mut status = self.status.lock().unwrap().clone();
+        status.granted = self.record().spec.grants();
+        status
     }
 
     pub fn is_active(&self) -> bool {
