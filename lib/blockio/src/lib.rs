@@ -137,12 +137,7 @@ impl Drop for Block {
 /// None where that is refused (tmpfs, some filesystems). Opened through
 /// /proc/self/fd: the very file already open, whatever its path names now.
 pub fn open_direct(f: &File, write: bool) -> Option<File> {
-    OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-        .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
-        .ok()
+    OpenOptions::new().read(!write).write(write).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC).open(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
 }
 
 /// Writes `data` at `offset` through `direct` (an O_DIRECT descriptor) when
@@ -183,7 +178,6 @@ impl MediumReader {
         let end = file.seek(SeekFrom::End(0))?;
         Ok(MediumReader { file, block: Pool::default().take(), at: 0, pos: 0, end })
     }
-
 }
 
 impl Read for MediumReader {
@@ -223,7 +217,11 @@ impl Seek for MediumReader {
         } else {
             // Refill from the aligned offset at or below the target.
             let base = target - target % ALIGN as u64;
-            let n = if base < self.end { self.block.fill_at(&self.file, ((self.end - base).min(CHUNK as u64) as usize).next_multiple_of(ALIGN), base)? } else { self.block.fill_at(&self.file, 0, base)? };
+            let n = if base < self.end {
+                self.block.fill_at(&self.file, ((self.end - base).min(CHUNK as u64) as usize).next_multiple_of(ALIGN), base)?
+            } else {
+                self.block.fill_at(&self.file, 0, base)?
+            };
             self.at = base;
             self.pos = ((target - base) as usize).min(n);
         }

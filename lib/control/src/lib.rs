@@ -106,14 +106,7 @@ impl Status {
             clean(&self.health)
         );
         for u in &self.units {
-            out.push_str(&format!(
-                "unit\t{}\t{}\t{}\t{}\t{}\n",
-                u.name,
-                u.state,
-                u.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                u.restarts,
-                clean(&u.detail)
-            ));
+            out.push_str(&format!("unit\t{}\t{}\t{}\t{}\t{}\n", u.name, u.state, u.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()), u.restarts, clean(&u.detail)));
         }
         out
     }

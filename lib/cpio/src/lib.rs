@@ -45,10 +45,7 @@ impl<W: Write> CpioWriter<W> {
         let size = u32::try_from(data.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: larger than 4 GiB")))?;
         let ino = self.next_ino;
         self.next_ino += 1;
-        let header = format!(
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            ino, mode, 0, 0, nlink, self.mtime, size, 0, 0, rmajor, rminor, name.len() + 1, 0
-        );
+        let header = format!("070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}", ino, mode, 0, 0, nlink, self.mtime, size, 0, 0, rmajor, rminor, name.len() + 1, 0);
         self.put(header.as_bytes())?;
         self.put(name.as_bytes())?;
         self.put(&[0])?;

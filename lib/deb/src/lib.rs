@@ -49,10 +49,7 @@ fn ar_members(bytes: &[u8]) -> Result<Vec<ArMember<'_>>, String> {
             return Err(format!("bad ar header at byte {pos}"));
         }
         let name = String::from_utf8_lossy(&header[0..16]).trim_end().trim_end_matches('/').to_string();
-        let size: usize = std::str::from_utf8(&header[48..58])
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("bad size in ar member {name}"))?;
+        let size: usize = std::str::from_utf8(&header[48..58]).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| format!("bad size in ar member {name}"))?;
         let start = pos + 60;
         let data = bytes.get(start..start + size).ok_or_else(|| format!("ar member {name} is truncated"))?;
         members.push(ArMember { name, data });

@@ -74,14 +74,7 @@ impl Envelope {
 
     /// Checks the type and that at least `threshold` distinct keys among
     /// `allowed` signed the body; returns the body.
-    pub fn verify(
-        &self,
-        expected_type: &str,
-        role: &str,
-        keys: &BTreeMap<KeyId, PublicKey>,
-        allowed: &[KeyId],
-        threshold: usize,
-    ) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn verify(&self, expected_type: &str, role: &str, keys: &BTreeMap<KeyId, PublicKey>, allowed: &[KeyId], threshold: usize) -> Result<Vec<u8>, EnvelopeError> {
         if self.payload_type != expected_type {
             return Err(EnvelopeError::WrongType { found: self.payload_type.clone(), expected: expected_type.to_string() });
         }

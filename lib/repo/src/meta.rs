@@ -130,11 +130,8 @@ pub fn check_channel_name(name: &str) -> Result<(), String> {
 
 /// Repository paths: relative, no `..`, no surprises in a URL.
 pub fn check_path(doc: &str, p: &str) -> Result<(), MetaError> {
-    let ok = !p.is_empty()
-        && p.len() <= 255
-        && !p.starts_with('/')
-        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+/".contains(&b));
+    let ok =
+        !p.is_empty() && p.len() <= 255 && !p.starts_with('/') && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..") && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+/".contains(&b));
     if ok {
         Ok(())
     } else {

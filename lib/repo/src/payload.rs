@@ -218,7 +218,9 @@ pub fn check_reference(from: &DeltaFrom, reference: &Reference) -> Result<(), Pa
         if want != got {
             return Err(PayloadError::Reference(format!(
                 "this machine's {what} ({} bytes, sha256 {}) is not the one of version {} the delta was made from",
-                got.bytes, &got.sha256[..12], from.version
+                got.bytes,
+                &got.sha256[..12],
+                from.version
             )));
         }
     }

@@ -75,9 +75,7 @@ impl Trusted {
         let doc = format!("root v{}", self.root.version + 1);
         let env = open(bytes, &doc)?;
         let (keys, ids) = self.root.keyring(&self.root.roles.root);
-        let body = env
-            .verify(ROOT_TYPE, &format!("root v{}", self.root.version), &keys, &ids, self.root.roles.root.threshold)
-            .map_err(|source| TrustError::Signature { doc: doc.clone(), source })?;
+        let body = env.verify(ROOT_TYPE, &format!("root v{}", self.root.version), &keys, &ids, self.root.roles.root.threshold).map_err(|source| TrustError::Signature { doc: doc.clone(), source })?;
         let next = Root::parse(&body)?;
         if next.version != self.root.version + 1 {
             return Err(TrustError::RootVersion { doc: next.doc(), found: next.version, expected: self.root.version + 1 });

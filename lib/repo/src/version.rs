@@ -19,7 +19,8 @@ impl Version {
             Some(_) => return Err(bad()),
             None => (s, None),
         };
-        let numbers = main.split('.').map(|n| if n.is_empty() || n.len() > 18 || !n.bytes().all(|b| b.is_ascii_digit()) { Err(bad()) } else { Ok(n.parse().unwrap()) }).collect::<Result<Vec<u64>, _>>()?;
+        let numbers =
+            main.split('.').map(|n| if n.is_empty() || n.len() > 18 || !n.bytes().all(|b| b.is_ascii_digit()) { Err(bad()) } else { Ok(n.parse().unwrap()) }).collect::<Result<Vec<u64>, _>>()?;
         Ok(Version { numbers, pre, text: s.to_string() })
     }
 

@@ -128,9 +128,8 @@ impl Drop for MountedEsp {
 
 /// The UKIs in an `EFI/Linux` directory, sorted by file name.
 pub fn list(linux_dir: &Path) -> Vec<(String, UkiName)> {
-    let mut v: Vec<(String, UkiName)> = fs::read_dir(linux_dir)
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter_map(|n| UkiName::parse(&n).map(|u| (n, u))).collect())
-        .unwrap_or_default();
+    let mut v: Vec<(String, UkiName)> =
+        fs::read_dir(linux_dir).map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter_map(|n| UkiName::parse(&n).map(|u| (n, u))).collect()).unwrap_or_default();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }

@@ -311,24 +311,18 @@ impl Client {
 }
 
 fn is_stale(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionAborted
-    )
+    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionAborted)
 }
 
 /// Turn an answer into an event, or the etcd error it carries.
 pub fn parse_keys_response(raw: &RawResponse) -> Result<Response, ClientError> {
     let index = raw.etcd_index().unwrap_or(0);
     if raw.status >= 400 {
-        let body: ErrorBody = serde_json::from_slice(&raw.body)
-            .map_err(|_| ClientError::Protocol(format!("HTTP {}: {}", raw.status, raw.text().trim())))?;
-        let code = ErrorCode::from_number(body.error_code)
-            .ok_or_else(|| ClientError::Protocol(format!("unknown error code {}: {}", body.error_code, body.message)))?;
+        let body: ErrorBody = serde_json::from_slice(&raw.body).map_err(|_| ClientError::Protocol(format!("HTTP {}: {}", raw.status, raw.text().trim())))?;
+        let code = ErrorCode::from_number(body.error_code).ok_or_else(|| ClientError::Protocol(format!("unknown error code {}: {}", body.error_code, body.message)))?;
         return Err(ClientError::Etcd(EtcdError::new(code, body.cause, body.index)));
     }
-    let event: Event = serde_json::from_slice(&raw.body)
-        .map_err(|e| ClientError::Protocol(format!("HTTP {}: {e}: {}", raw.status, raw.text().trim())))?;
+    let event: Event = serde_json::from_slice(&raw.body).map_err(|e| ClientError::Protocol(format!("HTTP {}: {e}: {}", raw.status, raw.text().trim())))?;
     Ok(Response { status: raw.status, etcd_index: index, event })
 }
 

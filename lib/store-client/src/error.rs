@@ -62,9 +62,22 @@ impl ErrorCode {
     pub fn from_number(code: u32) -> Option<ErrorCode> {
         use ErrorCode::*;
         [
-            KeyNotFound, TestFailed, NotFile, NotDir, NodeExist, RootReadOnly, DirNotEmpty,
-            PrevValueRequired, TtlNaN, IndexNaN, InvalidField, InvalidForm, RefreshValue,
-            RefreshTtlRequired, Internal, EventIndexCleared,
+            KeyNotFound,
+            TestFailed,
+            NotFile,
+            NotDir,
+            NodeExist,
+            RootReadOnly,
+            DirNotEmpty,
+            PrevValueRequired,
+            TtlNaN,
+            IndexNaN,
+            InvalidField,
+            InvalidForm,
+            RefreshValue,
+            RefreshTtlRequired,
+            Internal,
+            EventIndexCleared,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -88,12 +101,7 @@ impl EtcdError {
 
     /// The JSON body etcd sends: `{"errorCode":100,"message":"Key not found","cause":"/foo","index":7}`.
     pub fn to_json(&self) -> String {
-        let body = ErrorBody {
-            error_code: self.code as u32,
-            message: self.code.message().to_string(),
-            cause: self.cause.clone(),
-            index: self.index,
-        };
+        let body = ErrorBody { error_code: self.code as u32, message: self.code.message().to_string(), cause: self.cause.clone(), index: self.index };
         serde_json::to_string(&body).expect("error body serialises")
     }
 }

@@ -73,18 +73,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(action: Action, key: &str, modified_index: u64, created_index: u64) -> Event {
-        Event {
-            action,
-            node: NodeView {
-                key: display_key(key),
-                modified_index,
-                created_index,
-                ..NodeView::default()
-            },
-            prev_node: None,
-            etcd_index: 0,
-            refresh: false,
-        }
+        Event { action, node: NodeView { key: display_key(key), modified_index, created_index, ..NodeView::default() }, prev_node: None, etcd_index: 0, refresh: false }
     }
 
     /// The index this event happened at.

@@ -68,15 +68,7 @@ fn layout(pe: &[u8]) -> Result<Layout, PeError> {
     if u16_at(pe, opt)? != 0x20b {
         return Err(PeError::Format("optional header is not PE32+".into()));
     }
-    let l = Layout {
-        coff,
-        opt,
-        sections: opt + opt_size,
-        count,
-        section_align: u32_at(pe, opt + 32)?,
-        file_align: u32_at(pe, opt + 36)?,
-        size_of_headers: u32_at(pe, opt + 60)?,
-    };
+    let l = Layout { coff, opt, sections: opt + opt_size, count, section_align: u32_at(pe, opt + 32)?, file_align: u32_at(pe, opt + 36)?, size_of_headers: u32_at(pe, opt + 60)? };
     if l.section_align == 0 || l.file_align == 0 {
         return Err(PeError::Format("zero alignment".into()));
     }

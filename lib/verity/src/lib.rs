@@ -165,12 +165,7 @@ pub fn read_superblock(block: &[u8]) -> Result<(u64, Vec<u8>, [u8; 16]), VerityE
 /// Computes the hash tree over the first `data_size` bytes of `dev` and
 /// writes superblock and tree right after them (at `data_size`), the layout of
 /// `veritysetup format --hash-offset=<data_size> DEV DEV`.
-pub fn format<F: Read + Write + Seek>(
-    dev: &mut F,
-    data_size: u64,
-    salt: &[u8],
-    uuid: [u8; 16],
-) -> Result<VerityParams, VerityError> {
+pub fn format<F: Read + Write + Seek>(dev: &mut F, data_size: u64, salt: &[u8], uuid: [u8; 16]) -> Result<VerityParams, VerityError> {
     if data_size == 0 {
         return Err(VerityError::Empty);
     }
@@ -192,11 +187,7 @@ pub fn format<F: Read + Write + Seek>(
 
 /// Hashes `data_blocks` blocks from the start of `dev` and returns the tree
 /// levels (top first) and the root hash.
-fn compute_tree<R: Read + Seek>(
-    dev: &mut R,
-    data_blocks: u64,
-    salt: &[u8],
-) -> Result<(Vec<Vec<u8>>, [u8; 32]), VerityError> {
+fn compute_tree<R: Read + Seek>(dev: &mut R, data_blocks: u64, salt: &[u8]) -> Result<(Vec<Vec<u8>>, [u8; 32]), VerityError> {
     dev.seek(SeekFrom::Start(0))?;
     let mut reader = io::BufReader::with_capacity(1 << 20, dev);
     let mut tree = TreeHasher::new(data_blocks, salt);
@@ -413,13 +404,7 @@ mod tests {
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains(&p.root_hash_hex()), "veritysetup printed {text}, we computed {}", p.root_hash_hex());
             assert_eq!(std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap(), "hash area differs for {blocks} blocks");
-            let out = Command::new("veritysetup")
-                .args(["verify", "--hash-offset", &(blocks * BLOCK_SIZE).to_string()])
-                .arg(&ours)
-                .arg(&ours)
-                .arg(p.root_hash_hex())
-                .output()
-                .unwrap();
+            let out = Command::new("veritysetup").args(["verify", "--hash-offset", &(blocks * BLOCK_SIZE).to_string()]).arg(&ours).arg(&ours).arg(p.root_hash_hex()).output().unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
     }
