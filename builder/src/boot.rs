@@ -41,17 +41,12 @@ pub fn initramfs(init: &[u8], kver: &str, modules: &ModuleSet, wanted: &[String]
 }
 
 pub fn os_release(name: &str, version: &str) -> String {
-    format!(
-        "NAME=basalt\nID=basalt\nPRETTY_NAME=\"basalt {version}\"\nVERSION_ID={version}\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nHOME_URL=\"https://github.com/basalt-os/basalt\"\n"
-    )
+    format!("NAME=basalt\nID=basalt\nPRETTY_NAME=\"basalt {version}\"\nVERSION_ID={version}\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nHOME_URL=\"https://github.com/basalt-os/basalt\"\n")
 }
 
 pub fn uki(stub: &[u8], os_release: &str, cmdline: &str, initrd: &[u8], kernel: &[u8]) -> Result<Vec<u8>> {
     // .linux last: older stubs find the kernel most reliably there.
-    Ok(basalt_uki::append_sections(
-        stub,
-        &[(".osrel", os_release.as_bytes()), (".cmdline", cmdline.as_bytes()), (".initrd", initrd), (".linux", kernel)],
-    )?)
+    Ok(basalt_uki::append_sections(stub, &[(".osrel", os_release.as_bytes()), (".cmdline", cmdline.as_bytes()), (".initrd", initrd), (".linux", kernel)])?)
 }
 
 /// Fixed timestamps for FAT entries, so ESP and OEM are reproducible.
@@ -70,10 +65,7 @@ impl fatfs::TimeProvider for FixedTime {
 fn fat_time(epoch: u64) -> fatfs::DateTime {
     let c = crate::civil::civil(epoch);
     let year = c.year.clamp(1980, 2107) as u16;
-    fatfs::DateTime {
-        date: fatfs::Date { year, month: c.month as u16, day: c.day as u16 },
-        time: fatfs::Time { hour: c.hour as u16, min: c.minute as u16, sec: c.second as u16, millis: 0 },
-    }
+    fatfs::DateTime { date: fatfs::Date { year, month: c.month as u16, day: c.day as u16 }, time: fatfs::Time { hour: c.hour as u16, min: c.minute as u16, sec: c.second as u16, millis: 0 } }
 }
 
 /// Formats `path` (already `bytes` long) as FAT32 and writes `files` into it.
@@ -85,11 +77,8 @@ pub fn fat32(path: &Path, bytes: u64, label: &str, volume_id: u32, epoch: u64, f
     // 2 KiB clusters keep even a 64 MiB partition above FAT32's 65,525-cluster minimum.
     let cluster = if bytes >= 256 << 20 { 2048 } else { 512 };
     let mut stream = fscommon::BufStream::new(file);
-    fatfs::format_volume(
-        &mut stream,
-        fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat32).bytes_per_cluster(cluster).volume_label(label11).volume_id(volume_id),
-    )
-    .with_context(|| format!("formatting {label} as FAT32"))?;
+    fatfs::format_volume(&mut stream, fatfs::FormatVolumeOptions::new().fat_type(fatfs::FatType::Fat32).bytes_per_cluster(cluster).volume_label(label11).volume_id(volume_id))
+        .with_context(|| format!("formatting {label} as FAT32"))?;
     stream.seek(SeekFrom::Start(0))?;
     let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
     let fs = fatfs::FileSystem::new(stream, fatfs::FsOptions::new().time_provider(time).update_accessed_date(false))?;

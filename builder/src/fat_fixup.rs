@@ -90,7 +90,7 @@ pub fn fix(path: &Path) -> Result<()> {
             let mut e = e.to_vec();
             if dot || dotdot {
                 pending_lfn.clear(); // no long names for the dot entries
-                // `..` of a directory in the root says 0, not the root's cluster.
+                                     // `..` of a directory in the root says 0, not the root's cluster.
                 if dotdot && entry_cluster(&e) == g.root_cluster {
                     set_entry_cluster(&mut e, 0);
                 }

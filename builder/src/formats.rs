@@ -32,7 +32,10 @@ pub enum Writer {
     Copy,
     Zstd,
     /// `qemu-img convert -O <driver> -o <options>`.
-    QemuImg { driver: &'static str, options: &'static str },
+    QemuImg {
+        driver: &'static str,
+        options: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +64,23 @@ impl OutputFormat {
             Qcow2 => Recipe { name: "qcow2", help: "QEMU, OpenStack, libvirt", extension: "qcow2", writer: Writer::QemuImg { driver: "qcow2", options: "compat=1.1" }, qemu_driver: Some("qcow2") },
             // streamOptimized: compressed grains, the only VMDK subformat that
             // VMware's OVF import and AWS VM Import accept.
-            Vmdk => Recipe { name: "vmdk", help: "stream-optimized VMDK: VMware OVF, AWS VM Import", extension: "vmdk", writer: Writer::QemuImg { driver: "vmdk", options: "subformat=streamOptimized" }, qemu_driver: Some("vmdk") },
+            Vmdk => Recipe {
+                name: "vmdk",
+                help: "stream-optimized VMDK: VMware OVF, AWS VM Import",
+                extension: "vmdk",
+                writer: Writer::QemuImg { driver: "vmdk", options: "subformat=streamOptimized" },
+                qemu_driver: Some("vmdk"),
+            },
             // fixed: raw data plus a 512-byte footer, what Azure requires.
             // force_size: keep the exact virtual size instead of rounding it to
             // a CHS geometry; Azure refuses sizes that are not whole MiB.
-            Vhd => Recipe { name: "vhd", help: "fixed VHD: Azure, Hyper-V, AWS VM Import", extension: "vhd", writer: Writer::QemuImg { driver: "vpc", options: "subformat=fixed,force_size=on" }, qemu_driver: Some("vpc") },
+            Vhd => Recipe {
+                name: "vhd",
+                help: "fixed VHD: Azure, Hyper-V, AWS VM Import",
+                extension: "vhd",
+                writer: Writer::QemuImg { driver: "vpc", options: "subformat=fixed,force_size=on" },
+                qemu_driver: Some("vpc"),
+            },
         }
     }
 
@@ -106,10 +121,7 @@ pub fn convert(raw: &Path, format: OutputFormat, output: &Path) -> Result<()> {
         }
         Writer::Zstd => zstd_compress(raw, tmp.as_file())?,
         Writer::QemuImg { driver, options } => {
-            run(
-                Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", driver, "-o", options]).arg(raw).arg(tmp.path()),
-                "qemu-img (install qemu-utils)",
-            )?;
+            run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", driver, "-o", options]).arg(raw).arg(tmp.path()), "qemu-img (install qemu-utils)")?;
         }
     }
     tmp.as_file().sync_all()?;

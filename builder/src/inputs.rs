@@ -79,12 +79,7 @@ impl Pin {
         }
         let actual = sha256_file(&path)?;
         if actual != self.sha256 {
-            bail!(
-                "input {} has sha256 {actual}, but image/inputs.lock pins {}; delete {} and run `make inputs` to refetch it",
-                path.display(),
-                self.sha256,
-                path.display()
-            );
+            bail!("input {} has sha256 {actual}, but image/inputs.lock pins {}; delete {} and run `make inputs` to refetch it", path.display(), self.sha256, path.display());
         }
         Ok(path)
     }
@@ -114,12 +109,7 @@ pub fn fetch(lock: &Lock, cache: &Path) -> Result<()> {
         }
         let staging = tempfile_dir(&debs)?;
         eprintln!("fetching {} {}", pin.name, pin.version);
-        let status = Command::new("apt-get")
-            .arg("download")
-            .arg(format!("{}={}", pin.name, pin.version))
-            .current_dir(&staging)
-            .status()
-            .context("running apt-get download (is this Debian?)")?;
+        let status = Command::new("apt-get").arg("download").arg(format!("{}={}", pin.name, pin.version)).current_dir(&staging).status().context("running apt-get download (is this Debian?)")?;
         if !status.success() {
             let _ = std::fs::remove_dir_all(&staging);
             bail!("apt-get download {}={} failed; is the version still in the archive? (apt-cache madison {})", pin.name, pin.version, pin.name);

@@ -240,13 +240,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Flash { image, device, sha256, keep_partition, cloud_config, allow_console_shell } => {
             let r = flash::flash(&flash::FlashOptions { source: image, target: device.clone(), sha256, keep_partitions: keep_partition, cloud_config, allow_console_shell })?;
-            println!(
-                "flashed {} in {:.1} s ({:.1} MiB/s), sha256 {}",
-                device.display(),
-                r.seconds,
-                r.image_bytes as f64 / 1048576.0 / r.seconds.max(1e-3),
-                r.sha256
-            );
+            println!("flashed {} in {:.1} s ({:.1} MiB/s), sha256 {}", device.display(), r.seconds, r.image_bytes as f64 / 1048576.0 / r.seconds.max(1e-3), r.sha256);
             Ok(())
         }
         Cmd::Publish { cloud: PublishCloud::Aws { image, name, description, region, endpoint_url, copy_to_region, launch_permission, tag, parallel, dry_run, state_file, allow_console_shell } } => {

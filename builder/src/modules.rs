@@ -43,11 +43,7 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>> {
         let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
         if name == b".modinfo" {
             let data = elf.get(off..off + size).context(".modinfo out of file")?;
-            return Ok(data
-                .split(|&b| b == 0)
-                .filter_map(|kv| std::str::from_utf8(kv).ok())
-                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect());
+            return Ok(data.split(|&b| b == 0).filter_map(|kv| std::str::from_utf8(kv).ok()).filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect());
         }
     }
     bail!("no .modinfo section")
@@ -61,11 +57,7 @@ pub struct ModuleSet {
 impl ModuleSet {
     pub fn add(&mut self, rel_path: &str, elf: &[u8]) -> Result<()> {
         let info = modinfo(elf).with_context(|| format!("module {rel_path}"))?;
-        let depends = info
-            .iter()
-            .filter(|(k, _)| k == "depends")
-            .flat_map(|(_, v)| v.split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")))
-            .collect();
+        let depends = info.iter().filter(|(k, _)| k == "depends").flat_map(|(_, v)| v.split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_"))).collect();
         let aliases = info.iter().filter(|(k, _)| k == "alias").map(|(_, v)| v.clone()).collect();
         self.by_name.insert(module_name(rel_path), Module { rel_path: rel_path.to_string(), depends, aliases });
         Ok(())

@@ -130,35 +130,21 @@ pub fn read_image(image: &Path) -> Result<SlotParts> {
     let name = osrel_value(&osrel, "IMAGE_ID").with_context(|| format!("{uki_a_name}: .osrel has no IMAGE_ID"))?;
     let version = osrel_value(&osrel, "IMAGE_VERSION").with_context(|| format!("{uki_a_name}: .osrel has no IMAGE_VERSION"))?;
     basalt_repo::version::Version::parse(&version).map_err(|e| anyhow::anyhow!("{uki_a_name}: IMAGE_VERSION: {e}"))?;
-    ensure!(
-        uki_a_name.starts_with(&format!("{name}_{version}_a")),
-        "{uki_a_name}: its .osrel says {name} {version}, its file name says otherwise"
-    );
+    ensure!(uki_a_name.starts_with(&format!("{name}_{version}_a")), "{uki_a_name}: its .osrel says {name} {version}, its file name says otherwise");
     let cmdline = section_text(&uki_a, ".cmdline", &uki_a_name)?;
     let param = |key: &str| cmdline_param(&cmdline, key).with_context(|| format!("{uki_a_name}: the command line has no {key}= ({cmdline:?})"));
     ensure!(param("basalt.slot")? == "A", "{uki_a_name}: the command line says basalt.slot={}, expected A", param("basalt.slot")?);
     let want_usr = format!("PARTUUID={}", usr_a.guid);
-    ensure!(
-        param("basalt.usr")?.eq_ignore_ascii_case(&want_usr),
-        "{uki_a_name}: basalt.usr={} is not USR-A of this image ({want_usr})",
-        param("basalt.usr")?
-    );
+    ensure!(param("basalt.usr")?.eq_ignore_ascii_case(&want_usr), "{uki_a_name}: basalt.usr={} is not USR-A of this image ({want_usr})", param("basalt.usr")?);
     let blocks: u64 = param("basalt.usr_blocks")?.parse().with_context(|| format!("{uki_a_name}: basalt.usr_blocks is not a number"))?;
     let root_hash = param("basalt.usr_hash")?.to_string();
-    let root: [u8; 32] = basalt_verity::parse_hex(&root_hash)
-        .and_then(|v| v.try_into().ok())
-        .with_context(|| format!("{uki_a_name}: basalt.usr_hash is not 64 hex digits"))?;
+    let root: [u8; 32] = basalt_verity::parse_hex(&root_hash).and_then(|v| v.try_into().ok()).with_context(|| format!("{uki_a_name}: basalt.usr_hash is not 64 hex digits"))?;
     let salt = param("basalt.usr_salt")?;
 
     // The usr slot image, checked against the root hash.
     let hash_offset = blocks.checked_mul(basalt_verity::BLOCK_SIZE).context("basalt.usr_blocks is too large")?;
     let usr_bytes = hash_offset + basalt_verity::BLOCK_SIZE * (1 + basalt_verity::tree_blocks(blocks));
-    ensure!(
-        blocks > 0 && usr_bytes <= usr_a.size_bytes(),
-        "{}: basalt.usr_blocks={blocks} needs {usr_bytes} bytes, USR-A holds {}",
-        image.display(),
-        usr_a.size_bytes()
-    );
+    ensure!(blocks > 0 && usr_bytes <= usr_a.size_bytes(), "{}: basalt.usr_blocks={blocks} needs {usr_bytes} bytes, USR-A holds {}", image.display(), usr_a.size_bytes());
     let mut usr = vec![0u8; usr_bytes as usize];
     file.read_exact_at(&mut usr, usr_a.offset_bytes()).with_context(|| format!("{}: reading USR-A", image.display()))?;
     let params = basalt_verity::verify(&mut Cursor::new(&usr), hash_offset, &root).with_context(|| format!("{}: USR-A does not match its UKI's verity root hash", image.display()))?;
@@ -221,15 +207,7 @@ pub fn make(opts: &PayloadOptions) -> Result<PayloadReport> {
         Some(o) => Some(Reference { version: &o.version, usr: &o.usr, kernel: o.section(".linux")?, initrd: o.section(".initrd")? }),
         None => None,
     };
-    let contents = Contents {
-        name: &new.name,
-        version: &new.version,
-        usr: &new.usr,
-        hash_offset: new.hash_offset,
-        root_hash: &new.root_hash,
-        uki_a: &new.uki_a,
-        uki_b: &new.uki_b,
-    };
+    let contents = Contents { name: &new.name, version: &new.version, usr: &new.usr, hash_offset: new.hash_offset, root_hash: &new.root_hash, uki_a: &new.uki_a, uki_b: &new.uki_b };
 
     // Written next to OUT and renamed: OUT is complete or absent.
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -109,9 +109,7 @@ pub fn run(cmd: RepoCmd) -> Result<()> {
         RepoCmd::Keygen { file } => keygen(&file),
         RepoCmd::Init { dir, keys } => stage_root(&Repo::new(&dir), &keys, true, SystemTime::now()),
         RepoCmd::Rotate { dir, keys } => stage_root(&Repo::new(&dir), &keys, false, SystemTime::now()),
-        RepoCmd::Add { dir, payload, channel, deltas, expires, rollout } => {
-            add(&Repo::new(&dir), &AddOptions { payload, channel, deltas, expires, rollout }, SystemTime::now())
-        }
+        RepoCmd::Add { dir, payload, channel, deltas, expires, rollout } => add(&Repo::new(&dir), &AddOptions { payload, channel, deltas, expires, rollout }, SystemTime::now()),
         RepoCmd::Sign { dir, keys } => sign(&Repo::new(&dir), &keys, SystemTime::now()).map(|_| ()),
         RepoCmd::Serve { dir, listen } => serve::serve(&dir, &listen),
         RepoCmd::Show { dir } => {
@@ -179,12 +177,7 @@ impl Repo {
             }
             t.rotate(&read(&next)?).with_context(|| format!("{} does not follow root v{}", next.display(), t.root().version))?;
         }
-        ensure!(
-            read(&self.root())? == t.root_envelope(),
-            "{} is not the newest of roots/ (root v{}); the repository is damaged",
-            self.root().display(),
-            t.root().version
-        );
+        ensure!(read(&self.root())? == t.root_envelope(), "{} is not the newest of roots/ (root v{}); the repository is damaged", self.root().display(), t.root().version);
         Ok(Some(t))
     }
 
@@ -282,12 +275,7 @@ pub fn keygen(file: &Path) -> Result<()> {
         ensure!(!p.exists(), "{} already exists; a key file is never overwritten", p.display());
     }
     let key = PrivateKey::generate()?;
-    let mut f = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("creating {}", file.display()))?;
+    let mut f = File::options().write(true).create_new(true).mode(0o600).open(file).with_context(|| format!("creating {}", file.display()))?;
     f.write_all(key.to_text().as_bytes())?;
     f.sync_all()?;
     if let Err(e) = std::fs::write(&pub_path, format!("{}\n", key.public().to_text())) {
@@ -456,11 +444,7 @@ pub fn add(repo: &Repo, o: &AddOptions, now: SystemTime) -> Result<()> {
     meta::check_channel_name(&o.channel).map_err(|m| anyhow!("--channel: {m}"))?;
     let expires = parse_duration("--expires", &o.expires)?;
     let rollout = o.rollout.as_deref().map(parse_rollout).transpose()?.unwrap_or_default();
-    ensure!(
-        repo.trusted()?.is_some() || repo.staged_root().exists(),
-        "{} has no root; stage one with `basalt repo init` first",
-        repo.dir.display()
-    );
+    ensure!(repo.trusted()?.is_some() || repo.staged_root().exists(), "{} has no root; stage one with `basalt repo init` first", repo.dir.display());
 
     let h = verify_full_payload(&o.payload)?;
     let version = Version::parse(&h.version).map_err(|e| anyhow!("{}: {e}", o.payload.display()))?;
@@ -470,32 +454,13 @@ pub fn add(repo: &Repo, o: &AddOptions, now: SystemTime) -> Result<()> {
     for d in &o.deltas {
         let dh = read_payload_header(d)?;
         let from = dh.delta.as_ref().with_context(|| format!("--delta {} is a full payload, not a delta", d.display()))?;
-        ensure!(
-            dh.name == h.name && dh.version == h.version,
-            "--delta {} is for {} {}, the payload is {} {}",
-            d.display(),
-            dh.name,
-            dh.version,
-            h.name,
-            h.version
-        );
-        ensure!(
-            dh.usr == h.usr && dh.uki == h.uki,
-            "--delta {} makes other bytes than the payload (usr or UKI sha256 differ): it was made from another build of {}",
-            d.display(),
-            h.version
-        );
+        ensure!(dh.name == h.name && dh.version == h.version, "--delta {} is for {} {}, the payload is {} {}", d.display(), dh.name, dh.version, h.name, h.version);
+        ensure!(dh.usr == h.usr && dh.uki == h.uki, "--delta {} makes other bytes than the payload (usr or UKI sha256 differ): it was made from another build of {}", d.display(), h.version);
         let fv = Version::parse(&from.version).map_err(|e| anyhow!("--delta {}: {e}", d.display()))?;
         ensure!(fv < version, "--delta {} goes from {} to {}: not from an older version", d.display(), from.version, h.version);
         ensure!(froms.insert(from.version.clone()), "two deltas from {}", from.version);
         let inc = incoming(d, format!("payloads/{}-{}-to-{}.delta", h.name, from.version, h.version))?;
-        ensure!(
-            inc.file.size < files[0].file.size,
-            "--delta {} ({} bytes) is not smaller than the full payload ({} bytes); leave it out",
-            d.display(),
-            inc.file.size,
-            files[0].file.size
-        );
+        ensure!(inc.file.size < files[0].file.size, "--delta {} ({} bytes) is not smaller than the full payload ({} bytes); leave it out", d.display(), inc.file.size, files[0].file.size);
         deltas.push(Delta { from: from.version.clone(), file: inc.file.clone() });
         files.push(inc);
     }
@@ -503,46 +468,24 @@ pub fn add(repo: &Repo, o: &AddOptions, now: SystemTime) -> Result<()> {
     // What is published already: never replaced under the same name, and
     // the channel's version grows.
     let published = repo.published_channels()?;
-    let referenced: BTreeMap<String, String> = published
-        .values()
-        .flat_map(|(_, c)| std::iter::once(&c.release.payload).chain(c.release.deltas.iter().map(|d| &d.file)))
-        .map(|f| (f.path.clone(), f.sha256.clone()))
-        .collect();
+    let referenced: BTreeMap<String, String> =
+        published.values().flat_map(|(_, c)| std::iter::once(&c.release.payload).chain(c.release.deltas.iter().map(|d| &d.file))).map(|f| (f.path.clone(), f.sha256.clone())).collect();
     for f in &files {
         if let Some(sha) = referenced.get(&f.file.path) {
-            ensure!(
-                *sha == f.file.sha256,
-                "{} is published with other content (sha256 {}); a published file never changes: give the new build a new version",
-                f.file.path,
-                short(sha)
-            );
+            ensure!(*sha == f.file.sha256, "{} is published with other content (sha256 {}); a published file never changes: give the new build a new version", f.file.path, short(sha));
         }
     }
     let channel_version = published.get(&o.channel).map_or(0, |(_, c)| c.version) + 1;
     if let Some((_, c)) = published.get(&o.channel) {
         let old = Version::parse(&c.release.version).map_err(|e| anyhow!("channels/{}.json: {e}", o.channel))?;
-        ensure!(
-            version >= old,
-            "channel {} offers {} {}; {} is older, and machines never go back to a lower version by themselves",
-            o.channel,
-            c.release.name,
-            c.release.version,
-            h.version
-        );
+        ensure!(version >= old, "channel {} offers {} {}; {} is older, and machines never go back to a lower version by themselves", o.channel, c.release.name, c.release.version, h.version);
     }
     let channel = Channel {
         kind: "channel".into(),
         channel: o.channel.clone(),
         version: channel_version,
         expires: meta::format_time(now + expires),
-        release: Release {
-            name: h.name.clone(),
-            version: h.version.clone(),
-            usr_root_hash: h.usr.root_hash.clone(),
-            payload: files[0].file.clone(),
-            deltas,
-            rollout,
-        },
+        release: Release { name: h.name.clone(), version: h.version.clone(), usr_root_hash: h.usr.root_hash.clone(), payload: files[0].file.clone(), deltas, rollout },
     };
     channel.check().map_err(|e| anyhow!("{e}"))?;
 
@@ -599,11 +542,7 @@ pub fn sign(repo: &Repo, key_files: &[PathBuf], now: SystemTime) -> Result<SignO
     let trusted = repo.trusted()?;
     let staged_root = repo.staged_root_doc()?;
     let staged_channels = repo.staged_channels()?;
-    ensure!(
-        staged_root.is_some() || !staged_channels.is_empty(),
-        "nothing is staged in {}; stage documents with `basalt repo init`, `rotate` or `add`",
-        repo.dir.display()
-    );
+    ensure!(staged_root.is_some() || !staged_channels.is_empty(), "nothing is staged in {}; stage documents with `basalt repo init`, `rotate` or `add`", repo.dir.display());
 
     // Who may sign what: the current and the staged root's root keys sign a
     // root; their channel keys sign channels.
@@ -695,9 +634,7 @@ pub fn sign(repo: &Repo, key_files: &[PathBuf], now: SystemTime) -> Result<SignO
                 messages.push(format!("{doc} stays staged: {}", missing_signatures(&e).unwrap()));
                 out.still_staged.push(doc);
             }
-            Err(e @ TrustError::Expired { .. }) => {
-                return Err(anyhow!("{e}")).with_context(|| format!("{doc} cannot be published (rotate the root or stage the channel again)"))
-            }
+            Err(e @ TrustError::Expired { .. }) => return Err(anyhow!("{e}")).with_context(|| format!("{doc} cannot be published (rotate the root or stage the channel again)")),
             Err(e) => return Err(anyhow!("{e}")).with_context(|| format!("{doc} cannot be published")),
         }
     }

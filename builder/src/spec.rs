@@ -120,10 +120,7 @@ impl FileSpec {
     pub fn mode_bits(&self) -> Result<u32> {
         match &self.mode {
             None => Ok(0o644),
-            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|v| *v <= 0o7777)
-                .with_context(|| format!("mode {m:?} is not an octal permission like \"0644\"")),
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8).ok().filter(|v| *v <= 0o7777).with_context(|| format!("mode {m:?} is not an octal permission like \"0644\"")),
         }
     }
 }

@@ -46,11 +46,7 @@ impl Progress {
     fn draw(&self, last: bool) {
         let line = self.line();
         let mut err = io::stderr().lock();
-        let _ = if self.tty {
-            write!(err, "\r\x1b[K{line}{}", if last { "\n" } else { "" })
-        } else {
-            writeln!(err, "{line}")
-        };
+        let _ = if self.tty { write!(err, "\r\x1b[K{line}{}", if last { "\n" } else { "" }) } else { writeln!(err, "{line}") };
     }
 
     /// `flash  1024.0/3460.0 MiB  29% [#####.............]  512.3 MiB/s  ETA 5 s`

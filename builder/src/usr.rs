@@ -50,11 +50,7 @@ pub fn write(tree: &Tree, mtime: u32, salt: &[u8], uuid: [u8; 16], path: &Path, 
     let verity = basalt_verity::format(&mut file, fs_bytes, salt, uuid).context("computing dm-verity tree")?;
     let image = UsrImage { fs_bytes, verity };
     if image.total_bytes() > slot_bytes {
-        bail!(
-            "/usr needs {} MiB with its hash tree, but the USR slot is {} MiB; raise partitions.usr_mib in the spec",
-            image.total_bytes().div_ceil(1 << 20),
-            slot_bytes >> 20
-        );
+        bail!("/usr needs {} MiB with its hash tree, but the USR slot is {} MiB; raise partitions.usr_mib in the spec", image.total_bytes().div_ceil(1 << 20), slot_bytes >> 20);
     }
     file.sync_all()?;
     Ok(image)

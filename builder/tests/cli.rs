@@ -70,14 +70,7 @@ fn a_tampered_input_is_refused_with_the_refetch_command() {
     let victim = cache.join("debs").join(format!("systemd-boot-efi_{version}_amd64.deb"));
     std::fs::write(&victim, b"not the package").unwrap();
     let out = dir.path().join("x.img");
-    let o = basalt()
-        .args(["build", "--spec"])
-        .arg(repo().join("image/basalt.yaml"))
-        .arg("--output")
-        .arg(&out)
-        .env("BASALT_CACHE", &cache)
-        .output()
-        .unwrap();
+    let o = basalt().args(["build", "--spec"]).arg(repo().join("image/basalt.yaml")).arg("--output").arg(&out).env("BASALT_CACHE", &cache).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("systemd-boot-efi") && err.contains("pins") && err.contains("make inputs"), "{err}");

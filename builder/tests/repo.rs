@@ -40,24 +40,16 @@ fn fails(args: &[&str]) -> String {
 fn build(dir: &Path, version: &str, extra_file: &str, out: &Path) {
     let spec_text = std::fs::read_to_string(repo_root().join("image/basalt.yaml")).unwrap();
     let image_dir = repo_root().join("image").canonicalize().unwrap();
-    let spec_text = spec_text
-        .replace("source: rootfs/", &format!("source: {}/rootfs/", image_dir.display()))
-        .replacen("\nversion: ", &format!("\nversion: {version}\nold_version: "), 1)
-        .replacen("\nfiles:\n", &format!("\nfiles:\n  - {{path: /usr/share/basalt/test-note, content: {extra_file:?}}}\n"), 1);
+    let spec_text = spec_text.replace("source: rootfs/", &format!("source: {}/rootfs/", image_dir.display())).replacen("\nversion: ", &format!("\nversion: {version}\nold_version: "), 1).replacen(
+        "\nfiles:\n",
+        &format!("\nfiles:\n  - {{path: /usr/share/basalt/test-note, content: {extra_file:?}}}\n"),
+        1,
+    );
     // Drop the original version line (now `old_version:`).
     let spec_text: String = spec_text.lines().filter(|l| !l.starts_with("old_version:")).map(|l| format!("{l}\n")).collect();
     let spec = dir.join(format!("spec-{version}.yaml"));
     std::fs::write(&spec, spec_text).unwrap();
-    ok(basalt()
-        .args(["build", "--spec"])
-        .arg(&spec)
-        .arg("--lock")
-        .arg(repo_root().join("image/inputs.lock"))
-        .arg("--output")
-        .arg(out)
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap());
+    ok(basalt().args(["build", "--spec"]).arg(&spec).arg("--lock").arg(repo_root().join("image/inputs.lock")).arg("--output").arg(out).env("SOURCE_DATE_EPOCH", "1700000000").output().unwrap());
 }
 
 /// The default spec's version.
@@ -139,8 +131,7 @@ struct Served {
 
 impl Served {
     fn start(dir: &Path) -> Served {
-        let mut child =
-            basalt().args(["repo", "serve"]).arg(dir).args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = basalt().args(["repo", "serve"]).arg(dir).args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let base = line.trim().rsplit(' ').next().unwrap().to_string();

@@ -45,12 +45,8 @@ fn ethernet_interfaces(sys: &Path) -> Vec<(String, String)> {
 }
 
 fn load_files() -> Vec<(PathBuf, NetworkFile)> {
-    let mut paths: Vec<PathBuf> = DIRS
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flat_map(|rd| rd.flatten().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "network"))
-        .collect();
+    let mut paths: Vec<PathBuf> =
+        DIRS.iter().filter_map(|d| std::fs::read_dir(d).ok()).flat_map(|rd| rd.flatten().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "network")).collect();
     // networkd's rule: files sort by name across directories; the first match wins.
     paths.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
     let mut files = Vec::new();

@@ -51,10 +51,7 @@ pub fn entry_runs(mutations: &[Mutation]) -> Vec<std::ops::Range<usize>> {
     let size = |m: &Mutation| {
         m.key().len()
             + match m {
-                Mutation::Set { value, .. }
-                | Mutation::Create { value, .. }
-                | Mutation::Update { value, .. }
-                | Mutation::CompareAndSwap { value, .. } => value.len(),
+                Mutation::Set { value, .. } | Mutation::Create { value, .. } | Mutation::Update { value, .. } | Mutation::CompareAndSwap { value, .. } => value.len(),
                 _ => 0,
             }
     };
@@ -271,11 +268,7 @@ fn str_u64(v: &Value) -> u64 {
 
 impl ClusterLog {
     pub fn new(endpoints: Vec<Endpoint>, prefix: &str, snapshot_every: u64) -> ClusterLog {
-        ClusterLog {
-            members: Members::new(endpoints),
-            prefix: prefix.trim_end_matches('/').to_string(),
-            snapshot_every: snapshot_every.max(1),
-        }
+        ClusterLog { members: Members::new(endpoints), prefix: prefix.trim_end_matches('/').to_string(), snapshot_every: snapshot_every.max(1) }
     }
 
     /// Whether the store that appended entry `seq` should snapshot after it.
@@ -301,10 +294,7 @@ impl ClusterLog {
             self.members.call("/v3/kv/put", &json!({"key": base64(key.as_bytes()), "value": base64(chunk)}))?;
         }
         let latest = format!("{seq:020} {}", chunks.len());
-        self.members.call(
-            "/v3/kv/put",
-            &json!({"key": base64(self.latest_key().as_bytes()), "value": base64(latest.as_bytes())}),
-        )?;
+        self.members.call("/v3/kv/put", &json!({"key": base64(self.latest_key().as_bytes()), "value": base64(latest.as_bytes())}))?;
         let keep_from = seq.saturating_sub(self.snapshot_every) + 1;
         self.members.call(
             "/v3/kv/deleterange",
@@ -344,18 +334,12 @@ impl ClusterLog {
                     "sort_target": "KEY",
                 }),
             )?;
-            let chunks: Vec<Vec<u8>> = answer["kvs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|kv| kv["value"].as_str().and_then(unbase64))
-                .collect();
+            let chunks: Vec<Vec<u8>> = answer["kvs"].as_array().into_iter().flatten().filter_map(|kv| kv["value"].as_str().and_then(unbase64)).collect();
             if chunks.len() != count {
                 // A newer snapshot replaced it meanwhile: read `latest` again.
                 continue;
             }
-            let tree = decode_snapshot(&chunks.concat(), history_capacity)
-                .map_err(|why| ClusterError::BadEntry { seq, why: format!("snapshot: {why}") })?;
+            let tree = decode_snapshot(&chunks.concat(), history_capacity).map_err(|why| ClusterError::BadEntry { seq, why: format!("snapshot: {why}") })?;
             return Ok(Some((seq, tree)));
         }
         Err(ClusterError::Protocol("the newest snapshot kept changing while it was read".into()))
@@ -389,8 +373,7 @@ impl ClusterLog {
             let key = String::from_utf8_lossy(&key).into_owned();
             let seq: u64 = key.rsplit('/').next().and_then(|s| s.parse().ok()).unwrap_or(0);
             let raw = kv.get("value").and_then(Value::as_str).and_then(unbase64).unwrap_or_default();
-            let entry: Entry =
-                serde_json::from_slice(&raw).map_err(|e| ClusterError::BadEntry { seq, why: e.to_string() })?;
+            let entry: Entry = serde_json::from_slice(&raw).map_err(|e| ClusterError::BadEntry { seq, why: e.to_string() })?;
             out.push((seq, entry));
         }
         Ok(out)
@@ -415,10 +398,7 @@ pub fn watch_log(endpoints: Vec<Endpoint>, prefix: String, bell: impl Fn() -> bo
         .to_string();
         let stream: Option<Box<dyn std::io::Read>> = match &endpoint {
             Endpoint::Tcp(addr) => std::net::TcpStream::connect(addr).ok().and_then(|mut s| {
-                let head = format!(
-                    "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request}",
-                    request.len()
-                );
+                let head = format!("POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{request}", request.len());
                 s.write_all(head.as_bytes()).ok()?;
                 Some(Box::new(s) as Box<dyn std::io::Read>)
             }),

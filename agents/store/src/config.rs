@@ -80,7 +80,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: listen address {addr:?} is not IP:PORT or https://IP:PORT")]
     BadAddress { path: PathBuf, addr: String },
-    #[error("{path}: listen address {addr} is not loopback; beyond this machine the store serves only TLS with client certificates: write it as https://{addr} and set tls_cert, tls_key and tls_client_ca")]
+    #[error(
+        "{path}: listen address {addr} is not loopback; beyond this machine the store serves only TLS with client certificates: write it as https://{addr} and set tls_cert, tls_key and tls_client_ca"
+    )]
     NotLoopback { path: PathBuf, addr: String },
     #[error("{path}: listen address {addr} is TLS, which needs {missing} (client certificates are always required)")]
     TlsMissing { path: PathBuf, addr: String, missing: String },
@@ -127,8 +129,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -157,7 +158,9 @@ impl Config {
         if !self.cluster_prefix.starts_with('/') || self.cluster_prefix.ends_with('/') {
             return Err(ConfigError::BadPrefix { path: path.into(), prefix: self.cluster_prefix.clone() });
         }
-        for (field, v) in [("cluster_snapshot_every", self.cluster_snapshot_every as usize), ("history", self.history), ("max_key_bytes", self.max_key_bytes), ("max_value_bytes", self.max_value_bytes)] {
+        for (field, v) in
+            [("cluster_snapshot_every", self.cluster_snapshot_every as usize), ("history", self.history), ("max_key_bytes", self.max_key_bytes), ("max_value_bytes", self.max_value_bytes)]
+        {
             if v == 0 {
                 return Err(ConfigError::Zero { path: path.into(), field });
             }

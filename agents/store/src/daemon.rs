@@ -2,13 +2,13 @@
 //! socket, run the templates, and serve until SIGTERM. `basalt-store` is
 //! this plus argument parsing; the benchmark runs it as a child process too.
 
-use crate::config::Config;
-use crate::http::App;
 use crate::client::Endpoint;
+use crate::config::Config;
+use crate::config::DEFAULT_PATH;
+use crate::http::App;
 use crate::service::{Backend, Limits, Store};
 use crate::{seed, server, template, tls};
 use anyhow::{bail, Context, Result};
-use crate::config::DEFAULT_PATH;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,9 +43,7 @@ pub fn parse_args(args: Vec<String>) -> Result<Config> {
             "--tls-client-ca" => config.tls_client_ca = value("--tls-client-ca")?.into(),
             "--cluster" => config.cluster = value("--cluster")?.split(',').map(str::to_string).collect(),
             "--cluster-prefix" => config.cluster_prefix = value("--cluster-prefix")?,
-            "--cluster-snapshot-every" => {
-                config.cluster_snapshot_every = value("--cluster-snapshot-every")?.parse().context("--cluster-snapshot-every takes a number")?
-            }
+            "--cluster-snapshot-every" => config.cluster_snapshot_every = value("--cluster-snapshot-every")?.parse().context("--cluster-snapshot-every takes a number")?,
             "-h" | "--help" => {
                 println!("usage: basalt-store [--config PATH] [--data-dir DIR] [--listen IP:PORT|https://IP:PORT]... [--tls-cert PEM --tls-key PEM --tls-client-ca PEM] [--socket PATH | --no-socket] [--templates-dir DIR] [--seed-file PATH] [--cluster URL,URL,... [--cluster-prefix PREFIX]]");
                 std::process::exit(0);
@@ -70,17 +68,11 @@ pub fn run(config: Config) -> Result<()> {
     };
     let limits = Limits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
     let store = if config.cluster.is_empty() {
-        Store::open(&config.data_dir, limits, config.history)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?
+        Store::open(&config.data_dir, limits, config.history).with_context(|| format!("opening the store in {}", config.data_dir.display()))?
     } else {
         let endpoints = config.cluster.iter().map(|u| Endpoint::parse(u)).collect();
-        let backend = Backend::Cluster {
-            endpoints,
-            prefix: config.cluster_prefix.clone(),
-            snapshot_every: config.cluster_snapshot_every,
-        };
-        Store::open_backend(backend, limits, config.history)
-            .with_context(|| format!("reading the store's log from the etcd cluster {}", config.cluster.join(", ")))?
+        let backend = Backend::Cluster { endpoints, prefix: config.cluster_prefix.clone(), snapshot_every: config.cluster_snapshot_every };
+        Store::open_backend(backend, limits, config.history).with_context(|| format!("reading the store's log from the etcd cluster {}", config.cluster.join(", ")))?
     };
     // Seed keys go in before anybody is served or a template renders.
     if !config.seed_file.as_os_str().is_empty() {
@@ -96,11 +88,7 @@ pub fn run(config: Config) -> Result<()> {
             Err(e) => eprintln!("basalt-store: {e}"),
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let mut tcp = Vec::new();
         for l in &config.listeners() {
@@ -124,8 +112,7 @@ pub fn run(config: Config) -> Result<()> {
             }
         }
         if !config.socket.as_os_str().is_empty() {
-            let listener = server::bind_unix(&config.socket)
-                .with_context(|| format!("listening on {}", config.socket.display()))?;
+            let listener = server::bind_unix(&config.socket).with_context(|| format!("listening on {}", config.socket.display()))?;
             // Like init's control socket: root and the wheel group (core is in it).
             if !config.socket_group.is_empty() {
                 let gid = template::lookup_group(&config.socket_group);
@@ -146,10 +133,7 @@ pub fn run(config: Config) -> Result<()> {
             }
             eprintln!("basalt-store: {} template(s) from {}", templates.len(), config.templates_dir.display());
             let store = store.clone();
-            std::thread::Builder::new()
-                .name("templates".into())
-                .spawn(move || template::run(store, templates))
-                .context("starting the template thread")?;
+            std::thread::Builder::new().name("templates".into()).spawn(move || template::run(store, templates)).context("starting the template thread")?;
         }
         eprintln!("basalt-store: ready at index {}", store.index());
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

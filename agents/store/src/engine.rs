@@ -86,17 +86,8 @@ impl Engine {
         }
         let generation = read_meta(&db, META_GENERATION)?.unwrap_or(1);
         let wal_path = data_dir.join(WAL_FILE);
-        let (wal, _) = Wal::open(&wal_path, WAL_BYTES, generation)
-            .map_err(|source| EngineError::Wal { path: wal_path.clone(), source })?;
-        let mut engine = Engine {
-            db,
-            wal,
-            generation,
-            history_capacity,
-            unpersisted_changes: Vec::new(),
-            unpersisted_events: Vec::new(),
-            batches: 0,
-        };
+        let (wal, _) = Wal::open(&wal_path, WAL_BYTES, generation).map_err(|source| EngineError::Wal { path: wal_path.clone(), source })?;
+        let mut engine = Engine { db, wal, generation, history_capacity, unpersisted_changes: Vec::new(), unpersisted_events: Vec::new(), batches: 0 };
         let tree = engine.recover()?;
         engine.checkpoint(&tree)?;
         Ok((engine, tree))
@@ -107,15 +98,13 @@ impl Engine {
     pub fn recover(&mut self) -> Result<Tree, EngineError> {
         let mut tree = self.load_db()?;
         let wal_path = self.wal.path().to_path_buf();
-        let (wal, records) = Wal::open(&wal_path, WAL_BYTES, self.generation)
-            .map_err(|source| EngineError::Wal { path: wal_path.clone(), source })?;
+        let (wal, records) = Wal::open(&wal_path, WAL_BYTES, self.generation).map_err(|source| EngineError::Wal { path: wal_path.clone(), source })?;
         self.wal = wal;
         for record in records {
             if record.seq <= tree.index() {
                 continue;
             }
-            replay_batch(&mut tree, &record.payload)
-                .map_err(|why| EngineError::Corrupt { path: format!("log record {}", record.seq), why })?;
+            replay_batch(&mut tree, &record.payload).map_err(|why| EngineError::Corrupt { path: format!("log record {}", record.seq), why })?;
             tree.set_index(record.seq);
         }
         let (changes, events) = tree.take_pending();
@@ -140,8 +129,7 @@ impl Engine {
         let mut events = Vec::new();
         for entry in events_table.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
-            let event = decode_event(v.value())
-                .map_err(|why| EngineError::Corrupt { path: format!("event {}", k.value()), why })?;
+            let event = decode_event(v.value()).map_err(|why| EngineError::Corrupt { path: format!("event {}", k.value()), why })?;
             events.push(event);
         }
         Ok(Tree::restore(index, nodes, events, self.history_capacity))
@@ -155,9 +143,7 @@ impl Engine {
             return Ok(());
         }
         let payload = encode_batch(tree, &changes, &events);
-        self.wal
-            .append(tree.index(), &payload)
-            .map_err(|source| EngineError::Wal { path: self.wal.path().to_path_buf(), source })?;
+        self.wal.append(tree.index(), &payload).map_err(|source| EngineError::Wal { path: self.wal.path().to_path_buf(), source })?;
         self.unpersisted_changes.extend(changes);
         self.unpersisted_events.extend(events);
         self.batches += 1;
@@ -197,12 +183,8 @@ impl Engine {
                         // Everything below `path`: keys from "path/" up to "path0" ('0' follows '/').
                         let low = format!("{path}/");
                         let high = format!("{path}0");
-                        let below: Vec<String> = nodes
-                            .range(low.as_str()..high.as_str())
-                            .map_err(storage)?
-                            .map(|e| e.map(|(k, _)| k.value().to_string()))
-                            .collect::<Result<_, _>>()
-                            .map_err(storage)?;
+                        let below: Vec<String> =
+                            nodes.range(low.as_str()..high.as_str()).map_err(storage)?.map(|e| e.map(|(k, _)| k.value().to_string())).collect::<Result<_, _>>().map_err(storage)?;
                         for k in below {
                             nodes.remove(k.as_str()).map_err(storage)?;
                         }
@@ -214,12 +196,7 @@ impl Engine {
             for e in self.unpersisted_events.iter().filter(|e| e.index() > keep_from) {
                 table.insert(e.index(), encode_event(e).as_slice()).map_err(storage)?;
             }
-            let old: Vec<u64> = table
-                .range(..=keep_from)
-                .map_err(storage)?
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()
-                .map_err(storage)?;
+            let old: Vec<u64> = table.range(..=keep_from).map_err(storage)?.map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>().map_err(storage)?;
             for k in old {
                 table.remove(k).map_err(storage)?;
             }

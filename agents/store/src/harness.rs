@@ -15,11 +15,7 @@ pub fn free_port() -> u16 {
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
 }
 
 /// A running etcd.
@@ -33,9 +29,7 @@ impl Etcd {
     /// Start etcd with its data in `data_dir`. Panics (naming the Debian
     /// package) when etcd is not installed: the tests must not pass without it.
     pub fn start(data_dir: &Path) -> Etcd {
-        let etcd = which("etcd").unwrap_or_else(|| {
-            panic!("etcd is not installed: `apt-get install etcd-server` (Debian package etcd-server, listed in tools/host-packages.txt)")
-        });
+        let etcd = which("etcd").unwrap_or_else(|| panic!("etcd is not installed: `apt-get install etcd-server` (Debian package etcd-server, listed in tools/host-packages.txt)"));
         let (client, peer) = (free_port(), free_port());
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -85,12 +79,9 @@ impl Etcd {
     /// Start an `n`-member cluster on loopback, each member with its data
     /// below `dir`, and wait until it has a leader.
     pub fn start_cluster(dir: &Path, n: usize) -> Vec<Etcd> {
-        let etcd = which("etcd").unwrap_or_else(|| {
-            panic!("etcd is not installed: `apt-get install etcd-server` (Debian package etcd-server, listed in tools/host-packages.txt)")
-        });
+        let etcd = which("etcd").unwrap_or_else(|| panic!("etcd is not installed: `apt-get install etcd-server` (Debian package etcd-server, listed in tools/host-packages.txt)"));
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
         let initial = initial.join(",");
         let members: Vec<Etcd> = ports
             .iter()

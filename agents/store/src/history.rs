@@ -48,33 +48,16 @@ impl History {
     /// Events from `live_from` on are matched the way etcd notifies live
     /// watchers (hidden keys stay hidden from recursive watchers); older ones
     /// the way etcd scans its history.
-    pub fn scan(
-        &self,
-        key: &str,
-        recursive: bool,
-        since: u64,
-        live_from: u64,
-        current_index: u64,
-    ) -> Result<Option<Event>, EtcdError> {
+    pub fn scan(&self, key: &str, recursive: bool, since: u64, live_from: u64, current_index: u64) -> Result<Option<Event>, EtcdError> {
         let start = self.start_index();
         if since < start {
-            return Err(EtcdError::new(
-                ErrorCode::EventIndexCleared,
-                format!("the requested history has been cleared [{start}/{since}]"),
-                current_index,
-            ));
+            return Err(EtcdError::new(ErrorCode::EventIndexCleared, format!("the requested history has been cleared [{start}/{since}]"), current_index));
         }
         if since > self.last_index() {
             return Ok(None);
         }
         let skip = (since - start) as usize;
-        Ok(self
-            .events
-            .iter()
-            .skip(skip.saturating_sub(1))
-            .filter(|e| e.index() >= since)
-            .find(|e| watch_matches(e, key, recursive, e.index() >= live_from))
-            .cloned())
+        Ok(self.events.iter().skip(skip.saturating_sub(1)).filter(|e| e.index() >= since).find(|e| watch_matches(e, key, recursive, e.index() >= live_from)).cloned())
     }
 }
 
@@ -91,9 +74,7 @@ pub fn watch_matches(event: &Event, key: &str, recursive: bool, live: bool) -> b
         return true;
     }
     // Deleting or expiring a directory also ends everything below it.
-    matches!(event.action, Action::Delete | Action::Expire)
-        && event.prev_node.as_ref().is_some_and(|p| p.dir)
-        && is_below(key, event_key)
+    matches!(event.action, Action::Delete | Action::Expire) && event.prev_node.as_ref().is_some_and(|p| p.dir) && is_below(key, event_key)
 }
 
 /// `path` lies strictly below the directory `dir`.

@@ -54,9 +54,7 @@ pub fn error_response(e: &EtcdError) -> Response<ResponseBody> {
 
 fn event_response(e: &Event, no_value_on_success: bool) -> Response<ResponseBody> {
     let status = if e.is_created() { 201 } else { 200 };
-    let body = if no_value_on_success
-        && matches!(e.action, Action::Set | Action::CompareAndSwap | Action::Create | Action::Update)
-    {
+    let body = if no_value_on_success && matches!(e.action, Action::Set | Action::CompareAndSwap | Action::Create | Action::Update) {
         serde_json::json!({ "action": e.action }).to_string()
     } else {
         e.to_json()
@@ -121,21 +119,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Re
         }
     } else {
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/version") => json_response(
-                200,
-                None,
-                serde_json::json!({"etcdserver": ETCD_API_VERSION, "etcdcluster": ETCD_API_VERSION, "basalt": env!("CARGO_PKG_VERSION")}).to_string(),
-            ),
-            (&Method::GET, "/health") => json_response(200, None, r#"{"health":"true"}"#.into()),
-            (&Method::GET, "/v2/members") => json_response(
-                200,
-                None,
-                serde_json::json!({"members": [{"id": "1", "name": "basalt", "peerURLs": [], "clientURLs": app.client_urls}]}).to_string(),
-            ),
-            (&Method::GET, "/v2/machines") => plain(StatusCode::OK, &app.client_urls.join(", ")),
-            (&Method::POST, reboot_lock::FLEETLOCK_PRE_REBOOT) | (&Method::POST, reboot_lock::FLEETLOCK_STEADY_STATE) => {
-                fleetlock(&app, req).await
+            (&Method::GET, "/version") => {
+                json_response(200, None, serde_json::json!({"etcdserver": ETCD_API_VERSION, "etcdcluster": ETCD_API_VERSION, "basalt": env!("CARGO_PKG_VERSION")}).to_string())
             }
+            (&Method::GET, "/health") => json_response(200, None, r#"{"health":"true"}"#.into()),
+            (&Method::GET, "/v2/members") => json_response(200, None, serde_json::json!({"members": [{"id": "1", "name": "basalt", "peerURLs": [], "clientURLs": app.client_urls}]}).to_string()),
+            (&Method::GET, "/v2/machines") => plain(StatusCode::OK, &app.client_urls.join(", ")),
+            (&Method::POST, reboot_lock::FLEETLOCK_PRE_REBOOT) | (&Method::POST, reboot_lock::FLEETLOCK_STEADY_STATE) => fleetlock(&app, req).await,
             _ => plain(StatusCode::NOT_FOUND, "404 page not found"),
         }
     };
@@ -147,11 +137,7 @@ async fn read_body(req: Request<Incoming>, limit: usize, index: u64) -> Result<(
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => Ok((b.to_bytes(), content_type)),
         Err(e) => {
-            let cause = if e.is::<http_body_util::LengthLimitError>() {
-                format!("request body larger than {limit} bytes")
-            } else {
-                format!("cannot read the request body: {e}")
-            };
+            let cause = if e.is::<http_body_util::LengthLimitError>() { format!("request body larger than {limit} bytes") } else { format!("cannot read the request body: {e}") };
             Err(EtcdError::new(ErrorCode::InvalidForm, cause, index))
         }
     }
@@ -181,11 +167,8 @@ async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Respons
     let limits = store.limits();
     let body_limit = limits.max_value_bytes * 3 + limits.max_key_bytes + 64 * 1024;
     let (body, content_type) = read_body(req, body_limit, index).await?;
-    let body_pairs = if (method == Method::PUT || method == Method::POST)
-        && content_type.as_deref().is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
-    {
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| EtcdError::new(ErrorCode::InvalidForm, "the form body is not UTF-8", index))?;
+    let body_pairs = if (method == Method::PUT || method == Method::POST) && content_type.as_deref().is_some_and(|c| c.starts_with("application/x-www-form-urlencoded")) {
+        let text = std::str::from_utf8(&body).map_err(|_| EtcdError::new(ErrorCode::InvalidForm, "the form body is not UTF-8", index))?;
         form::parse_pairs(text).map_err(form_error)?
     } else {
         Vec::new()
@@ -193,12 +176,8 @@ async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Respons
     let form = Form::new(body_pairs, query);
 
     // The same checks, in the same order, as etcd's parseKeyRequest.
-    let prev_index = form
-        .uint("prevIndex")
-        .map_err(|_| EtcdError::new(ErrorCode::IndexNaN, r#"invalid value for "prevIndex""#, index))?;
-    let wait_index = form
-        .uint("waitIndex")
-        .map_err(|_| EtcdError::new(ErrorCode::IndexNaN, r#"invalid value for "waitIndex""#, index))?;
+    let prev_index = form.uint("prevIndex").map_err(|_| EtcdError::new(ErrorCode::IndexNaN, r#"invalid value for "prevIndex""#, index))?;
+    let wait_index = form.uint("waitIndex").map_err(|_| EtcdError::new(ErrorCode::IndexNaN, r#"invalid value for "waitIndex""#, index))?;
     let recursive = form.bool("recursive").map_err(|_| invalid("recursive", index))?;
     form.bool("sorted").map_err(|_| invalid("sorted", index))?;
     let wait = form.bool("wait").map_err(|_| invalid("wait", index))?;
@@ -214,24 +193,13 @@ async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Respons
     }
     let no_value_on_success = form.bool("noValueOnSuccess").map_err(|_| invalid("noValueOnSuccess", index))?;
     let ttl = match form.value("ttl") {
-        Some(t) if !t.is_empty() => Some(
-            form.uint("ttl").map_err(|_| EtcdError::new(ErrorCode::TtlNaN, r#"invalid value for "ttl""#, index))?,
-        ),
+        Some(t) if !t.is_empty() => Some(form.uint("ttl").map_err(|_| EtcdError::new(ErrorCode::TtlNaN, r#"invalid value for "ttl""#, index))?),
         _ => None,
     };
-    let prev_exist = if form.has("prevExist") {
-        Some(
-            form.bool("prevExist")
-                .map_err(|_| EtcdError::new(ErrorCode::InvalidField, "invalid value for prevExist", index))?,
-        )
-    } else {
-        None
-    };
+    let prev_exist = if form.has("prevExist") { Some(form.bool("prevExist").map_err(|_| EtcdError::new(ErrorCode::InvalidField, "invalid value for prevExist", index))?) } else { None };
     let mut refresh = false;
     if form.has("refresh") {
-        refresh = form
-            .bool("refresh")
-            .map_err(|_| EtcdError::new(ErrorCode::InvalidField, "invalid value for refresh", index))?;
+        refresh = form.bool("refresh").map_err(|_| EtcdError::new(ErrorCode::InvalidField, "invalid value for refresh", index))?;
         if refresh {
             if form.value("value").is_some_and(|v| !v.is_empty()) {
                 return Err(EtcdError::new(ErrorCode::RefreshValue, "A value was provided on a refresh", index));
@@ -266,9 +234,7 @@ async fn keys(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Respons
             Some(true) if prev_index == 0 && prev_value.is_empty() => Mutation::Update { key, value, expires, refresh },
             Some(true) => Mutation::CompareAndSwap { key, prev_value, prev_index, value, expires, refresh },
             Some(false) => Mutation::Create { key, dir, value, unique: false, expires },
-            None if prev_index > 0 || !prev_value.is_empty() => {
-                Mutation::CompareAndSwap { key, prev_value, prev_index, value, expires, refresh }
-            }
+            None if prev_index > 0 || !prev_value.is_empty() => Mutation::CompareAndSwap { key, prev_value, prev_index, value, expires, refresh },
             None => Mutation::Set { key, dir, value, expires, refresh },
         },
         _ => {

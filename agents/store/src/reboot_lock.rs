@@ -83,14 +83,7 @@ impl CasStore for Store {
 
     fn swap(&self, key: &str, value: &str, prev_index: Option<u64>) -> Result<bool, EtcdError> {
         let m = match prev_index {
-            Some(i) => Mutation::CompareAndSwap {
-                key: key.into(),
-                prev_value: String::new(),
-                prev_index: i,
-                value: value.into(),
-                expires: None,
-                refresh: false,
-            },
+            Some(i) => Mutation::CompareAndSwap { key: key.into(), prev_value: String::new(), prev_index: i, value: value.into(), expires: None, refresh: false },
             None => Mutation::Create { key: key.into(), dir: false, value: value.into(), unique: false, expires: None },
         };
         match self.write_blocking(m) {
@@ -145,11 +138,7 @@ impl<S: CasStore> RebootLock<S> {
     pub fn new(store: S, group: &str) -> RebootLock<S> {
         let group = if group.is_empty() { DEFAULT_GROUP } else { group };
         // locksmith keeps the default group at the base key, others below groups/.
-        let key = if group == DEFAULT_GROUP {
-            format!("{BASE}/semaphore")
-        } else {
-            format!("{BASE}/groups/{group}/semaphore")
-        };
+        let key = if group == DEFAULT_GROUP { format!("{BASE}/semaphore") } else { format!("{BASE}/groups/{group}/semaphore") };
         RebootLock { store, group: group.to_string(), key }
     }
 
@@ -166,8 +155,7 @@ impl<S: CasStore> RebootLock<S> {
         match self.store.read(&self.key)? {
             None => Ok((Semaphore { semaphore: 1, max: 1, holders: vec![] }, None)),
             Some((value, index)) => {
-                let sem = serde_json::from_str(&value)
-                    .map_err(|e| LockError::Corrupt { key: self.key.clone(), why: e.to_string() })?;
+                let sem = serde_json::from_str(&value).map_err(|e| LockError::Corrupt { key: self.key.clone(), why: e.to_string() })?;
                 Ok((sem, Some(index)))
             }
         }

@@ -14,14 +14,7 @@ pub enum Mutation {
     /// PUT with `prevExist=true` and no other condition.
     Update { key: String, value: String, expires: Option<Timestamp>, refresh: bool },
     /// PUT with `prevValue` and/or `prevIndex`.
-    CompareAndSwap {
-        key: String,
-        prev_value: String,
-        prev_index: u64,
-        value: String,
-        expires: Option<Timestamp>,
-        refresh: bool,
-    },
+    CompareAndSwap { key: String, prev_value: String, prev_index: u64, value: String, expires: Option<Timestamp>, refresh: bool },
     /// DELETE without conditions.
     Delete { key: String, dir: bool, recursive: bool },
     /// DELETE with `prevValue` and/or `prevIndex`.

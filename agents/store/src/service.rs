@@ -101,10 +101,7 @@ impl Store {
                 let (index_tx, index_rx) = watch::channel(tree.index());
                 let tree = Arc::new(RwLock::new(tree));
                 let writer_tree = tree.clone();
-                std::thread::Builder::new()
-                    .name("store-writer".into())
-                    .spawn(move || writer(engine, writer_tree, jobs_rx, index_tx))
-                    .map_err(spawn_error)?;
+                std::thread::Builder::new().name("store-writer".into()).spawn(move || writer(engine, writer_tree, jobs_rx, index_tx)).map_err(spawn_error)?;
                 (tree, index_rx)
             }
             Backend::Cluster { endpoints, prefix, snapshot_every } => {
@@ -115,15 +112,9 @@ impl Store {
                 let (index_tx, index_rx) = watch::channel(tree.index());
                 let tree = Arc::new(RwLock::new(tree));
                 let writer_tree = tree.clone();
-                std::thread::Builder::new()
-                    .name("store-writer".into())
-                    .spawn(move || cluster_writer(log, applied, writer_tree, jobs_rx, index_tx))
-                    .map_err(spawn_error)?;
+                std::thread::Builder::new().name("store-writer".into()).spawn(move || cluster_writer(log, applied, writer_tree, jobs_rx, index_tx)).map_err(spawn_error)?;
                 let bell = jobs_tx.clone();
-                std::thread::Builder::new()
-                    .name("store-log-watch".into())
-                    .spawn(move || cluster::watch_log(endpoints, prefix, || bell.send(Msg::Remote).is_ok()))
-                    .map_err(spawn_error)?;
+                std::thread::Builder::new().name("store-log-watch".into()).spawn(move || cluster::watch_log(endpoints, prefix, || bell.send(Msg::Remote).is_ok())).map_err(spawn_error)?;
                 (tree, index_rx)
             }
         };
@@ -164,21 +155,12 @@ impl Store {
 
     fn check(&self, mutation: &Mutation) -> Result<(), EtcdError> {
         let limits = self.shared.limits;
-        let too_big = |what: &str, len: usize, max: usize| {
-            EtcdError::new(
-                ErrorCode::InvalidField,
-                format!("{what} is {len} bytes, more than the limit of {max}"),
-                self.index(),
-            )
-        };
+        let too_big = |what: &str, len: usize, max: usize| EtcdError::new(ErrorCode::InvalidField, format!("{what} is {len} bytes, more than the limit of {max}"), self.index());
         if mutation.key().len() > limits.max_key_bytes {
             return Err(too_big("key", mutation.key().len(), limits.max_key_bytes));
         }
         let value = match mutation {
-            Mutation::Set { value, .. }
-            | Mutation::Create { value, .. }
-            | Mutation::Update { value, .. }
-            | Mutation::CompareAndSwap { value, .. } => value.len(),
+            Mutation::Set { value, .. } | Mutation::Create { value, .. } | Mutation::Update { value, .. } | Mutation::CompareAndSwap { value, .. } => value.len(),
             _ => 0,
         };
         if value > limits.max_value_bytes {
@@ -190,10 +172,7 @@ impl Store {
     fn submit(&self, mutation: Mutation) -> Result<oneshot::Receiver<Result<Event, EtcdError>>, EtcdError> {
         self.check(&mutation)?;
         let (reply, rx) = oneshot::channel();
-        self.shared
-            .jobs
-            .send(Msg::Job(Job { mutation, reply }))
-            .map_err(|_| EtcdError::new(ErrorCode::Internal, "the writer has stopped", 0))?;
+        self.shared.jobs.send(Msg::Job(Job { mutation, reply })).map_err(|_| EtcdError::new(ErrorCode::Internal, "the writer has stopped", 0))?;
         Ok(rx)
     }
 
@@ -207,8 +186,7 @@ impl Store {
     /// from async code use `write`).
     pub fn write_blocking(&self, mutation: Mutation) -> Result<Event, EtcdError> {
         let rx = self.submit(mutation)?;
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err(EtcdError::new(ErrorCode::Internal, "the writer has stopped", 0)))
+        rx.blocking_recv().unwrap_or_else(|_| Err(EtcdError::new(ErrorCode::Internal, "the writer has stopped", 0)))
     }
 
     /// The keys of the kept events from index `from` on.
@@ -226,15 +204,7 @@ impl Store {
         let start_index = tree.index();
         let ready = tree.watch_scan(key, recursive, since)?;
         let next = if since == 0 { start_index + 1 } else { since.max(start_index + 1) };
-        Ok(Watch {
-            store: self.clone(),
-            key: key.to_string(),
-            recursive,
-            start_index,
-            next,
-            ready,
-            changes,
-        })
+        Ok(Watch { store: self.clone(), key: key.to_string(), recursive, start_index, next, ready, changes })
     }
 }
 
@@ -348,10 +318,7 @@ fn writer(mut engine: Engine, tree: Arc<RwLock<Tree>>, rx: mpsc::Receiver<Msg>, 
                     }
                 }
                 let index = guard.index();
-                batch
-                    .iter()
-                    .map(|_| Err(EtcdError::new(ErrorCode::Internal, format!("storage: {err}"), index)))
-                    .collect()
+                batch.iter().map(|_| Err(EtcdError::new(ErrorCode::Internal, format!("storage: {err}"), index))).collect()
             }
         };
         let current = guard.index();
@@ -371,12 +338,7 @@ fn writer(mut engine: Engine, tree: Arc<RwLock<Tree>>, rx: mpsc::Receiver<Msg>, 
 
 /// Apply the cluster's entries after `applied`; if one is `ours`, return
 /// the answers it got.
-fn catch_up(
-    log: &mut ClusterLog,
-    tree: &mut Tree,
-    applied: &mut u64,
-    ours: Option<&str>,
-) -> Result<Option<Vec<Result<Event, EtcdError>>>, cluster::ClusterError> {
+fn catch_up(log: &mut ClusterLog, tree: &mut Tree, applied: &mut u64, ours: Option<&str>) -> Result<Option<Vec<Result<Event, EtcdError>>>, cluster::ClusterError> {
     let mut found = None;
     loop {
         let entries = log.fetch_after(*applied)?;
@@ -391,11 +353,7 @@ fn catch_up(
                     *applied = seq;
                     continue;
                 }
-                _ => {
-                    return Err(cluster::ClusterError::Protocol(format!(
-                        "the log after entry {applied} is gone and no newer snapshot exists"
-                    )))
-                }
+                _ => return Err(cluster::ClusterError::Protocol(format!("the log after entry {applied} is gone and no newer snapshot exists"))),
             }
         }
         for (seq, entry) in entries {
@@ -412,13 +370,7 @@ fn catch_up(
     }
 }
 
-fn cluster_writer(
-    mut log: ClusterLog,
-    mut applied: u64,
-    tree: Arc<RwLock<Tree>>,
-    rx: mpsc::Receiver<Msg>,
-    index: watch::Sender<u64>,
-) {
+fn cluster_writer(mut log: ClusterLog, mut applied: u64, tree: Arc<RwLock<Tree>>, rx: mpsc::Receiver<Msg>, index: watch::Sender<u64>) {
     let node = format!("{}-{}", std::process::id(), Timestamp::now().0);
     let mut proposals = 0u64;
     loop {

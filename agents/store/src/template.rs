@@ -107,10 +107,7 @@ impl Template {
         }
         let mode = match &spec.mode {
             None => 0o644,
-            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .ok_or_else(|| err(format!("mode {m:?} is not an octal file mode such as \"0644\"")))?,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| err(format!("mode {m:?} is not an octal file mode such as \"0644\"")))?,
         };
         let uid_and_gid = match &spec.owner {
             None => None,
@@ -287,15 +284,10 @@ fn add_store_functions(env: &mut minijinja::Environment<'_>, store: &Store) {
     };
     let gets2 = gets.clone();
     env.add_function("gets", move |dir: String| -> Result<minijinja::Value, minijinja::Error> {
-        let pairs: Vec<minijinja::Value> = gets(&dir)?
-            .into_iter()
-            .map(|n| minijinja::Value::from_pairs([("key", n.key), ("value", n.value.unwrap_or_default())]))
-            .collect();
+        let pairs: Vec<minijinja::Value> = gets(&dir)?.into_iter().map(|n| minijinja::Value::from_pairs([("key", n.key), ("value", n.value.unwrap_or_default())])).collect();
         Ok(minijinja::Value::from(pairs))
     });
-    env.add_function("getvs", move |dir: String| -> Result<Vec<String>, minijinja::Error> {
-        Ok(gets2(&dir)?.into_iter().map(|n| n.value.unwrap_or_default()).collect())
-    });
+    env.add_function("getvs", move |dir: String| -> Result<Vec<String>, minijinja::Error> { Ok(gets2(&dir)?.into_iter().map(|n| n.value.unwrap_or_default()).collect()) });
 }
 
 fn lookup_in(file: &str, name: &str, id_field: usize) -> Option<(u32, u32)> {
@@ -343,10 +335,7 @@ pub fn load_dir(dir: &Path) -> (Vec<Template>, Vec<TemplateError>) {
         Ok(entries) => entries,
         Err(e) => return (Vec::new(), vec![TemplateError::Resource { path: dir.to_path_buf(), message: format!("cannot list: {e}") }]),
     };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
     paths.sort();
     let (mut templates, mut errors) = (Vec::new(), Vec::new());
     for p in &paths {

@@ -22,9 +22,7 @@ pub enum TlsError {
 fn certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |message: String| TlsError::File { field, path: path.to_path_buf(), message };
     let text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let certs = CertificateDer::pem_slice_iter(&text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("not PEM certificates: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&text).collect::<Result<Vec<_>, _>>().map_err(|e| err(format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
         return Err(err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
     }
@@ -36,24 +34,17 @@ fn certificates(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'
 pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates("tls_cert", cert)?;
-    let key_text = std::fs::read(key)
-        .map_err(|e| TlsError::File { field: "tls_key", path: key.into(), message: format!("cannot read: {e}") })?;
-    let private_key = PrivateKeyDer::from_pem_slice(&key_text).map_err(|e| TlsError::File {
-        field: "tls_key",
-        path: key.into(),
-        message: format!("holds no usable PEM private key ({e})"),
-    })?;
+    let key_text = std::fs::read(key).map_err(|e| TlsError::File { field: "tls_key", path: key.into(), message: format!("cannot read: {e}") })?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key_text).map_err(|e| TlsError::File { field: "tls_key", path: key.into(), message: format!("holds no usable PEM private key ({e})") })?;
     let mut roots = RootCertStore::empty();
     for ca in certificates("tls_client_ca", client_ca)? {
-        roots.add(ca).map_err(|e| TlsError::File {
-            field: "tls_client_ca",
-            path: client_ca.into(),
-            message: format!("not a usable CA certificate: {e}"),
-        })?;
+        roots.add(ca).map_err(|e| TlsError::File { field: "tls_client_ca", path: client_ca.into(), message: format!("not a usable CA certificate: {e}") })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::File { field: "tls_client_ca", path: client_ca.into(), message: e.to_string() })?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().map_err(|e| TlsError::File {
+        field: "tls_client_ca",
+        path: client_ca.into(),
+        message: e.to_string(),
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Pair { cert: cert.into(), key: key.into(), message: e.to_string() })?

@@ -67,12 +67,7 @@ impl Node {
 
     /// etcd's `Repr`: a directory shows its children only when recursive.
     fn repr(&self, path: &str, recursive: bool, now: Timestamp) -> NodeView {
-        let mut view = NodeView {
-            key: display_key(path),
-            modified_index: self.modified,
-            created_index: self.created,
-            ..NodeView::default()
-        };
+        let mut view = NodeView { key: display_key(path), modified_index: self.modified, created_index: self.created, ..NodeView::default() };
         match &self.kind {
             Kind::File(v) => view.value = Some(v.clone()),
             Kind::Dir(children) => {
@@ -96,11 +91,7 @@ fn child_path(dir: &str, name: &str) -> String {
 }
 
 fn visible_children(path: &str, children: &BTreeMap<String, Node>, recursive: bool, now: Timestamp) -> Vec<NodeView> {
-    children
-        .iter()
-        .filter(|(name, _)| !name.starts_with('_'))
-        .map(|(name, child)| child.repr(&child_path(path, name), recursive, now))
-        .collect()
+    children.iter().filter(|(name, _)| !name.starts_with('_')).map(|(name, child)| child.repr(&child_path(path, name), recursive, now)).collect()
 }
 
 /// etcd's `path.Clean(path.Join("/", key))`: always absolute, no `.`, `..`
@@ -176,14 +167,7 @@ impl Default for Tree {
 
 impl Tree {
     pub fn new(history_capacity: usize) -> Tree {
-        Tree {
-            root: Node::dir(0, None),
-            index: 0,
-            history: History::new(history_capacity),
-            ttl: BTreeSet::new(),
-            changes: Vec::new(),
-            new_events: Vec::new(),
-        }
+        Tree { root: Node::dir(0, None), index: 0, history: History::new(history_capacity), ttl: BTreeSet::new(), changes: Vec::new(), new_events: Vec::new() }
     }
 
     /// The current index: the index of the last change.
@@ -244,17 +228,11 @@ impl Tree {
     pub fn apply(&mut self, mutation: &Mutation, now: Timestamp) -> Result<Event, EtcdError> {
         let event = match mutation {
             Mutation::Set { key, dir, value, expires, refresh } => self.set(key, *dir, value, *expires, *refresh, now),
-            Mutation::Create { key, dir, value, unique, expires } => {
-                self.create_node(key, *dir, value, *unique, false, *expires, Action::Create, now)
-            }
+            Mutation::Create { key, dir, value, unique, expires } => self.create_node(key, *dir, value, *unique, false, *expires, Action::Create, now),
             Mutation::Update { key, value, expires, refresh } => self.update(key, value, *expires, *refresh, now),
-            Mutation::CompareAndSwap { key, prev_value, prev_index, value, expires, refresh } => {
-                self.compare_and_swap(key, prev_value, *prev_index, value, *expires, *refresh, now)
-            }
+            Mutation::CompareAndSwap { key, prev_value, prev_index, value, expires, refresh } => self.compare_and_swap(key, prev_value, *prev_index, value, *expires, *refresh, now),
             Mutation::Delete { key, dir, recursive } => self.delete(key, *dir, *recursive, now),
-            Mutation::CompareAndDelete { key, prev_value, prev_index } => {
-                self.compare_and_delete(key, prev_value, *prev_index, now)
-            }
+            Mutation::CompareAndDelete { key, prev_value, prev_index } => self.compare_and_delete(key, prev_value, *prev_index, now),
         }?;
         self.record(event.clone());
         Ok(event)
@@ -269,15 +247,7 @@ impl Tree {
         EtcdError::new(ErrorCode::RootReadOnly, "/", self.index)
     }
 
-    fn set(
-        &mut self,
-        key: &str,
-        dir: bool,
-        value: &str,
-        expires: Option<Timestamp>,
-        refresh: bool,
-        now: Timestamp,
-    ) -> Result<Event, EtcdError> {
+    fn set(&mut self, key: &str, dir: bool, value: &str, expires: Option<Timestamp>, refresh: bool, now: Timestamp) -> Result<Event, EtcdError> {
         let path = clean_path(key);
         let prev = match self.lookup(&path) {
             Ok(n) => Some(n.repr(&path, false, now)),
@@ -303,24 +273,10 @@ impl Tree {
 
     /// internalCreate: make missing parent directories, then the node.
     #[allow(clippy::too_many_arguments)]
-    fn create_node(
-        &mut self,
-        key: &str,
-        dir: bool,
-        value: &str,
-        unique: bool,
-        replace: bool,
-        expires: Option<Timestamp>,
-        action: Action,
-        now: Timestamp,
-    ) -> Result<Event, EtcdError> {
+    fn create_node(&mut self, key: &str, dir: bool, value: &str, unique: bool, replace: bool, expires: Option<Timestamp>, action: Action, now: Timestamp) -> Result<Event, EtcdError> {
         let current = self.index;
         let next = current + 1;
-        let path = if unique {
-            clean_path(&format!("{key}/{next:020}"))
-        } else {
-            clean_path(key)
-        };
+        let path = if unique { clean_path(&format!("{key}/{next:020}")) } else { clean_path(key) };
         if path == "/" {
             return Err(self.root_read_only());
         }
@@ -375,11 +331,7 @@ impl Tree {
                 }
                 node = children.get_mut(part).expect("just ensured");
             }
-            let new_node = if dir {
-                Node::dir(next, expires)
-            } else {
-                Node { created: next, modified: next, expires, kind: Kind::File(value.to_string()) }
-            };
+            let new_node = if dir { Node::dir(next, expires) } else { Node { created: next, modified: next, expires, kind: Kind::File(value.to_string()) } };
             node.children_mut().expect("checked above").insert(name.to_string(), new_node);
         }
         for d in created_dirs {
@@ -406,14 +358,7 @@ impl Tree {
         Ok(event)
     }
 
-    fn update(
-        &mut self,
-        key: &str,
-        value: &str,
-        expires: Option<Timestamp>,
-        refresh: bool,
-        now: Timestamp,
-    ) -> Result<Event, EtcdError> {
+    fn update(&mut self, key: &str, value: &str, expires: Option<Timestamp>, refresh: bool, now: Timestamp) -> Result<Event, EtcdError> {
         let path = clean_path(key);
         if path == "/" {
             return Err(self.root_read_only());
@@ -475,16 +420,7 @@ impl Tree {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn compare_and_swap(
-        &mut self,
-        key: &str,
-        prev_value: &str,
-        prev_index: u64,
-        value: &str,
-        expires: Option<Timestamp>,
-        refresh: bool,
-        now: Timestamp,
-    ) -> Result<Event, EtcdError> {
+    fn compare_and_swap(&mut self, key: &str, prev_value: &str, prev_index: u64, value: &str, expires: Option<Timestamp>, refresh: bool, now: Timestamp) -> Result<Event, EtcdError> {
         let path = clean_path(key);
         if path == "/" {
             return Err(self.root_read_only());
@@ -539,13 +475,7 @@ impl Tree {
         Ok(event)
     }
 
-    fn compare_and_delete(
-        &mut self,
-        key: &str,
-        prev_value: &str,
-        prev_index: u64,
-        now: Timestamp,
-    ) -> Result<Event, EtcdError> {
+    fn compare_and_delete(&mut self, key: &str, prev_value: &str, prev_index: u64, now: Timestamp) -> Result<Event, EtcdError> {
         let path = clean_path(key);
         let node = self.lookup(&path)?;
         if node.is_dir() {
@@ -633,33 +563,17 @@ impl Tree {
     /// The stored form of the node at `path`, if it exists.
     pub fn record_at(&self, path: &str) -> Option<NodeRecord> {
         let node = self.lookup(path).ok()?;
-        Some(NodeRecord {
-            dir: node.is_dir(),
-            value: node.value().to_string(),
-            created: node.created,
-            modified: node.modified,
-            expires: node.expires,
-        })
+        Some(NodeRecord { dir: node.is_dir(), value: node.value().to_string(), created: node.created, modified: node.modified, expires: node.expires })
     }
 
     /// Rebuild a tree from stored nodes (parents before children, as a
     /// sorted table gives them) and stored events.
-    pub fn restore(
-        index: u64,
-        nodes: impl IntoIterator<Item = (String, NodeRecord)>,
-        events: impl IntoIterator<Item = Event>,
-        history_capacity: usize,
-    ) -> Tree {
+    pub fn restore(index: u64, nodes: impl IntoIterator<Item = (String, NodeRecord)>, events: impl IntoIterator<Item = Event>, history_capacity: usize) -> Tree {
         let mut tree = Tree::new(history_capacity);
         tree.index = index;
         for (path, rec) in nodes {
             let (parent, name) = split_parent(&path);
-            let node = Node {
-                created: rec.created,
-                modified: rec.modified,
-                expires: rec.expires,
-                kind: if rec.dir { Kind::Dir(BTreeMap::new()) } else { Kind::File(rec.value) },
-            };
+            let node = Node { created: rec.created, modified: rec.modified, expires: rec.expires, kind: if rec.dir { Kind::Dir(BTreeMap::new()) } else { Kind::File(rec.value) } };
             // A node whose parent is missing cannot be reached; skip it.
             if let Some(children) = tree.lookup_mut(parent).and_then(|p| p.children_mut()) {
                 children.insert(name.to_string(), node);
@@ -692,10 +606,7 @@ impl Tree {
             }
             _ => {
                 let kind = if rec.dir { Kind::Dir(BTreeMap::new()) } else { Kind::File(rec.value) };
-                children.insert(
-                    name.to_string(),
-                    Node { created: rec.created, modified: rec.modified, expires: rec.expires, kind },
-                );
+                children.insert(name.to_string(), Node { created: rec.created, modified: rec.modified, expires: rec.expires, kind });
             }
         }
         if let Some(t) = rec.expires {
@@ -725,16 +636,7 @@ impl Tree {
         let mut stack = vec![("/".to_string(), &self.root)];
         while let Some((path, node)) = stack.pop() {
             if path != "/" {
-                out.push((
-                    path.clone(),
-                    NodeRecord {
-                        dir: node.is_dir(),
-                        value: node.value().to_string(),
-                        created: node.created,
-                        modified: node.modified,
-                        expires: node.expires,
-                    },
-                ));
+                out.push((path.clone(), NodeRecord { dir: node.is_dir(), value: node.value().to_string(), created: node.created, modified: node.modified, expires: node.expires }));
             }
             if let Some(children) = node.children() {
                 for (name, child) in children.iter().rev() {

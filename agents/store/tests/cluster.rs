@@ -148,13 +148,7 @@ fn the_log_is_compacted_behind_snapshots_and_new_stores_start_from_them() {
     let dir = tempfile::tempdir().unwrap();
     let members = Etcd::start_cluster(&dir.path().join("etcd"), 1);
     let url = members[0].url();
-    let start = |name: &str| {
-        StoreProcess::start(
-            Path::new(env!("CARGO_BIN_EXE_basalt-store")),
-            &dir.path().join(name),
-            &["--cluster", &url, "--cluster-snapshot-every", "50"],
-        )
-    };
+    let start = |name: &str| StoreProcess::start(Path::new(env!("CARGO_BIN_EXE_basalt-store")), &dir.path().join(name), &["--cluster", &url, "--cluster-snapshot-every", "50"]);
     let a = start("a");
     let mut ca = Client::new(a.endpoint.clone());
     for i in 0..230 {

@@ -98,13 +98,7 @@ impl Pair {
     }
 
     fn finish(self) {
-        assert!(
-            self.mismatches.is_empty(),
-            "{} of {} requests answered differently:\n{}",
-            self.mismatches.len(),
-            self.compared,
-            self.mismatches.join("\n")
-        );
+        assert!(self.mismatches.is_empty(), "{} of {} requests answered differently:\n{}", self.mismatches.len(), self.compared, self.mismatches.join("\n"));
     }
 }
 

@@ -153,12 +153,7 @@ fn etcdctl_v2_works_against_the_store() {
     // A watch for the change after the current index: it sees the change
     // whether it connects before or after the write.
     let now = Client::new(store.endpoint.clone()).get("/", false).unwrap().etcd_index.to_string();
-    let watcher = Command::new("etcdctl")
-        .env("ETCDCTL_API", "2")
-        .args(["--endpoints", &url, "watch", "--after-index", &now, "/config/name"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let watcher = Command::new("etcdctl").env("ETCDCTL_API", "2").args(["--endpoints", &url, "watch", "--after-index", &now, "/config/name"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     ctl(&["set", "/config/name", "changed"]);
     let out = watcher.wait_with_output().unwrap();
@@ -178,11 +173,7 @@ fn the_service_renders_templates_when_their_keys_change() {
     std::fs::write(templates.join("app.tmpl"), "{% for s in gets('/services/app') %}server {{ s.value }};\n{% endfor %}").unwrap();
     std::fs::write(
         templates.join("app.toml"),
-        format!(
-            "[template]\nsrc = \"app.tmpl\"\ndest = \"{}\"\nkeys = [\"/services/app\"]\nmode = \"0600\"\nreload_cmd = \"echo reload >> {}\"\n",
-            dest.display(),
-            reloads.display()
-        ),
+        format!("[template]\nsrc = \"app.tmpl\"\ndest = \"{}\"\nkeys = [\"/services/app\"]\nmode = \"0600\"\nreload_cmd = \"echo reload >> {}\"\n", dest.display(), reloads.display()),
     )
     .unwrap();
     let templates_arg = templates.display().to_string();
@@ -230,12 +221,7 @@ fn unix_socket_and_fleetlock() {
         // FleetLock bodies are JSON, so send them raw with the protocol header.
         use std::io::{Read, Write};
         let mut s = std::os::unix::net::UnixStream::connect(p).unwrap();
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: x\r\nfleet-lock-protocol: true\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\nfleet-lock-protocol: true\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap()

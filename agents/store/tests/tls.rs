@@ -17,27 +17,58 @@ use std::sync::Arc;
 const STORE: &str = env!("CARGO_BIN_EXE_basalt-store");
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running openssl (Debian package openssl): {e}"));
+    let out = Command::new("openssl").current_dir(dir).args(args).output().unwrap_or_else(|e| panic!("running openssl (Debian package openssl): {e}"));
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A CA (`NAME-ca.pem`/`.key`).
 fn ca(dir: &Path, name: &str) {
-    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-        "-subj", &format!("/CN={name} CA"), "-keyout", &format!("{name}-ca.key"), "-out", &format!("{name}-ca.pem")]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} CA"),
+            "-keyout",
+            &format!("{name}-ca.key"),
+            "-out",
+            &format!("{name}-ca.pem"),
+        ],
+    );
 }
 
 /// A certificate `NAME.pem`/`NAME.key` signed by CA `ca`, with extensions.
 fn leaf(dir: &Path, ca: &str, name: &str, extensions: &str) {
     std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
-    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", &format!("/CN={name}"),
-        "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
-    openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}-ca.pem"), "-CAkey", &format!("{ca}-ca.key"),
-        "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem")]);
+    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", &format!("/CN={name}"), "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
 }
 
 struct Pki {
@@ -79,10 +110,7 @@ impl Pki {
         for c in CertificateDer::pem_file_iter(self.path("cluster-ca.pem")).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots);
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider())).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
         let config = match identity {
             None => builder.with_no_client_auth(),
             Some(name) => {
@@ -160,13 +188,7 @@ fn only_clients_with_a_certificate_from_the_ca_get_answers() {
 /// Starts `basalt-store` expecting it to refuse to start; its stderr.
 fn refused(args: &[&str]) -> String {
     let data = tempfile::tempdir().unwrap();
-    let out = Command::new(STORE)
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--no-socket", "--templates-dir", "/nonexistent", "--seed-file", ""])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(STORE).arg("--data-dir").arg(data.path()).args(["--no-socket", "--templates-dir", "/nonexistent", "--seed-file", ""]).args(args).output().unwrap();
     assert!(!out.status.success(), "{args:?} started");
     String::from_utf8(out.stderr).unwrap()
 }

@@ -266,13 +266,8 @@ pub fn write_slot<R: Read + Send>(stream: R, expect: &Expect, slot: Slot, target
         drop(src);
         let sha = reader.join().map_err(|_| "the payload reader panicked".to_string())?;
         let complete = count.load(Ordering::Relaxed) == expect.file.size;
-        let (header, uki, usr, read_back) = written.map_err(|e| {
-            if complete && sha != expect.file.sha256 {
-                format!("the payload's sha256 is {sha}, the signed metadata says {} ({e})", expect.file.sha256)
-            } else {
-                e
-            }
-        })?;
+        let (header, uki, usr, read_back) =
+            written.map_err(|e| if complete && sha != expect.file.sha256 { format!("the payload's sha256 is {sha}, the signed metadata says {} ({e})", expect.file.sha256) } else { e })?;
         Ok((header, uki, sha, usr, read_back))
     })?;
     let got = count.load(Ordering::Relaxed);

@@ -63,16 +63,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            server: None,
-            channel: "stable".into(),
-            strategy: Strategy::Reboot,
-            window: None,
-            fleetlock_url: None,
-            check_interval: Duration::from_secs(3600),
-            tries: 3,
-            warnings: Vec::new(),
-        }
+        Config { server: None, channel: "stable".into(), strategy: Strategy::Reboot, window: None, fleetlock_url: None, check_interval: Duration::from_secs(3600), tries: 3, warnings: Vec::new() }
     }
 }
 
@@ -173,7 +164,10 @@ mod tests {
     fn later_files_override_and_bad_lines_are_named() {
         let mut c = Config::default();
         c.apply("/usr/share/basalt/update.conf", "SERVER=https://updates.example.com/\nCHANNEL=stable\n");
-        c.apply("/etc/basalt/update.conf", "# from cloud-config\nCHANNEL=beta\nREBOOT_STRATEGY=etcd-lock\nREBOOT_WINDOW_START=Thu 04:00\nREBOOT_WINDOW_LENGTH=1h\nCHECK_INTERVAL=5s\nWHAT=1\nnonsense\n");
+        c.apply(
+            "/etc/basalt/update.conf",
+            "# from cloud-config\nCHANNEL=beta\nREBOOT_STRATEGY=etcd-lock\nREBOOT_WINDOW_START=Thu 04:00\nREBOOT_WINDOW_LENGTH=1h\nCHECK_INTERVAL=5s\nWHAT=1\nnonsense\n",
+        );
         assert_eq!(c.server.as_deref(), Some("https://updates.example.com"));
         assert_eq!(c.channel, "beta");
         assert_eq!(c.strategy, Strategy::Lock);

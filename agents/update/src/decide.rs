@@ -6,15 +6,27 @@ use std::time::SystemTime;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    UpToDate { version: String },
+    UpToDate {
+        version: String,
+    },
     /// Take `release`, by `delta` when one starts from the running version.
-    Update { release: Release, delta: Option<Delta> },
+    Update {
+        release: Release,
+        delta: Option<Delta>,
+    },
     /// Already written to the other slot; waiting for the reboot.
-    Staged { version: String },
+    Staged {
+        version: String,
+    },
     /// This machine's rollout wave has not come yet.
-    Wait { version: String, until: Option<SystemTime> },
+    Wait {
+        version: String,
+        until: Option<SystemTime>,
+    },
     /// Not taken, and why.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 pub struct Inputs<'a> {
@@ -46,7 +58,9 @@ pub fn decide(channel: &Channel, i: &Inputs) -> Decision {
         return Decision::Refused { reason: format!("{} failed its health checks on this machine before; not retrying it (a newer release will be taken)", r.version) };
     }
     if offered < running && !i.allow_downgrade {
-        return Decision::Refused { reason: format!("channel {} offers {}, older than the running {}; not going down unless told (basaltctl update apply --allow-downgrade)", channel.channel, r.version, i.running) };
+        return Decision::Refused {
+            reason: format!("channel {} offers {}, older than the running {}; not going down unless told (basaltctl update apply --allow-downgrade)", channel.channel, r.version, i.running),
+        };
     }
     if i.staged == Some(r.version.as_str()) {
         return Decision::Staged { version: r.version.clone() };

@@ -2,18 +2,18 @@
 //! requests, installing, rebooting, and making sense of the boot it finds
 //! itself in.
 
-use basalt_update::fetch::Client;
+use crate::state::write_atomic;
 use crate::state::{self, Staged, State};
 use crate::system::{self, Machine};
-use crate::state::write_atomic;
-use basalt_update::reboot;
 use basalt_repo::meta::{Delta, Release, MAX_METADATA_BYTES};
 use basalt_repo::payload::Reference;
 use basalt_repo::Trusted;
 use basalt_update::apply::{self, Expect};
 use basalt_update::config::{self, Config, Strategy};
 use basalt_update::decide::{decide, Decision, Inputs};
+use basalt_update::fetch::Client;
 use basalt_update::protocol::{Progress, Request, Response, Status};
+use basalt_update::reboot;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -80,7 +80,9 @@ impl Worker {
         }
         w.publish("idle");
         match &w.cfg.server {
-            Some(s) => log(&format!("running {} {} from slot {}; channel {} at {s}; first check in {} s", w.machine.image, w.machine.version, w.machine.slot.letter(), w.cfg.channel, jitter.as_secs())),
+            Some(s) => {
+                log(&format!("running {} {} from slot {}; channel {} at {s}; first check in {} s", w.machine.image, w.machine.version, w.machine.slot.letter(), w.cfg.channel, jitter.as_secs()))
+            }
             None => log(&format!("running {} {} from slot {}; no update server configured (SERVER= in {})", w.machine.image, w.machine.version, w.machine.slot.letter(), config::MACHINE_CONF)),
         }
         Ok(w)
@@ -110,7 +112,8 @@ impl Worker {
                 .and_then(|esp| basalt_slots::find(&esp.linux_dir(), &basalt_slots::uki_base(&m.image, &staged.version, m.slot.other())))
                 .map(|(file, n)| format!("its UKI {file} has {} tries left after {} boot(s)", n.left.map_or("all".into(), |l| l.to_string()), n.done))
                 .unwrap_or_else(|| "its UKI is gone".into());
-            let msg = format!("{} did not pass its health checks ({detail}); the boot loader went back to {} on slot {}; {} will not be retried", staged.version, m.version, m.slot.letter(), staged.version);
+            let msg =
+                format!("{} did not pass its health checks ({detail}); the boot loader went back to {} on slot {}; {} will not be retried", staged.version, m.version, m.slot.letter(), staged.version);
             log(&format!("rollback: {msg}"));
             self.state.rolled_back = Some(msg.clone());
             self.state.last_result = msg;
@@ -352,7 +355,13 @@ impl Worker {
 
         // The slot is marked as being written, and its UKIs leave the ESP,
         // before its first byte changes.
-        self.state.staged = Some(Staged { version: release.version.clone(), slot: target.letter().into(), status: "writing".into(), boot_id: self.machine.boot_id.clone(), from_version: self.machine.version.clone() });
+        self.state.staged = Some(Staged {
+            version: release.version.clone(),
+            slot: target.letter().into(),
+            status: "writing".into(),
+            boot_id: self.machine.boot_id.clone(),
+            from_version: self.machine.version.clone(),
+        });
         self.save();
         {
             let esp = system::esp()?;

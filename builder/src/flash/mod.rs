@@ -80,11 +80,7 @@ pub fn flash(opts: &FlashOptions) -> Result<FlashReport> {
 
     let target = Target::open(&opts.target)?;
     if target.logical_sector != 512 {
-        bail!(
-            "{} has {}-byte logical sectors; basalt images are laid out for 512-byte sectors, so the partition table would be in the wrong place",
-            target.path.display(),
-            target.logical_sector
-        );
+        bail!("{} has {}-byte logical sectors; basalt images are laid out for 512-byte sectors, so the partition table would be in the wrong place", target.path.display(), target.logical_sector);
     }
     if let Some(size) = image_size {
         if size > target.size {
@@ -466,7 +462,17 @@ mod tests {
         w.flush_zeros().unwrap();
         let mut back = vec![0u8; 64 << 10];
         t.file.read_exact_at(&mut back, 0).unwrap();
-        let expect: Vec<u8> = (0..64 << 10).map(|i| if (8 << 10..16 << 10).contains(&i) { 7 } else if i < 32 << 10 { 1 } else { 0 }).collect();
+        let expect: Vec<u8> = (0..64 << 10)
+            .map(|i| {
+                if (8 << 10..16 << 10).contains(&i) {
+                    7
+                } else if i < 32 << 10 {
+                    1
+                } else {
+                    0
+                }
+            })
+            .collect();
         assert!(back == expect, "target content differs");
         // The last 32 KiB of zeros were punched out, not written.
         use std::os::unix::fs::MetadataExt;

@@ -276,8 +276,8 @@ impl Read for PieceReader {
 mod tests {
     use super::*;
     use basalt_blockio::ALIGN;
-    use std::os::unix::fs::FileExt;
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
 
     fn run(input: Input, compressed: bool) -> (Vec<u8>, Vec<bool>, String, u64) {
         let pool = Pool::default();

@@ -41,10 +41,7 @@ pub fn expected_sha256(source: &str, given: Option<&str>) -> Result<String> {
     }
     let sums_name = format!("{source}.sha256");
     let text = if is_url(source) {
-        ureq::get(&sums_name)
-            .call()
-            .and_then(|r| r.into_body().read_to_string())
-            .with_context(|| format!("fetching {sums_name} (or pass --sha256 HEX)"))?
+        ureq::get(&sums_name).call().and_then(|r| r.into_body().read_to_string()).with_context(|| format!("fetching {sums_name} (or pass --sha256 HEX)"))?
     } else {
         std::fs::read_to_string(&sums_name).with_context(|| format!("reading {sums_name}: the image's sha256 is needed to verify it (or pass --sha256 HEX)"))?
     };

@@ -34,9 +34,7 @@ impl Response {
 
 impl Client {
     pub fn new(creds: Credentials, region: &str, service: &'static str, endpoint: &str) -> Result<Client> {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).max_idle_connections_per_host(64).build(),
-        );
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).max_idle_connections_per_host(64).build());
         let log = match std::env::var_os(REQUEST_LOG_ENV) {
             Some(p) => Some(Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(&p).context("opening the request log")?))),
             None => None,
@@ -48,12 +46,13 @@ impl Client {
     pub fn call(&self, method: &str, path: &str, query: &[(String, String)], headers: &[(String, String)], body: &[u8]) -> Result<Response> {
         let host_and_port = self.endpoint.split("://").nth(1).unwrap_or(&self.endpoint).split('/').next().unwrap_or("");
         // The Host header ureq sends leaves out the default port.
-        let host = host_and_port.strip_suffix(":443").filter(|_| self.endpoint.starts_with("https://")).or_else(|| host_and_port.strip_suffix(":80").filter(|_| self.endpoint.starts_with("http://"))).unwrap_or(host_and_port);
+        let host = host_and_port
+            .strip_suffix(":443")
+            .filter(|_| self.endpoint.starts_with("https://"))
+            .or_else(|| host_and_port.strip_suffix(":80").filter(|_| self.endpoint.starts_with("http://")))
+            .unwrap_or(host_and_port);
         let amz_date = sigv4::amz_date(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs());
-        let signed = sigv4::sign(
-            &sigv4::Request { method, host, path, query, headers, payload: body, region: &self.region, service: self.service, amz_date: &amz_date },
-            &self.creds,
-        );
+        let signed = sigv4::sign(&sigv4::Request { method, host, path, query, headers, payload: body, region: &self.region, service: self.service, amz_date: &amz_date }, &self.creds);
         let mut url = format!("{}{path}", self.endpoint);
         if !query.is_empty() {
             url.push('?');

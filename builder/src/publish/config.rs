@@ -68,10 +68,7 @@ impl Environment {
         }
         match (self.profile_entry("aws_access_key_id"), self.profile_entry("aws_secret_access_key")) {
             (Some(id), Some(secret)) => Ok(Credentials { access_key_id: id, secret_access_key: secret, session_token: self.profile_entry("aws_session_token") }),
-            _ => bail!(
-                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add aws_access_key_id and aws_secret_access_key to profile {:?} in ~/.aws/credentials",
-                self.profile()
-            ),
+            _ => bail!("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add aws_access_key_id and aws_secret_access_key to profile {:?} in ~/.aws/credentials", self.profile()),
         }
     }
 
@@ -85,11 +82,7 @@ impl Environment {
     /// The endpoint of `service` (ebs, ec2) in `region`.
     pub fn endpoint(&self, given: Option<&str>, service: &str, region: &str) -> String {
         let specific = format!("AWS_ENDPOINT_URL_{}", service.to_ascii_uppercase());
-        given
-            .or(self.var(&specific))
-            .or(self.var("AWS_ENDPOINT_URL"))
-            .map(|e| e.trim_end_matches('/').to_string())
-            .unwrap_or_else(|| format!("https://{service}.{region}.amazonaws.com"))
+        given.or(self.var(&specific)).or(self.var("AWS_ENDPOINT_URL")).map(|e| e.trim_end_matches('/').to_string()).unwrap_or_else(|| format!("https://{service}.{region}.amazonaws.com"))
     }
 }
 
@@ -98,11 +91,7 @@ mod tests {
     use super::*;
 
     fn env(vars: &[(&str, &str)], credentials: Option<&str>, config: Option<&str>) -> Environment {
-        Environment {
-            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            credentials_file: credentials.map(str::to_string),
-            config_file: config.map(str::to_string),
-        }
+        Environment { vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), credentials_file: credentials.map(str::to_string), config_file: config.map(str::to_string) }
     }
 
     #[test]

@@ -29,10 +29,7 @@ pub fn start_snapshot(c: &Client, volume_gib: u64, description: &str, tags: &[(S
     });
     let r = c.call_ok("StartSnapshot", "POST", "/snapshots", &[], &[("content-type".into(), "application/json".into())], body.to_string().as_bytes())?;
     let v: Value = serde_json::from_slice(&r.body).context("StartSnapshot answer")?;
-    Ok(StartedSnapshot {
-        snapshot_id: v["SnapshotId"].as_str().context("StartSnapshot answer has no SnapshotId")?.to_string(),
-        block_size: v["BlockSize"].as_u64().unwrap_or(BLOCK_SIZE as u64),
-    })
+    Ok(StartedSnapshot { snapshot_id: v["SnapshotId"].as_str().context("StartSnapshot answer has no SnapshotId")?.to_string(), block_size: v["BlockSize"].as_u64().unwrap_or(BLOCK_SIZE as u64) })
 }
 
 /// Writes one block; `checksum` is the base64 sha256 of `data`.

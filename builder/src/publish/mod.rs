@@ -141,12 +141,7 @@ impl State {
         let mut lines = text.lines();
         let header: StateHeader = serde_json::from_str(lines.next().unwrap_or("")).with_context(|| format!("{} is not a publish state file", path.display()))?;
         if header.image_sha256 != plan.image_sha256 || header.region != region {
-            bail!(
-                "{} records an upload of another image or region (snapshot {} in {}); delete it to start over",
-                path.display(),
-                header.snapshot_id,
-                header.region
-            );
+            bail!("{} records an upload of another image or region (snapshot {} in {}); delete it to start over", path.display(), header.snapshot_id, header.region);
         }
         let mut done = BTreeMap::new();
         let mut completed = false;
@@ -230,14 +225,27 @@ pub fn publish(opts: &AwsOptions) -> Result<Option<Published>> {
         let upload = plan.data_blocks.len() as u64 * ebs::BLOCK_SIZE as u64;
         println!("plan (dry run, nothing is sent):");
         println!("  image          {} ({} bytes, sha256 {})", opts.image.display(), plan.image_bytes, plan.image_sha256);
-        println!("  snapshot       {} GiB volume, {} blocks of 512 KiB: {} to upload ({:.1} MiB), {} all-zero skipped", plan.volume_gib, plan.total_blocks, plan.data_blocks.len(), upload as f64 / 1048576.0, plan.total_blocks - plan.data_blocks.len() as u64);
+        println!(
+            "  snapshot       {} GiB volume, {} blocks of 512 KiB: {} to upload ({:.1} MiB), {} all-zero skipped",
+            plan.volume_gib,
+            plan.total_blocks,
+            plan.data_blocks.len(),
+            upload as f64 / 1048576.0,
+            plan.total_blocks - plan.data_blocks.len() as u64
+        );
         println!("  upload         {} in parallel via {ebs_endpoint}, state in {}", opts.parallel, state_path.display());
         if let Ok(text) = std::fs::read_to_string(&state_path) {
             println!("  resume         {} ({} lines recorded)", state_path.display(), text.lines().count().saturating_sub(1));
         }
         println!("  region         {region} via {ec2_endpoint}");
-        println!("  RegisterImage  {}", ec2::register_image_params(&ec2::ImageSpec { name: &name, description: &description, snapshot_id: "<snapshot>", volume_gib: plan.volume_gib, tags: &opts.tags })
-            .iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+        println!(
+            "  RegisterImage  {}",
+            ec2::register_image_params(&ec2::ImageSpec { name: &name, description: &description, snapshot_id: "<snapshot>", volume_gib: plan.volume_gib, tags: &opts.tags })
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         for r in &opts.copy_to_regions {
             println!("  CopyImage      to {r}");
         }

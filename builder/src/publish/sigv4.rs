@@ -71,8 +71,7 @@ pub fn sign(req: &Request, creds: &Credentials) -> Vec<(String, String)> {
     headers.sort();
     let signed_headers = headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
     let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let canonical_request =
-        format!("{}\n{}\n{}\n{}\n{}\n{}", req.method, req.path, canonical_query(req.query), canonical_headers, signed_headers, sha256_hex(req.payload));
+    let canonical_request = format!("{}\n{}\n{}\n{}\n{}\n{}", req.method, req.path, canonical_query(req.query), canonical_headers, signed_headers, sha256_hex(req.payload));
     let date = &req.amz_date[..8];
     let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
     let string_to_sign = format!("AWS4-HMAC-SHA256\n{}\n{scope}\n{}", req.amz_date, sha256_hex(canonical_request.as_bytes()));
@@ -85,10 +84,7 @@ pub fn sign(req: &Request, creds: &Credentials) -> Vec<(String, String)> {
     if let Some(token) = &creds.session_token {
         out.push(("x-amz-security-token".into(), token.clone()));
     }
-    out.push((
-        "authorization".into(),
-        format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}", creds.access_key_id),
-    ));
+    out.push(("authorization".into(), format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}", creds.access_key_id)));
     out
 }
 
@@ -109,17 +105,7 @@ mod tests {
 
     fn suite(method: &str, query: &[(&str, &str)]) -> String {
         let query: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let req = Request {
-            method,
-            host: "example.amazonaws.com",
-            path: "/",
-            query: &query,
-            headers: &[],
-            payload: b"",
-            region: "us-east-1",
-            service: "service",
-            amz_date: "20150830T123600Z",
-        };
+        let req = Request { method, host: "example.amazonaws.com", path: "/", query: &query, headers: &[], payload: b"", region: "us-east-1", service: "service", amz_date: "20150830T123600Z" };
         sign(&req, &suite_creds()).into_iter().find(|(k, _)| k == "authorization").unwrap().1
     }
 

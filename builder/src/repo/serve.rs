@@ -193,16 +193,7 @@ pub fn http_date(unix: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let c = crate::civil::civil(unix);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        DAYS[(unix / 86400 % 7) as usize],
-        c.day,
-        MONTHS[c.month as usize - 1],
-        c.year,
-        c.hour,
-        c.minute,
-        c.second
-    )
+    format!("{}, {:02} {} {} {:02}:{:02}:{:02} GMT", DAYS[(unix / 86400 % 7) as usize], c.day, MONTHS[c.month as usize - 1], c.year, c.hour, c.minute, c.second)
 }
 
 fn now_unix() -> u64 {
@@ -349,12 +340,7 @@ fn respond(out: &mut TcpStream, root: &Path, req: &Request, keep: bool) -> io::R
             range = Range::Whole;
         }
     }
-    let mut headers = vec![
-        ("Content-Type", content_type(&path).to_string()),
-        ("Accept-Ranges", "bytes".to_string()),
-        ("ETag", etag),
-        ("Last-Modified", last_modified),
-    ];
+    let mut headers = vec![("Content-Type", content_type(&path).to_string()), ("Accept-Ranges", "bytes".to_string()), ("ETag", etag), ("Last-Modified", last_modified)];
     if path.extension().is_some_and(|e| e == "json") {
         // Metadata changes under the same name: caches must ask again.
         headers.push(("Cache-Control", "no-cache".to_string()));
@@ -461,10 +447,7 @@ mod tests {
         std::thread::spawn(move || server.run());
 
         // Two requests on one connection, the second closing it.
-        let resp = exchange(
-            addr,
-            "GET /payloads/x.payload HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19\r\n\r\nHEAD /payloads/x.payload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
+        let resp = exchange(addr, "GET /payloads/x.payload HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19\r\n\r\nHEAD /payloads/x.payload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let (h1, rest) = split(&resp);
         assert!(h1.starts_with("HTTP/1.1 206 Partial Content"), "{h1}");
         assert!(h1.contains("Content-Range: bytes 10-19/100000") && h1.contains("Content-Length: 10"), "{h1}");

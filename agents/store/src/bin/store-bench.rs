@@ -34,11 +34,7 @@ struct Run {
 impl Tally {
     fn run(mut self) -> Run {
         self.latencies.sort();
-        Run {
-            ops_per_sec: self.latencies.len() as f64 / self.busy.as_secs_f64(),
-            p50: percentile(&self.latencies, 0.5),
-            p99: percentile(&self.latencies, 0.99),
-        }
+        Run { ops_per_sec: self.latencies.len() as f64 / self.busy.as_secs_f64(), p50: percentile(&self.latencies, 0.5), p99: percentile(&self.latencies, 0.99) }
     }
 }
 
@@ -61,12 +57,7 @@ fn drive(endpoint: &Endpoint, clients: usize, ops: usize, write: bool, tag: &str
                     for i in 0..ops {
                         let path = format!("/v2/keys/bench/{tag}/c{c}/k{}", i % 1000);
                         let t = Instant::now();
-                        let r = if write {
-                            client.request("PUT", &path, Some(&form(&[("value", value)])))
-                        } else {
-                            client.request("GET", &path, None)
-                        }
-                        .expect("request");
+                        let r = if write { client.request("PUT", &path, Some(&form(&[("value", value)]))) } else { client.request("GET", &path, None) }.expect("request");
                         lat.push(t.elapsed());
                         assert!(r.status < 300, "{} {path}: HTTP {} {}", if write { "PUT" } else { "GET" }, r.status, r.text());
                     }
@@ -101,9 +92,7 @@ fn main() {
         basalt_store::daemon::run(config).expect("store");
         return;
     }
-    let flag = |name: &str, default: usize| {
-        args.windows(2).find(|w| w[0] == name).map(|w| w[1].parse().expect("a number")).unwrap_or(default)
-    };
+    let flag = |name: &str, default: usize| args.windows(2).find(|w| w[0] == name).map(|w| w[1].parse().expect("a number")).unwrap_or(default);
     let ops = flag("--ops", 2000);
     let clients = flag("--clients", 16);
     let cluster = args.iter().any(|a| a == "--cluster");
@@ -125,7 +114,11 @@ fn main() {
     };
     let etcd = EtcdSide { endpoint: etcd };
     let etcd_version = Command::new("etcd").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
-    println!("store-bench: {ops} sequential ops, then {clients} clients x {} ops, each in {ROUNDS} rounds alternating etcd and ours; values of 64 bytes; {} cores", ops / 4, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "store-bench: {ops} sequential ops, then {clients} clients x {} ops, each in {ROUNDS} rounds alternating etcd and ours; values of 64 bytes; {} cores",
+        ops / 4,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
     if cluster {
         println!("etcd: {etcd_version}, 3 members on loopback; etcd's v2 API through the leader against basalt-store's cluster backend on the same cluster");
     } else {
@@ -133,12 +126,8 @@ fn main() {
     }
     println!();
     println!("{:<22} {:>11} {:>9} {:>9} {:>11} {:>9} {:>9} {:>7}", "phase", "etcd op/s", "p50 ms", "p99 ms", "ours op/s", "p50 ms", "p99 ms", "ratio");
-    let phases: [(&str, usize, usize, bool); 4] = [
-        ("sequential writes", 1, ops, true),
-        ("sequential reads", 1, ops, false),
-        ("concurrent writes", clients, ops / 4, true),
-        ("concurrent reads", clients, ops / 4, false),
-    ];
+    let phases: [(&str, usize, usize, bool); 4] =
+        [("sequential writes", 1, ops, true), ("sequential reads", 1, ops, false), ("concurrent writes", clients, ops / 4, true), ("concurrent reads", clients, ops / 4, false)];
     for (name, c, n, write) in phases {
         let tag = if c == 1 { "seq" } else { "conc" };
         if !write {
@@ -155,17 +144,7 @@ fn main() {
             drive(&ours.endpoint, c, n / ROUNDS, write, tag, &mut o);
         }
         let (e, o) = (e.run(), o.run());
-        println!(
-            "{:<22} {:>11.0} {:>9} {:>9} {:>11.0} {:>9} {:>9} {:>6.2}x",
-            name,
-            e.ops_per_sec,
-            ms(e.p50),
-            ms(e.p99),
-            o.ops_per_sec,
-            ms(o.p50),
-            ms(o.p99),
-            o.ops_per_sec / e.ops_per_sec
-        );
+        println!("{:<22} {:>11.0} {:>9} {:>9} {:>11.0} {:>9} {:>9} {:>6.2}x", name, e.ops_per_sec, ms(e.p50), ms(e.p99), o.ops_per_sec, ms(o.p50), ms(o.p99), o.ops_per_sec / e.ops_per_sec);
     }
     // Both must still hold what was written.
     for ep in [&etcd.endpoint, &ours.endpoint] {

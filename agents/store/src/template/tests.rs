@@ -4,9 +4,7 @@ use crate::service::Limits;
 use std::time::{Duration, Instant};
 
 fn set(store: &Store, key: &str, value: &str) {
-    store
-        .write_blocking(Mutation::Set { key: key.into(), dir: false, value: value.into(), expires: None, refresh: false })
-        .unwrap();
+    store.write_blocking(Mutation::Set { key: key.into(), dir: false, value: value.into(), expires: None, refresh: false }).unwrap();
 }
 
 struct Fixture {
@@ -26,10 +24,7 @@ impl Fixture {
         fs::create_dir_all(&conf).unwrap();
         fs::write(conf.join(format!("{name}.tmpl")), template).unwrap();
         let dest = self.dir.path().join("etc").join(format!("{name}.conf"));
-        let toml = format!(
-            "[template]\nsrc = \"{name}.tmpl\"\ndest = \"{}\"\nkeys = [\"/services\"]\nmode = \"0640\"\n{extra}",
-            dest.display()
-        );
+        let toml = format!("[template]\nsrc = \"{name}.tmpl\"\ndest = \"{}\"\nkeys = [\"/services\"]\nmode = \"0640\"\n{extra}", dest.display());
         fs::write(conf.join(format!("{name}.toml")), toml).unwrap();
         Template::load(&conf.join(format!("{name}.toml"))).unwrap()
     }
@@ -48,10 +43,7 @@ fn renders_store_values_with_mode() {
     );
     assert_eq!(t.apply(&f.store).unwrap(), Outcome::Replaced);
     let text = fs::read_to_string(&t.dest).unwrap();
-    assert_eq!(
-        text,
-        "upstream app {\n  server 10.0.0.1:80; # /services/web/a\n  server 10.0.0.2:80; # /services/web/b\n}\ndflt True name,web\n"
-    );
+    assert_eq!(text, "upstream app {\n  server 10.0.0.1:80; # /services/web/a\n  server 10.0.0.2:80; # /services/web/b\n}\ndflt True name,web\n");
     assert_eq!(fs::metadata(&t.dest).unwrap().permissions().mode() & 0o7777, 0o640);
     assert_eq!(t.apply(&f.store).unwrap(), Outcome::Unchanged);
 }
@@ -76,10 +68,7 @@ fn failed_check_keeps_old_file_and_reload_runs_after_replace() {
     let f = fixture();
     set(&f.store, "/services/x", "good");
     let marker = f.dir.path().join("reloaded");
-    let extra = format!(
-        "check_cmd = \"grep -q good {{{{.src}}}}\"\nreload_cmd = \"echo reloaded >> {}\"\n",
-        marker.display()
-    );
+    let extra = format!("check_cmd = \"grep -q good {{{{.src}}}}\"\nreload_cmd = \"echo reloaded >> {}\"\n", marker.display());
     let t = f.resource("checked", "value={{ get('/services/x') }}\n", &extra);
     assert_eq!(t.apply(&f.store).unwrap(), Outcome::Replaced);
     assert_eq!(fs::read_to_string(&marker).unwrap(), "reloaded\n");

@@ -18,10 +18,7 @@ fn set_get_and_indexes() {
     assert_eq!(e.to_json(), r#"{"action":"set","node":{"key":"/foo","value":"bar","modifiedIndex":1,"createdIndex":1}}"#);
     assert!(e.is_created());
     let e = t.apply(&set("foo", "baz"), T0).unwrap();
-    assert_eq!(
-        e.to_json(),
-        r#"{"action":"set","node":{"key":"/foo","value":"baz","modifiedIndex":2,"createdIndex":2},"prevNode":{"key":"/foo","value":"bar","modifiedIndex":1,"createdIndex":1}}"#
-    );
+    assert_eq!(e.to_json(), r#"{"action":"set","node":{"key":"/foo","value":"baz","modifiedIndex":2,"createdIndex":2},"prevNode":{"key":"/foo","value":"bar","modifiedIndex":1,"createdIndex":1}}"#);
     assert!(!e.is_created());
     let g = t.get("/foo", false, T0).unwrap();
     assert_eq!(g.etcd_index, 2);
@@ -69,14 +66,7 @@ fn create_update_and_their_conditions() {
 fn compare_and_swap_and_delete() {
     let mut t = Tree::default();
     t.apply(&set("/k", "one"), T0).unwrap();
-    let cas = |pv: &str, pi: u64, v: &str| Mutation::CompareAndSwap {
-        key: "/k".into(),
-        prev_value: pv.into(),
-        prev_index: pi,
-        value: v.into(),
-        expires: None,
-        refresh: false,
-    };
+    let cas = |pv: &str, pi: u64, v: &str| Mutation::CompareAndSwap { key: "/k".into(), prev_value: pv.into(), prev_index: pi, value: v.into(), expires: None, refresh: false };
     assert_eq!(code(t.apply(&cas("two", 0, "x"), T0)), (ErrorCode::TestFailed, "[two != one]".into(), 1));
     assert_eq!(code(t.apply(&cas("", 5, "x"), T0)), (ErrorCode::TestFailed, "[5 != 1]".into(), 1));
     assert_eq!(code(t.apply(&cas("two", 5, "x"), T0)).1, "[two != one] [5 != 1]");
