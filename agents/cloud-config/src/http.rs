@@ -42,21 +42,13 @@ struct Target {
 }
 
 fn split_url(url: &str) -> Result<Target, HttpError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            HttpError::Scheme { url: url.into() }
-        } else {
-            HttpError::Url { url: url.into() }
-        }
-    })?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| if url.starts_with("https://") { HttpError::Scheme { url: url.into() } } else { HttpError::Url { url: url.into() } })?;
     let (authority, path) = match rest.find('/') {
         Some(index) => (&rest[..index], &rest[index..]),
         None => (rest, "/"),
     };
     let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-            (host, port.parse().map_err(|_| HttpError::Url { url: url.into() })?)
-        }
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (host, port.parse().map_err(|_| HttpError::Url { url: url.into() })?),
         _ => (authority, 80),
     };
     if host.is_empty() {
@@ -70,11 +62,7 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], timeout: Durat
     let target = split_url(url)?;
     let connect = |source| HttpError::Connect { url: url.to_string(), source };
     let protocol = |message: String| HttpError::Protocol { url: url.to_string(), message };
-    let address = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(connect)?
-        .next()
-        .ok_or_else(|| connect(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
+    let address = (target.host.as_str(), target.port).to_socket_addrs().map_err(connect)?.next().ok_or_else(|| connect(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
     let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(connect)?;
     stream.set_read_timeout(Some(timeout)).map_err(connect)?;
     stream.set_write_timeout(Some(timeout)).map_err(connect)?;
@@ -92,11 +80,7 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], timeout: Durat
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).map_err(connect)?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| protocol(format!("not an HTTP response: {:?}", status_line.trim_end())))?;
+    let status: u16 = status_line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| protocol(format!("not an HTTP response: {:?}", status_line.trim_end())))?;
     let mut content_length = None;
     let mut chunked = false;
     loop {

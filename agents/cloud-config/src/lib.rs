@@ -6,8 +6,8 @@ pub mod http;
 pub mod multipart;
 pub mod report;
 pub mod userdata;
-pub mod yaml;
 pub mod validate;
+pub mod yaml;
 
 pub use report::{Problem, Report, Severity};
 pub use validate::{parse_user_data, validate, UserData};

@@ -19,8 +19,8 @@ use serde::Serialize;
 use basalt_cloud_config::apply::{Applier, ProcessRunner, Root};
 use basalt_cloud_config::datasource::{self, Environment, Retry};
 use basalt_cloud_config::metadata::{self, Metadata};
-use basalt_cloud_config::supervisor::RequestDir;
 use basalt_cloud_config::status::{Status, STATUS_FILE};
+use basalt_cloud_config::supervisor::RequestDir;
 use basalt_cloud_config::{parse_user_data, Problem, UserData};
 
 #[derive(Parser)]
@@ -229,13 +229,7 @@ fn show(cli: &Cli, file: Option<&PathBuf>) -> Result<ExitCode> {
     };
     let mut config = gathered.user_data.config.clone();
     config.substitute(&|text| gathered.metadata.substitute(text));
-    let shown = Shown {
-        source: &gathered.source,
-        metadata: &gathered.metadata,
-        config: &config,
-        scripts: &gathered.user_data.scripts,
-        problems: &gathered.user_data.report.problems,
-    };
+    let shown = Shown { source: &gathered.source, metadata: &gathered.metadata, config: &config, scripts: &gathered.user_data.scripts, problems: &gathered.user_data.report.problems };
     println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(ExitCode::SUCCESS)
 }

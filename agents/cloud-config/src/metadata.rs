@@ -104,13 +104,7 @@ pub fn parse_meta_data(text: &str) -> Metadata {
     let Ok(root) = yaml::parse(text) else { return Metadata::default() };
     let Some(entries) = root.as_mapping() else { return Metadata::default() };
     let get = |names: &[&str]| {
-        entries
-            .iter()
-            .find(|(key, _)| key.as_scalar().is_some_and(|k| names.contains(&k)))
-            .and_then(|(_, value)| value.as_scalar())
-            .map(str::trim)
-            .filter(|value| !value.is_empty())
-            .map(String::from)
+        entries.iter().find(|(key, _)| key.as_scalar().is_some_and(|k| names.contains(&k))).and_then(|(_, value)| value.as_scalar()).map(str::trim).filter(|value| !value.is_empty()).map(String::from)
     };
     let mut public_keys = Vec::new();
     if let Some((_, keys)) = entries.iter().find(|(key, _)| matches!(key.as_scalar(), Some("public-keys" | "public_keys"))) {
@@ -148,12 +142,7 @@ mod tests {
     use super::*;
 
     fn metadata() -> Metadata {
-        Metadata {
-            public_ipv4: Some("203.0.113.7".into()),
-            private_ipv4: Some("10.0.0.5".into()),
-            hostname: Some("node1".into()),
-            ..Metadata::default()
-        }
+        Metadata { public_ipv4: Some("203.0.113.7".into()), private_ipv4: Some("10.0.0.5".into()), hostname: Some("node1".into()), ..Metadata::default() }
     }
 
     #[test]
@@ -169,9 +158,7 @@ mod tests {
 
     #[test]
     fn nocloud_meta_data_is_read() {
-        let metadata = parse_meta_data(
-            "instance-id: iid-local01\nlocal-hostname: cloudimg\npublic-keys:\n  - ssh-ed25519 AAAAC3Nz a\nlocal-ipv4: 10.0.0.9\n",
-        );
+        let metadata = parse_meta_data("instance-id: iid-local01\nlocal-hostname: cloudimg\npublic-keys:\n  - ssh-ed25519 AAAAC3Nz a\nlocal-ipv4: 10.0.0.9\n");
         assert_eq!(metadata.instance_id.as_deref(), Some("iid-local01"));
         assert_eq!(metadata.hostname.as_deref(), Some("cloudimg"));
         assert_eq!(metadata.private_ipv4.as_deref(), Some("10.0.0.9"));

@@ -103,10 +103,7 @@ pub fn parse(text: &str, report: &mut Report) -> Vec<MimePart> {
         // The line break before a delimiter belongs to the delimiter.
         let raw_body = body_lines.join("\n");
         let content_type = part_headers.get("Content-Type").map(media_type).unwrap_or_else(|| "text/plain".into());
-        let filename = part_headers
-            .get("Content-Disposition")
-            .and_then(|value| parameter(value, "filename"))
-            .or_else(|| part_headers.get("Content-Type").and_then(|value| parameter(value, "name")));
+        let filename = part_headers.get("Content-Disposition").and_then(|value| parameter(value, "filename")).or_else(|| part_headers.get("Content-Type").and_then(|value| parameter(value, "name")));
         let encoding = part_headers.get("Content-Transfer-Encoding").unwrap_or("7bit").to_ascii_lowercase();
         let label_number = number + 1;
         let (body, body_line_offset) = match encoding.as_str() {
@@ -115,22 +112,14 @@ pub fn parse(text: &str, report: &mut Report) -> Vec<MimePart> {
                 match base64::engine::general_purpose::STANDARD.decode(compact) {
                     Ok(bytes) => (bytes, None),
                     Err(error) => {
-                        report.error(
-                            "user-data",
-                            Some(Position::new(start + 1 + used + 1, 1)),
-                            format!("part {label_number}: invalid base64: {error}; part ignored"),
-                        );
+                        report.error("user-data", Some(Position::new(start + 1 + used + 1, 1)), format!("part {label_number}: invalid base64: {error}; part ignored"));
                         continue;
                     }
                 }
             }
             "7bit" | "8bit" | "binary" => (raw_body.into_bytes(), Some(start + 1 + used)),
             other => {
-                report.error(
-                    "user-data",
-                    Some(Position::new(start + 1, 1)),
-                    format!("part {label_number}: Content-Transfer-Encoding {other} is not supported; part ignored"),
-                );
+                report.error("user-data", Some(Position::new(start + 1, 1)), format!("part {label_number}: Content-Transfer-Encoding {other} is not supported; part ignored"));
                 continue;
             }
         };

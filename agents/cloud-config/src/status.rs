@@ -61,13 +61,7 @@ impl Status {
         let mut lines: Vec<String> = self.changes.iter().map(|change| format!("applied: {change}")).collect();
         lines.extend(self.failures.iter().map(|failure| format!("failed: {failure}")));
         let errors = self.problems.iter().filter(|problem| problem.severity == Severity::Error).count();
-        lines.push(format!(
-            "done: {} change(s), {} rejected, {} warning(s), {} failure(s)",
-            self.changes.len(),
-            errors,
-            self.problems.len() - errors,
-            self.failures.len()
-        ));
+        lines.push(format!("done: {} change(s), {} rejected, {} warning(s), {} failure(s)", self.changes.len(), errors, self.problems.len() - errors, self.failures.len()));
         lines
     }
 }

@@ -72,16 +72,10 @@ impl Supervisor for RequestDir {
 /// Reads back filed requests in order; for tests and for `show`.
 pub fn pending_requests(root: &Path) -> Vec<String> {
     let dir = root.join(REQUEST_DIR);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let mut names: Vec<_> = std::fs::read_dir(&dir).map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     names.retain(|name| name.ends_with(".request"));
     names.sort();
-    names
-        .iter()
-        .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok())
-        .map(|line| line.trim_end().to_string())
-        .collect()
+    names.iter().filter_map(|name| std::fs::read_to_string(dir.join(name)).ok()).map(|line| line.trim_end().to_string()).collect()
 }
 
 #[cfg(test)]
@@ -96,9 +90,7 @@ mod tests {
         supervisor.request("etcd.service", UnitCommand::Start).unwrap();
         supervisor.request("web.service", UnitCommand::Restart).unwrap();
         assert_eq!(pending_requests(root.path()), ["reload", "start etcd.service", "restart web.service"]);
-        let leftovers = std::fs::read_dir(root.path().join(REQUEST_DIR)).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")
-        });
+        let leftovers = std::fs::read_dir(root.path().join(REQUEST_DIR)).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"));
         assert_eq!(leftovers.count(), 0);
     }
 }

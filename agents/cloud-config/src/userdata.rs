@@ -45,10 +45,7 @@ pub fn split(bytes: &[u8], report: &mut Report) -> Vec<Part> {
 fn split_into(bytes: &[u8], label: Option<String>, line_offset: usize, depth: usize, report: &mut Report, parts: &mut Vec<Part>) {
     let key = "user-data";
     if bytes.len() > MAX_USER_DATA_BYTES {
-        let message = format!(
-            "user data is {} bytes, more than the limit of {MAX_USER_DATA_BYTES} bytes (1 MiB); none of it was applied",
-            bytes.len()
-        );
+        let message = format!("user data is {} bytes, more than the limit of {MAX_USER_DATA_BYTES} bytes (1 MiB); none of it was applied", bytes.len());
         report.error(key, None, message);
         return;
     }
@@ -65,9 +62,7 @@ fn split_into(bytes: &[u8], label: Option<String>, line_offset: usize, depth: us
             report.error(
                 key,
                 Some(position),
-                format!(
-                    "user data is not text (byte 0x{byte:02x}); expected #cloud-config, a #! script, MIME multipart, or gzip of one of these; none of it was applied"
-                ),
+                format!("user data is not text (byte 0x{byte:02x}); expected #cloud-config, a #! script, MIME multipart, or gzip of one of these; none of it was applied"),
             );
             return;
         }
@@ -114,11 +109,7 @@ fn split_into(bytes: &[u8], label: Option<String>, line_offset: usize, depth: us
     } else if first_line.starts_with('{') {
         report.error(key, Some(Position::new(1 + line_offset, 1)), "user data is JSON (an Ignition config?); basalt reads #cloud-config YAML and #! scripts; none of it was applied");
     } else {
-        report.error(
-            key,
-            Some(Position::new(1 + line_offset, 1)),
-            "the first line is neither \"#cloud-config\" nor a \"#!\" script line nor a MIME header; none of it was applied",
-        );
+        report.error(key, Some(Position::new(1 + line_offset, 1)), "the first line is neither \"#cloud-config\" nor a \"#!\" script line nor a MIME header; none of it was applied");
     }
 }
 
@@ -126,10 +117,7 @@ fn split_into(bytes: &[u8], label: Option<String>, line_offset: usize, depth: us
 pub fn gunzip_limited(bytes: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     let mut inflated = Vec::new();
     let decoder = flate2::read::MultiGzDecoder::new(bytes);
-    decoder
-        .take(limit as u64 + 1)
-        .read_to_end(&mut inflated)
-        .map_err(|error| format!("user data looks gzip-compressed but does not inflate: {error}"))?;
+    decoder.take(limit as u64 + 1).read_to_end(&mut inflated).map_err(|error| format!("user data looks gzip-compressed but does not inflate: {error}"))?;
     if inflated.len() > limit {
         return Err(format!("gzip user data inflates to more than the limit of {limit} bytes (1 MiB)"));
     }
@@ -145,10 +133,7 @@ pub fn as_text(bytes: &[u8]) -> Result<&str, (Position, u8)> {
         Err(error) => error.valid_up_to(),
     };
     let valid = std::str::from_utf8(&bytes[..valid_len]).expect("prefix is valid UTF-8");
-    let bad_control = valid
-        .char_indices()
-        .find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\x0c'))
-        .map(|(index, _)| index);
+    let bad_control = valid.char_indices().find(|(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\x0c')).map(|(index, _)| index);
     let bad_at = match bad_control {
         Some(index) => index,
         None if valid_len == bytes.len() => return Ok(valid),
@@ -196,10 +181,7 @@ mod tests {
         let mut big = b"#cloud-config\n".to_vec();
         big.resize(10 * 1024 * 1024, b'#');
         assert!(split(&big, &mut report).is_empty());
-        assert_eq!(
-            report.to_string(),
-            "error: user-data: user data is 10485760 bytes, more than the limit of 1048576 bytes (1 MiB); none of it was applied\n"
-        );
+        assert_eq!(report.to_string(), "error: user-data: user data is 10485760 bytes, more than the limit of 1048576 bytes (1 MiB); none of it was applied\n");
     }
 
     #[test]

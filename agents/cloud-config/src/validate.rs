@@ -66,10 +66,7 @@ mod tests {
     fn multipart_problems_point_into_the_whole_file() {
         let text = "Content-Type: multipart/mixed; boundary=\"B\"\n\n--B\nContent-Type: text/cloud-config\n\n#cloud-config\nhostname: bad_name\n--B--\n";
         let report = validate(text.as_bytes());
-        assert_eq!(
-            report.to_string(),
-            "part 1: 7:11: error: hostname: \"bad_name\" is not a host name (letters, digits and '-' in dot-separated labels of at most 63, 253 in all)\n"
-        );
+        assert_eq!(report.to_string(), "part 1: 7:11: error: hostname: \"bad_name\" is not a host name (letters, digits and '-' in dot-separated labels of at most 63, 253 in all)\n");
     }
 
     #[test]

@@ -39,7 +39,10 @@ impl fmt::Display for Position {
 pub enum Value {
     /// Source text of the scalar; `quoted` is false only for plain scalars,
     /// the ones whose type YAML guesses (`yes`, `12`, `~`).
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Sequence(Vec<Node>),
     /// Keys in source order; duplicate keys are reported by the parser below.
     Mapping(Vec<(Node, Node)>),
@@ -112,17 +115,11 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut builder = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).map_err(|error| SyntaxError {
-        position: Position::from_marker(error.marker()),
-        message: error.info().to_string(),
-    })?;
+    parser.load(&mut builder, false).map_err(|error| SyntaxError { position: Position::from_marker(error.marker()), message: error.info().to_string() })?;
     if let Some(error) = builder.error {
         return Err(error);
     }
-    Ok(builder.root.unwrap_or(Node {
-        value: Value::Scalar { text: String::new(), quoted: false },
-        position: Position::new(1, 1),
-    }))
+    Ok(builder.root.unwrap_or(Node { value: Value::Scalar { text: String::new(), quoted: false }, position: Position::new(1, 1) }))
 }
 
 enum Open {
@@ -159,14 +156,9 @@ impl TreeBuilder {
                 None => *pending_key = Some(node),
                 Some(key) => {
                     if let Value::Mapping(entries) = &mut parent.value {
-                        let duplicate = entries.iter().any(|(existing, _)| {
-                            existing.as_scalar().is_some() && existing.as_scalar() == key.as_scalar()
-                        });
+                        let duplicate = entries.iter().any(|(existing, _)| existing.as_scalar().is_some() && existing.as_scalar() == key.as_scalar());
                         if duplicate && self.error.is_none() {
-                            self.error = Some(SyntaxError {
-                                position: key.position,
-                                message: format!("duplicate key {:?}", key.as_scalar().unwrap_or_default()),
-                            });
+                            self.error = Some(SyntaxError { position: key.position, message: format!("duplicate key {:?}", key.as_scalar().unwrap_or_default()) });
                         }
                         entries.push((key, node));
                     }
@@ -185,15 +177,8 @@ impl MarkedEventReceiver for TreeBuilder {
                 let quoted = !matches!(style, TScalarStyle::Plain);
                 self.finish(Node { value: Value::Scalar { text, quoted }, position }, anchor);
             }
-            Event::SequenceStart(anchor, _tag) => self.stack.push(Open::Sequence {
-                node: Node { value: Value::Sequence(Vec::new()), position },
-                anchor,
-            }),
-            Event::MappingStart(anchor, _tag) => self.stack.push(Open::Mapping {
-                node: Node { value: Value::Mapping(Vec::new()), position },
-                anchor,
-                pending_key: None,
-            }),
+            Event::SequenceStart(anchor, _tag) => self.stack.push(Open::Sequence { node: Node { value: Value::Sequence(Vec::new()), position }, anchor }),
+            Event::MappingStart(anchor, _tag) => self.stack.push(Open::Mapping { node: Node { value: Value::Mapping(Vec::new()), position }, anchor, pending_key: None }),
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some(open) = self.stack.pop() {
                     let (node, anchor) = match open {

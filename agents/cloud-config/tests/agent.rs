@@ -97,9 +97,7 @@ impl Machine {
 }
 
 fn run(command: &mut Command, package: &str) {
-    let output: Output = command.output().unwrap_or_else(|error| {
-        panic!("could not run {:?} ({error}): install the Debian package {package} (tools/host-packages.txt)", command.get_program())
-    });
+    let output: Output = command.output().unwrap_or_else(|error| panic!("could not run {:?} ({error}): install the Debian package {package} (tools/host-packages.txt)", command.get_program()));
     assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
@@ -215,22 +213,13 @@ fn ec2_imdsv2_gives_user_data_keys_and_addresses() {
 #[test]
 fn bad_user_data_is_logged_exactly_and_the_agent_still_succeeds() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (
-            b"#cloud-config\nhostname: ok-host\nusers: alice\n".to_vec(),
-            "cloud-config: rejected: 3:8: error: users: expected a list, found a scalar\n",
-        ),
-        (
-            b"#cloud-config\nhostname: ok-host\nfavourite_editor: ed\n".to_vec(),
-            "cloud-config: 3:1: warning: favourite_editor: unknown key \"favourite_editor\", ignored\n",
-        ),
+        (b"#cloud-config\nhostname: ok-host\nusers: alice\n".to_vec(), "cloud-config: rejected: 3:8: error: users: expected a list, found a scalar\n"),
+        (b"#cloud-config\nhostname: ok-host\nfavourite_editor: ed\n".to_vec(), "cloud-config: 3:1: warning: favourite_editor: unknown key \"favourite_editor\", ignored\n"),
         (
             b"#cloud-config\nhostname: [ok-host\n".to_vec(),
             "cloud-config: rejected: 3:1: error: user-data: YAML syntax error: while parsing a flow sequence, expected ',' or ']'; none of this document was applied\n",
         ),
-        (
-            vec![b'#'; 10 * 1024 * 1024],
-            "cloud-config: rejected: error: user-data: user data is 10485760 bytes, more than the limit of 1048576 bytes (1 MiB); none of it was applied\n",
-        ),
+        (vec![b'#'; 10 * 1024 * 1024], "cloud-config: rejected: error: user-data: user data is 10485760 bytes, more than the limit of 1048576 bytes (1 MiB); none of it was applied\n"),
         (
             b"\x7fELF\x02\x01\x01\x00".to_vec(),
             "cloud-config: rejected: 1:1: error: user-data: user data is not text (byte 0x7f); expected #cloud-config, a #! script, MIME multipart, or gzip of one of these; none of it was applied\n",

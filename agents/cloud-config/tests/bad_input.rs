@@ -13,10 +13,7 @@ fn messages(bytes: &[u8]) -> Vec<String> {
 #[test]
 fn malformed_yaml_names_the_place_and_applies_nothing_from_that_document() {
     let text = "#cloud-config\nhostname: web1\nusers:\n  - name: alice\n    groups: [sudo\n  - name: bob\n";
-    assert_eq!(
-        messages(text.as_bytes()),
-        ["6:9: error: user-data: YAML syntax error: illegal placement of ':' indicator; none of this document was applied"]
-    );
+    assert_eq!(messages(text.as_bytes()), ["6:9: error: user-data: YAML syntax error: illegal placement of ':' indicator; none of this document was applied"]);
     let applied = apply_twice(text.as_bytes(), &cloud_metadata());
     assert!(!applied.root.exists("/etc/hostname") || applied.read("/etc/hostname") == "node-7\n", "only the metadata's name");
     assert!(!applied.read("/etc/passwd").contains("alice"));
@@ -85,10 +82,7 @@ fn ten_megabytes_are_refused_whole() {
         big.extend_from_slice(b"      0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n");
     }
     big.truncate(10 * 1024 * 1024);
-    assert_eq!(
-        messages(&big),
-        ["error: user-data: user data is 10485760 bytes, more than the limit of 1048576 bytes (1 MiB); none of it was applied"]
-    );
+    assert_eq!(messages(&big), ["error: user-data: user data is 10485760 bytes, more than the limit of 1048576 bytes (1 MiB); none of it was applied"]);
     let applied = apply_twice(&big, &cloud_metadata());
     assert!(!applied.root.exists("/etc/big"));
 }
@@ -97,10 +91,7 @@ fn ten_megabytes_are_refused_whole() {
 fn binary_junk_is_refused_whole() {
     // Bytes as a mis-pasted image would give: a PNG header.
     let junk = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00";
-    assert_eq!(
-        messages(junk),
-        ["1:1: error: user-data: user data is not text (byte 0x89); expected #cloud-config, a #! script, MIME multipart, or gzip of one of these; none of it was applied"]
-    );
+    assert_eq!(messages(junk), ["1:1: error: user-data: user data is not text (byte 0x89); expected #cloud-config, a #! script, MIME multipart, or gzip of one of these; none of it was applied"]);
     let mut truncated_gzip = vec![0x1f, 0x8b, 0x08, 0x00];
     truncated_gzip.extend_from_slice(&[0xff; 16]);
     assert_eq!(messages(&truncated_gzip).len(), 1);
@@ -109,10 +100,7 @@ fn binary_junk_is_refused_whole() {
 
 #[test]
 fn text_that_is_neither_config_nor_script_is_refused() {
-    assert_eq!(
-        messages(b"hostname: forgot-the-header\n"),
-        ["1:1: error: user-data: the first line is neither \"#cloud-config\" nor a \"#!\" script line nor a MIME header; none of it was applied"]
-    );
+    assert_eq!(messages(b"hostname: forgot-the-header\n"), ["1:1: error: user-data: the first line is neither \"#cloud-config\" nor a \"#!\" script line nor a MIME header; none of it was applied"]);
     assert_eq!(
         messages(br#"{"ignition": {"version": "3.4.0"}}"#),
         ["1:1: error: user-data: user data is JSON (an Ignition config?); basalt reads #cloud-config YAML and #! scripts; none of it was applied"]

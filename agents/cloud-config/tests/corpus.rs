@@ -32,8 +32,18 @@ fn every_corpus_file_is_free_of_errors() {
 #[test]
 fn applying_any_corpus_file_twice_changes_nothing_the_second_time() {
     for name in [
-        "containers-and-store.yml", "etcd-fleet-cluster.yml", "etcd2-static-cluster.yml", "multipart.txt", "script.sh", "seed-coreos-user-data.yml",
-        "ssh-and-hostname.yml", "static-network.yml", "units-and-drop-ins.yml", "update-and-reboot-window.yml", "users-and-groups.yml", "write-files.yml",
+        "containers-and-store.yml",
+        "etcd-fleet-cluster.yml",
+        "etcd2-static-cluster.yml",
+        "multipart.txt",
+        "script.sh",
+        "seed-coreos-user-data.yml",
+        "ssh-and-hostname.yml",
+        "static-network.yml",
+        "units-and-drop-ins.yml",
+        "update-and-reboot-window.yml",
+        "users-and-groups.yml",
+        "write-files.yml",
     ] {
         let applied = apply_twice(&corpus(name), &cloud_metadata());
         assert!(applied.first.failures.is_empty(), "{name}: {:?}", applied.first.failures);
@@ -46,10 +56,7 @@ const ETCD_HEADER: &str = "# Written by basalt-cloud-config from user data; repl
 
 #[test]
 fn the_etcd_and_fleet_example_configures_etcd_and_warns_about_fleet() {
-    assert_eq!(
-        warnings_of("etcd-fleet-cluster.yml"),
-        ["12:3: warning: coreos.fleet: fleet is not part of basalt; declare units under coreos.units or containers under `containers`; ignored"]
-    );
+    assert_eq!(warnings_of("etcd-fleet-cluster.yml"), ["12:3: warning: coreos.fleet: fleet is not part of basalt; declare units under coreos.units or containers under `containers`; ignored"]);
     let applied = apply_twice(&corpus("etcd-fleet-cluster.yml"), &cloud_metadata());
     assert_eq!(applied.requests, ["reload", "start etcd.service", "start fleet.service"], "etcd-member.service was enabled");
     assert!(applied.read("/home/core/.ssh/authorized_keys").contains("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDfakekeyfortheclusteradmin ops@bastion\n"));
@@ -59,10 +66,7 @@ fn the_etcd_and_fleet_example_configures_etcd_and_warns_about_fleet() {
 /// as written: etcd is configured, only fleet is warned about.
 #[test]
 fn the_seed_user_data_configures_etcd_member() {
-    assert_eq!(
-        warnings_of("seed-coreos-user-data.yml"),
-        ["18:3: warning: coreos.fleet: fleet is not part of basalt; declare units under coreos.units or containers under `containers`; ignored"]
-    );
+    assert_eq!(warnings_of("seed-coreos-user-data.yml"), ["18:3: warning: coreos.fleet: fleet is not part of basalt; declare units under coreos.units or containers under `containers`; ignored"]);
     let applied = apply_twice(&corpus("seed-coreos-user-data.yml"), &cloud_metadata());
     assert_eq!(
         applied.read("/etc/basalt/etcd-member.env"),
@@ -107,10 +111,7 @@ fn a_static_etcd2_member_takes_its_address_from_the_network_settings() {
 fn keys_hostname_and_hosts() {
     let applied = apply_twice(&corpus("ssh-and-hostname.yml"), &cloud_metadata());
     assert_eq!(applied.read("/etc/hostname"), "edge-01.example.net\n", "user data wins over the metadata's name");
-    assert_eq!(
-        applied.read("/etc/hosts"),
-        "# Written by basalt-cloud-config (manage_etc_hosts: localhost).\n127.0.0.1 edge-01.example.net localhost\n::1 edge-01.example.net localhost\n"
-    );
+    assert_eq!(applied.read("/etc/hosts"), "# Written by basalt-cloud-config (manage_etc_hosts: localhost).\n127.0.0.1 edge-01.example.net localhost\n::1 edge-01.example.net localhost\n");
     let keys = applied.read("/home/core/.ssh/authorized_keys");
     assert_eq!(keys.lines().filter(|line| line.starts_with("ssh-")).count(), 2, "{keys}");
     assert_eq!(applied.mode_owner("/home/core/.ssh/authorized_keys"), (0o600, 500, 500));
@@ -141,10 +142,7 @@ fn users_groups_passwords_and_homes() {
 #[test]
 fn files_with_encodings_owners_and_modes() {
     let applied = apply_twice(&corpus("write-files.yml"), &cloud_metadata());
-    assert_eq!(
-        applied.read("/etc/motd.d/welcome.txt"),
-        "Welcome to node-7.\nThis node is managed by cloud-config; local changes may be replaced.\n"
-    );
+    assert_eq!(applied.read("/etc/motd.d/welcome.txt"), "Welcome to node-7.\nThis node is managed by cloud-config; local changes may be replaced.\n");
     assert_eq!(applied.read("/etc/resolv.conf.cluster"), "# Managed by cloud-config\nsearch cluster.local\nnameserver 10.0.0.2\n");
     assert_eq!(applied.mode_owner("/etc/resolv.conf.cluster"), (0o644, 0, 0));
     assert_eq!(applied.read("/opt/bin/node-role"), "#!/bin/sh\n# prints the node's role\necho worker\n");
@@ -156,16 +154,10 @@ fn files_with_encodings_owners_and_modes() {
 #[test]
 fn units_drop_ins_masks_and_enablement() {
     let applied = apply_twice(&corpus("units-and-drop-ins.yml"), &cloud_metadata());
-    assert_eq!(
-        applied.requests,
-        ["reload", "start docker-tcp.socket", "restart docker.service", "start hello.service", "start nginx@8080.service"]
-    );
+    assert_eq!(applied.requests, ["reload", "start docker-tcp.socket", "restart docker.service", "start hello.service", "start nginx@8080.service"]);
     assert!(applied.read("/etc/systemd/system/docker-tcp.socket").contains("ListenStream=2375\n"));
     assert_eq!(applied.link("/etc/systemd/system/sockets.target.wants/docker-tcp.socket"), "/etc/systemd/system/docker-tcp.socket");
-    assert_eq!(
-        applied.read("/etc/systemd/system/docker.service.d/50-insecure-registry.conf"),
-        "[Service]\nEnvironment=DOCKER_OPTS='--insecure-registry=\"10.0.1.0/24\"'\n"
-    );
+    assert_eq!(applied.read("/etc/systemd/system/docker.service.d/50-insecure-registry.conf"), "[Service]\nEnvironment=DOCKER_OPTS='--insecure-registry=\"10.0.1.0/24\"'\n");
     assert_eq!(applied.link("/etc/systemd/system/multi-user.target.wants/nginx@8080.service"), "/etc/systemd/system/nginx@.service");
     assert_eq!(applied.link("/etc/systemd/system/update-engine.service"), "/dev/null");
     assert!(applied.root.exists("/run/systemd/system/scratch.service"));

@@ -195,15 +195,7 @@ impl Accounts {
         };
         let home = user.homedir.clone().unwrap_or_else(|| if user.system { "/".into() } else { format!("/home/{}", user.name) });
         let shell = user.shell.clone().unwrap_or_else(|| if user.system { "/sbin/nologin".into() } else { "/bin/sh".into() });
-        self.passwd.push(vec![
-            user.name.clone(),
-            "x".into(),
-            uid.to_string(),
-            gid.to_string(),
-            user.gecos.clone().unwrap_or_default(),
-            home,
-            shell,
-        ]);
+        self.passwd.push(vec![user.name.clone(), "x".into(), uid.to_string(), gid.to_string(), user.gecos.clone().unwrap_or_default(), home, shell]);
         self.shadow.push(vec![
             user.name.clone(),
             user.passwd.clone().unwrap_or_else(|| NO_PASSWORD.into()),

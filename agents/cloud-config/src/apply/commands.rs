@@ -40,11 +40,7 @@ impl Default for ProcessRunner {
 impl CommandRunner for ProcessRunner {
     fn run(&mut self, argv: &[String]) -> Result<(), String> {
         let (program, args) = argv.split_first().ok_or("empty command")?;
-        let mut child = Process::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|error| format!("could not start {program}: {error}"))?;
+        let mut child = Process::new(program).args(args).stdin(Stdio::null()).spawn().map_err(|error| format!("could not start {program}: {error}"))?;
         let started = Instant::now();
         loop {
             match child.try_wait() {

@@ -204,7 +204,9 @@ mod tests {
         assert_eq!(network_file_name(0, &interface), "50-cloud-config-00-eth0.network");
         assert_eq!(
             network_file(&interface),
-            format!("{HEADER}\n[Match]\nName=eth0\n\n[Network]\nDHCP=no\nAddress=10.0.0.5/24\nGateway=10.0.0.1\nDNS=1.1.1.1\nDomains=example.com\n\n[Route]\nDestination=10.1.0.0/16\nGateway=10.0.0.254\n")
+            format!(
+                "{HEADER}\n[Match]\nName=eth0\n\n[Network]\nDHCP=no\nAddress=10.0.0.5/24\nGateway=10.0.0.1\nDNS=1.1.1.1\nDomains=example.com\n\n[Route]\nDestination=10.1.0.0/16\nGateway=10.0.0.254\n"
+            )
         );
     }
 

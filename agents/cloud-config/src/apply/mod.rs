@@ -14,9 +14,7 @@ use std::io;
 
 pub use accounts::{Accounts, NO_PASSWORD};
 pub use commands::{instance_dir, CommandRunner, ProcessRunner, BOOT_STATE_DIR, STATE_DIR};
-pub use handoff::{
-    container_json, etcd_env, network_file, store_seed_json, update_conf, CONTAINER_DIR, ETCD_FILE, ETCD_UNIT, FORMAT_VERSION, NETWORK_DIR, STORE_SEED_FILE, UPDATE_FILE,
-};
+pub use handoff::{container_json, etcd_env, network_file, store_seed_json, update_conf, CONTAINER_DIR, ETCD_FILE, ETCD_UNIT, FORMAT_VERSION, NETWORK_DIR, STORE_SEED_FILE, UPDATE_FILE};
 pub use root::Root;
 pub use units::install_targets;
 
@@ -108,11 +106,7 @@ impl Applier<'_> {
         handoff::write_update(&root, &config.update, &mut log);
 
         commands::run_bootcmd(&root, self.runner, &config.bootcmd, &mut log);
-        let scripts: Vec<_> = user_data
-            .scripts
-            .iter()
-            .map(|script| crate::validate::Script { label: script.label.clone(), text: metadata.substitute(&script.text) })
-            .collect();
+        let scripts: Vec<_> = user_data.scripts.iter().map(|script| crate::validate::Script { label: script.label.clone(), text: metadata.substitute(&script.text) }).collect();
         let instance_id = metadata.instance_id.clone().unwrap_or_else(|| "iid-unknown".into());
         commands::run_per_instance(&root, self.runner, &instance_id, &config.runcmd, &scripts, &mut log);
         log
@@ -230,9 +224,12 @@ fn with_static_private_ipv4(metadata: &Metadata, config: &CloudConfig) -> Metada
         let ipv4 = |address: &str| address.split('/').next().and_then(|ip| ip.trim().parse::<std::net::Ipv4Addr>().ok()).map(|ip| ip.to_string());
         let from_interfaces = config.network.iter().flat_map(|interface| interface.addresses.iter()).find_map(|address| ipv4(address));
         let from_units = || {
-            config.units.iter().filter(|unit| unit.name.ends_with(".network")).filter_map(|unit| unit.content.as_deref()).find_map(|content| {
-                content.lines().filter_map(|line| line.trim().strip_prefix("Address=")).find_map(ipv4)
-            })
+            config
+                .units
+                .iter()
+                .filter(|unit| unit.name.ends_with(".network"))
+                .filter_map(|unit| unit.content.as_deref())
+                .find_map(|content| content.lines().filter_map(|line| line.trim().strip_prefix("Address=")).find_map(ipv4))
         };
         metadata.private_ipv4 = from_interfaces.or_else(from_units);
     }

@@ -123,9 +123,7 @@ impl Root {
 
     /// File names in a directory inside the root, sorted; empty if it is missing.
     pub fn list(&self, inside: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.path(inside))
-            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
+        let mut names: Vec<String> = fs::read_dir(self.path(inside)).map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
         names.sort();
         names
     }

@@ -68,12 +68,7 @@ bootcmd:
 "#;
 
 fn metadata() -> Metadata {
-    Metadata {
-        instance_id: Some("i-0123".into()),
-        private_ipv4: Some("10.0.0.5".into()),
-        public_ipv4: Some("203.0.113.7".into()),
-        ..Metadata::default()
-    }
+    Metadata { instance_id: Some("i-0123".into()), private_ipv4: Some("10.0.0.5".into()), public_ipv4: Some("203.0.113.7".into()), ..Metadata::default() }
 }
 
 #[test]
@@ -89,10 +84,7 @@ fn a_second_run_changes_nothing_and_runs_nothing() {
     let second = applier.apply(&user_data, &metadata());
     assert_eq!(second, Log::default());
     assert_eq!(supervisor.requests, ["reload", "start hello.service"]);
-    assert_eq!(
-        runner.runs,
-        [vec!["touch".to_string(), "/run/booted".into()], vec!["/bin/sh".into(), "-c".into(), "echo once".into()]]
-    );
+    assert_eq!(runner.runs, [vec!["touch".to_string(), "/run/booted".into()], vec!["/bin/sh".into(), "-c".into(), "echo once".into()]]);
 
     assert_eq!(root.read_to_string("/etc/hostname").unwrap(), "node-10.0.0.5\n");
     let unit = root.read_to_string("/etc/systemd/system/hello.service").unwrap();
@@ -105,10 +97,7 @@ fn a_second_run_changes_nothing_and_runs_nothing() {
     assert_eq!((metadata.mode() & 0o777, metadata.uid(), metadata.gid()), (0o600, 500, 500));
     let ssh_dir = std::fs::metadata(root.path("/home/core/.ssh")).unwrap();
     assert_eq!((ssh_dir.mode() & 0o777, ssh_dir.uid()), (0o700, 500));
-    assert_eq!(
-        root.read_to_string("/etc/environment").unwrap().lines().filter(|l| l.starts_with("COREOS")).collect::<Vec<_>>(),
-        ["COREOS_PUBLIC_IPV4=203.0.113.7", "COREOS_PRIVATE_IPV4=10.0.0.5"]
-    );
+    assert_eq!(root.read_to_string("/etc/environment").unwrap().lines().filter(|l| l.starts_with("COREOS")).collect::<Vec<_>>(), ["COREOS_PUBLIC_IPV4=203.0.113.7", "COREOS_PRIVATE_IPV4=10.0.0.5"]);
 }
 
 #[test]

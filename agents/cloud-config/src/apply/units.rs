@@ -60,9 +60,7 @@ pub fn write_units(root: &Root, units: &[Unit], log: &mut Log) -> bool {
 /// `[Install]` section, as `systemctl enable` would.
 fn enable(root: &Root, unit: &Unit, log: &mut Log) -> bool {
     let template = template_name(&unit.name);
-    let found = VENDOR_UNITS.iter().flat_map(|dir| {
-        [format!("{dir}/{}", unit.name)].into_iter().chain(template.clone().map(|t| format!("{dir}/{t}")))
-    });
+    let found = VENDOR_UNITS.iter().flat_map(|dir| [format!("{dir}/{}", unit.name)].into_iter().chain(template.clone().map(|t| format!("{dir}/{t}"))));
     let located = match &unit.content {
         Some(content) => Some((format!("{}/{}", if unit.runtime { RUN_UNITS } else { ETC_UNITS }, unit.name), content.clone())),
         None => found.into_iter().find_map(|path| root.read_to_string(&path).map(|content| (path, content))),
@@ -125,10 +123,7 @@ mod tests {
     #[test]
     fn install_sections_name_their_targets() {
         let content = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target default.target\nRequiredBy=web.target\n";
-        assert_eq!(
-            install_targets(content),
-            [("wants", "multi-user.target".to_string()), ("wants", "default.target".to_string()), ("requires", "web.target".to_string())]
-        );
+        assert_eq!(install_targets(content), [("wants", "multi-user.target".to_string()), ("wants", "default.target".to_string()), ("requires", "web.target".to_string())]);
         assert!(install_targets("[Service]\nWantedBy=x.target\n").is_empty());
     }
 

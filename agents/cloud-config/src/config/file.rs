@@ -41,20 +41,18 @@ pub fn parse_write_file(node: &Node, path: &str, report: &mut Report) -> Option<
         };
         let file_path = fields.string("path", report)?;
         if !valid_absolute_path(&file_path) {
-            report.error(
-                fields.key_path("path"),
-                Some(path_node.position),
-                format!("{file_path:?} is not an absolute path without \"..\" components"),
-            );
+            report.error(fields.key_path("path"), Some(path_node.position), format!("{file_path:?} is not an absolute path without \"..\" components"));
         }
         let raw = fields.string("content", report).unwrap_or_default();
         let encoding = fields.string("encoding", report);
         let content = match encoding.as_deref() {
             None => Some(raw.clone().into_bytes()),
-            Some(encoding) => decode(&raw, encoding).map_err(|message| {
-                let at = fields.get("encoding").map(|n| n.position);
-                report.error(fields.key_path("encoding"), at, message)
-            }).ok(),
+            Some(encoding) => decode(&raw, encoding)
+                .map_err(|message| {
+                    let at = fields.get("encoding").map(|n| n.position);
+                    report.error(fields.key_path("encoding"), at, message)
+                })
+                .ok(),
         };
         let owner = fields.string("owner", report).unwrap_or_else(|| "root:root".to_string());
         if owner.is_empty() || owner.split(':').count() > 2 || owner.contains(char::is_whitespace) {
@@ -62,11 +60,7 @@ pub fn parse_write_file(node: &Node, path: &str, report: &mut Report) -> Option<
         }
         let permissions = match fields.get("permissions") {
             Some(node) => parse_mode(node).or_else(|| {
-                report.error(
-                    fields.key_path("permissions"),
-                    Some(node.position),
-                    format!("{} is not an octal file mode such as \"0644\"", describe(node)),
-                );
+                report.error(fields.key_path("permissions"), Some(node.position), format!("{} is not an octal file mode such as \"0644\"", describe(node)));
                 None
             }),
             None => Some(0o644),
@@ -79,9 +73,7 @@ pub fn parse_write_file(node: &Node, path: &str, report: &mut Report) -> Option<
 fn decode(raw: &str, encoding: &str) -> Result<Vec<u8>, String> {
     let base64 = |text: &str| {
         let compact: String = text.split_whitespace().collect();
-        base64::engine::general_purpose::STANDARD
-            .decode(compact)
-            .map_err(|error| format!("content is not valid base64: {error}"))
+        base64::engine::general_purpose::STANDARD.decode(compact).map_err(|error| format!("content is not valid base64: {error}"))
     };
     let gunzip = |bytes: &[u8]| gunzip_limited(bytes, MAX_USER_DATA_BYTES).map_err(|error| format!("content: {error}"));
     match encoding {

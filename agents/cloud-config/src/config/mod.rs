@@ -26,9 +26,9 @@ pub use unit::{DropIn, Unit, UnitCommand};
 pub use update::UpdateSettings;
 pub use user::User;
 
-use fields::{items, Fields};
 use crate::report::Report;
 use crate::yaml::{self, Node, Value};
+use fields::{items, Fields};
 
 /// A command from `runcmd` or `bootcmd`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,10 +70,7 @@ pub struct CloudConfig {
     pub etcd: Option<EtcdSettings>,
 }
 
-const TOP_LEVEL: &[&str] = &[
-    "ssh_authorized_keys", "hostname", "manage_etc_hosts", "users", "write_files", "coreos", "runcmd", "bootcmd",
-    "network", "containers", "store", "update",
-];
+const TOP_LEVEL: &[&str] = &["ssh_authorized_keys", "hostname", "manage_etc_hosts", "users", "write_files", "coreos", "runcmd", "bootcmd", "network", "containers", "store", "update"];
 
 /// `coreos.*` keys that configured services basalt does not have, with what to use instead.
 const COREOS_UNSUPPORTED: &[(&str, &str)] = &[
@@ -110,17 +107,11 @@ fn parse_root(root: &Node, report: &mut Report) -> CloudConfig {
     if let Some(node) = fields.get("hostname") {
         if let Some(hostname) = fields.string("hostname", report) {
             // `$private_ipv4` and friends are filled in later; check the rest.
-            let checked = ["$public_ipv4", "$private_ipv4", "$public_ipv6", "$private_ipv6", "$hostname"]
-                .iter()
-                .fold(hostname.clone(), |text, name| text.replace(name, "x"));
+            let checked = ["$public_ipv4", "$private_ipv4", "$public_ipv6", "$private_ipv6", "$hostname"].iter().fold(hostname.clone(), |text, name| text.replace(name, "x"));
             if valid_hostname(&checked) {
                 config.hostname = Some(hostname);
             } else {
-                report.error(
-                    "hostname",
-                    Some(node.position),
-                    format!("{hostname:?} is not a host name (letters, digits and '-' in dot-separated labels of at most 63, 253 in all)"),
-                );
+                report.error("hostname", Some(node.position), format!("{hostname:?} is not a host name (letters, digits and '-' in dot-separated labels of at most 63, 253 in all)"));
             }
         }
     }
@@ -128,24 +119,14 @@ fn parse_root(root: &Node, report: &mut Report) -> CloudConfig {
         match (node.as_bool(), node.as_scalar()) {
             (Some(value), _) => config.manage_etc_hosts = value,
             (None, Some("localhost")) => config.manage_etc_hosts = true,
-            _ => report.error(
-                "manage_etc_hosts",
-                Some(node.position),
-                format!("{} is not supported; the only value is \"localhost\"", fields::describe(node)),
-            ),
+            _ => report.error("manage_etc_hosts", Some(node.position), format!("{} is not supported; the only value is \"localhost\"", fields::describe(node))),
         }
     }
     if let Some(node) = fields.get("users") {
-        config.users = items(node, "users", report)
-            .into_iter()
-            .filter_map(|(path, item)| user::parse_user(item, &path, report))
-            .collect();
+        config.users = items(node, "users", report).into_iter().filter_map(|(path, item)| user::parse_user(item, &path, report)).collect();
     }
     if let Some(node) = fields.get("write_files") {
-        config.write_files = items(node, "write_files", report)
-            .into_iter()
-            .filter_map(|(path, item)| file::parse_write_file(item, &path, report))
-            .collect();
+        config.write_files = items(node, "write_files", report).into_iter().filter_map(|(path, item)| file::parse_write_file(item, &path, report)).collect();
     }
     if let Some(node) = fields.get("coreos") {
         parse_coreos(node, &mut config, report);
@@ -164,10 +145,7 @@ fn parse_root(root: &Node, report: &mut Report) -> CloudConfig {
         config.network = network::parse_network(node, "network", report);
     }
     if let Some(node) = fields.get("containers") {
-        config.containers = items(node, "containers", report)
-            .into_iter()
-            .filter_map(|(path, item)| container::parse_container(item, &path, report))
-            .collect();
+        config.containers = items(node, "containers", report).into_iter().filter_map(|(path, item)| container::parse_container(item, &path, report)).collect();
         for (index, container) in config.containers.iter().enumerate() {
             if config.containers[..index].iter().any(|earlier| earlier.name == container.name) {
                 report.warning("containers", fields.get("containers").map(|n| n.position), format!("container {:?} is declared twice; the last one wins", container.name));
@@ -191,10 +169,7 @@ fn parse_coreos(node: &Node, config: &mut CloudConfig, report: &mut Report) {
     }
     fields.warn_unknown(&known, report);
     if let Some(list) = fields.get("units") {
-        config.units = items(list, "coreos.units", report)
-            .into_iter()
-            .filter_map(|(path, item)| unit::parse_unit(item, &path, report))
-            .collect();
+        config.units = items(list, "coreos.units", report).into_iter().filter_map(|(path, item)| unit::parse_unit(item, &path, report)).collect();
     }
     if let Some(node) = fields.get("update") {
         let settings = update::parse_coreos_update(node, "coreos.update", report);
@@ -262,13 +237,7 @@ fn store_seed(node: &Node, report: &mut Report) -> Vec<StoreKey> {
 pub fn valid_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+        && name.split('.').all(|label| !label.is_empty() && label.len() <= 63 && !label.starts_with('-') && !label.ends_with('-') && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 impl CloudConfig {

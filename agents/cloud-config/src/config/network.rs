@@ -44,10 +44,7 @@ pub fn parse_network(node: &Node, path: &str, report: &mut Report) -> Vec<Interf
     let Some(fields) = Fields::of(node, path, report) else { return Vec::new() };
     fields.warn_unknown(&["interfaces"], report);
     let Some(list) = fields.get("interfaces") else { return Vec::new() };
-    items(list, &fields.key_path("interfaces"), report)
-        .into_iter()
-        .filter_map(|(item_path, item)| parse_interface(item, &item_path, report))
-        .collect()
+    items(list, &fields.key_path("interfaces"), report).into_iter().filter_map(|(item_path, item)| parse_interface(item, &item_path, report)).collect()
 }
 
 const KNOWN: &[&str] = &["name", "mac", "dhcp", "addresses", "gateway", "dns", "domains", "routes"];
@@ -113,7 +110,11 @@ fn parse_interface(node: &Node, path: &str, report: &mut Report) -> Option<Inter
                 route.warn_unknown(&["destination", "gateway"], report);
                 let destination = route.string("destination", report).unwrap_or_default();
                 if !valid_prefix(&destination) {
-                    report.error(route.key_path("destination"), Some(route.get("destination").map_or(route_node.position, |n| n.position)), format!("{destination:?} is not a destination such as \"10.1.0.0/16\""));
+                    report.error(
+                        route.key_path("destination"),
+                        Some(route.get("destination").map_or(route_node.position, |n| n.position)),
+                        format!("{destination:?} is not a destination such as \"10.1.0.0/16\""),
+                    );
                 }
                 routes.push(Route { destination, gateway: ip(&route, "gateway", report) });
             }
@@ -166,10 +167,7 @@ mod tests {
         let node = yaml::parse("interfaces:\n  - name: eth0\n    addresses: 10.0.0.5\n").unwrap();
         let mut report = Report::default();
         assert!(parse_network(&node, "network", &mut report).is_empty());
-        assert_eq!(
-            report.to_string(),
-            "3:16: error: network.interfaces[0].addresses: \"10.0.0.5\" is not an address with prefix length such as \"10.0.0.5/24\"\n"
-        );
+        assert_eq!(report.to_string(), "3:16: error: network.interfaces[0].addresses: \"10.0.0.5\" is not an address with prefix length such as \"10.0.0.5/24\"\n");
     }
 
     #[test]

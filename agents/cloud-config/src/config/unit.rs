@@ -54,10 +54,7 @@ pub struct Unit {
 
 const KNOWN: &[&str] = &["name", "content", "enable", "mask", "runtime", "command", "drop_ins"];
 
-const UNIT_SUFFIXES: &[&str] = &[
-    "service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope", "network",
-    "netdev", "link",
-];
+const UNIT_SUFFIXES: &[&str] = &["service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope", "network", "netdev", "link"];
 
 /// systemd-networkd files, which coreos-cloudinit also accepted under
 /// coreos.units (the usual way to give CoreOS a static address).
@@ -79,11 +76,7 @@ pub fn parse_unit(node: &Node, path: &str, report: &mut Report) -> Option<Unit> 
         };
         let name = fields.string("name", report)?;
         if !valid_unit_name(&name) {
-            report.error(
-                fields.key_path("name"),
-                Some(name_node.position),
-                format!("{name:?} is not a unit name such as \"etcd.service\" (known suffixes: {})", UNIT_SUFFIXES.join(", ")),
-            );
+            report.error(fields.key_path("name"), Some(name_node.position), format!("{name:?} is not a unit name such as \"etcd.service\" (known suffixes: {})", UNIT_SUFFIXES.join(", ")));
         }
         let command = match fields.get("command") {
             None => None,
@@ -110,11 +103,7 @@ pub fn parse_unit(node: &Node, path: &str, report: &mut Report) -> Option<Unit> 
                 let name = drop_in_fields.string("name", report);
                 match &name {
                     Some(name) if name.ends_with(".conf") && !name.contains('/') && name.len() > 5 => {}
-                    _ => report.error(
-                        drop_in_fields.key_path("name"),
-                        Some(drop_in_fields.get("name").map_or(item.position, |n| n.position)),
-                        "a drop-in needs a name ending in \".conf\" (no '/')",
-                    ),
+                    _ => report.error(drop_in_fields.key_path("name"), Some(drop_in_fields.get("name").map_or(item.position, |n| n.position)), "a drop-in needs a name ending in \".conf\" (no '/')"),
                 }
                 let content = drop_in_fields.string("content", report).unwrap_or_default();
                 if let Some(name) = name {
@@ -164,9 +153,7 @@ mod tests {
 
     #[test]
     fn a_unit_with_drop_ins_parses() {
-        let (unit, report) = parse(
-            "name: etcd.service\ncommand: start\nenable: true\ndrop_ins:\n  - name: 50-env.conf\n    content: |\n      [Service]\n      Environment=A=1\n",
-        );
+        let (unit, report) = parse("name: etcd.service\ncommand: start\nenable: true\ndrop_ins:\n  - name: 50-env.conf\n    content: |\n      [Service]\n      Environment=A=1\n");
         assert!(report.problems.is_empty(), "{report}");
         let unit = unit.unwrap();
         assert_eq!(unit.command, Some(UnitCommand::Start));

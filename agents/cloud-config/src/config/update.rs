@@ -41,12 +41,7 @@ pub const REBOOT_STRATEGIES: &[&str] = &["reboot", "etcd-lock", "best-effort", "
 pub fn parse_coreos_update(node: &Node, path: &str, report: &mut Report) -> UpdateSettings {
     let Some(fields) = Fields::of(node, path, report) else { return UpdateSettings::default() };
     fields.warn_unknown(&["reboot_strategy", "server", "group"], report);
-    UpdateSettings {
-        server: url(&fields, "server", report),
-        channel: channel(&fields, "group", report),
-        reboot_strategy: strategy(&fields, "reboot_strategy", report),
-        ..UpdateSettings::default()
-    }
+    UpdateSettings { server: url(&fields, "server", report), channel: channel(&fields, "group", report), reboot_strategy: strategy(&fields, "reboot_strategy", report), ..UpdateSettings::default() }
 }
 
 /// `coreos.locksmith`: the reboot window. Its etcd endpoints and group are
@@ -108,11 +103,7 @@ fn channel(fields: &Fields, key: &str, report: &mut Report) -> Option<String> {
 fn strategy(fields: &Fields, key: &str, report: &mut Report) -> Option<String> {
     let value = fields.string(key, report)?;
     if !REBOOT_STRATEGIES.contains(&value.as_str()) {
-        report.error(
-            fields.key_path(key),
-            fields.get(key).map(|n| n.position),
-            format!("{value:?} is not a reboot strategy; expected one of {}", REBOOT_STRATEGIES.join(", ")),
-        );
+        report.error(fields.key_path(key), fields.get(key).map(|n| n.position), format!("{value:?} is not a reboot strategy; expected one of {}", REBOOT_STRATEGIES.join(", ")));
         return None;
     }
     Some(value)
@@ -122,22 +113,14 @@ fn window(fields: &Fields, start_key: &str, length_key: &str, report: &mut Repor
     let start = fields.string(start_key, report).filter(|start| {
         let ok = valid_window_start(start);
         if !ok {
-            report.error(
-                fields.key_path(start_key),
-                fields.get(start_key).map(|n| n.position),
-                format!("{start:?} is not a window start such as \"Thu 04:00\" or \"04:00\""),
-            );
+            report.error(fields.key_path(start_key), fields.get(start_key).map(|n| n.position), format!("{start:?} is not a window start such as \"Thu 04:00\" or \"04:00\""));
         }
         ok
     });
     let length = fields.string(length_key, report).filter(|length| {
         let ok = parse_duration_seconds(length).is_some_and(|seconds| seconds > 0);
         if !ok {
-            report.error(
-                fields.key_path(length_key),
-                fields.get(length_key).map(|n| n.position),
-                format!("{length:?} is not a duration such as \"1h\" or \"90m\""),
-            );
+            report.error(fields.key_path(length_key), fields.get(length_key).map(|n| n.position), format!("{length:?} is not a duration such as \"1h\" or \"90m\""));
         }
         ok
     });

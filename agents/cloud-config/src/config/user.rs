@@ -22,10 +22,7 @@ pub struct User {
     pub shell: Option<String>,
 }
 
-const KNOWN: &[&str] = &[
-    "name", "passwd", "ssh_authorized_keys", "gecos", "homedir", "no_create_home", "primary_group", "groups",
-    "no_user_group", "system", "shell", "no_log_init",
-];
+const KNOWN: &[&str] = &["name", "passwd", "ssh_authorized_keys", "gecos", "homedir", "no_create_home", "primary_group", "groups", "no_user_group", "system", "shell", "no_log_init"];
 
 /// Keys coreos-cloudinit had that need the network at boot or tools basalt
 /// does not ship.
@@ -65,11 +62,7 @@ pub fn parse_user(node: &Node, path: &str, report: &mut Report) -> Option<User> 
         let passwd = fields.string("passwd", report);
         if let (Some(hash), Some(node)) = (&passwd, fields.get("passwd")) {
             if !valid_password_hash(hash) {
-                report.error(
-                    fields.key_path("passwd"),
-                    Some(node.position),
-                    "expected a crypt(3) password hash such as \"$6$salt$...\" (a plain password is never accepted)",
-                );
+                report.error(fields.key_path("passwd"), Some(node.position), "expected a crypt(3) password hash such as \"$6$salt$...\" (a plain password is never accepted)");
             }
         }
         let ssh_authorized_keys = ssh_keys(&fields, "ssh_authorized_keys", &mut key_report);
@@ -87,9 +80,7 @@ pub fn parse_user(node: &Node, path: &str, report: &mut Report) -> Option<User> 
         }
         let groups = match fields.get("groups") {
             // coreos-cloudinit took a list; cloud-init also a comma-separated string.
-            Some(node) if node.as_scalar().is_some() => {
-                node.as_scalar().unwrap_or("").split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect()
-            }
+            Some(node) if node.as_scalar().is_some() => node.as_scalar().unwrap_or("").split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect(),
             Some(_) => fields.strings("groups", report).unwrap_or_default(),
             None => Vec::new(),
         };
@@ -150,11 +141,9 @@ pub fn ssh_keys(fields: &Fields, key: &str, report: &mut Report) -> Vec<String> 
     for (item_path, item) in items {
         match item.as_scalar() {
             Some(text) if valid_ssh_public_key(text.trim()) => keys.push(text.trim().to_string()),
-            Some(_) => report.error(
-                item_path,
-                Some(item.position),
-                format!("{} is not an SSH public key (expected e.g. \"ssh-ed25519 AAAA... comment\"); this key was left out", abbreviate(&describe(item))),
-            ),
+            Some(_) => {
+                report.error(item_path, Some(item.position), format!("{} is not an SSH public key (expected e.g. \"ssh-ed25519 AAAA... comment\"); this key was left out", abbreviate(&describe(item))))
+            }
             None => report.error(item_path, Some(item.position), format!("expected a public key, found {}", item.kind())),
         }
     }
@@ -172,28 +161,20 @@ fn abbreviate(text: &str) -> String {
 /// Key types OpenSSH and dropbear know; options before the type are allowed
 /// (`no-pty,command="…" ssh-ed25519 AAAA…`).
 pub fn valid_ssh_public_key(line: &str) -> bool {
-    const TYPES: &[&str] = &[
-        "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-    ];
+    const TYPES: &[&str] =
+        &["ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"];
     if line.contains(['\n', '\r']) {
         return false;
     }
     let words: Vec<&str> = line.split_whitespace().collect();
-    words.windows(2).any(|pair| {
-        TYPES.contains(&pair[0])
-            && pair[1].starts_with("AAAA")
-            && pair[1].bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-    })
+    words.windows(2).any(|pair| TYPES.contains(&pair[0]) && pair[1].starts_with("AAAA") && pair[1].bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')))
 }
 
 /// The names `useradd` accepts by default (Debian's NAME_REGEX, system part).
 pub fn valid_account_name(name: &str) -> bool {
     let mut chars = name.chars();
     let Some(first) = chars.next() else { return false };
-    name.len() <= 32
-        && (first.is_ascii_lowercase() || first == '_')
-        && name.trim_end_matches('$').chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    name.len() <= 32 && (first.is_ascii_lowercase() || first == '_') && name.trim_end_matches('$').chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// A hash in crypt(3) modular format, or `*`/`!` for explicitly locked.
@@ -217,9 +198,7 @@ mod tests {
 
     #[test]
     fn a_full_user_parses() {
-        let (user, report) = parse(
-            "name: alice\npasswd: $6$salt$hash\ngroups: [sudo, docker]\nshell: /bin/bash\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3Nza alice@laptop\n",
-        );
+        let (user, report) = parse("name: alice\npasswd: $6$salt$hash\ngroups: [sudo, docker]\nshell: /bin/bash\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3Nza alice@laptop\n");
         assert!(report.problems.is_empty(), "{report}");
         let user = user.unwrap();
         assert_eq!(user.groups, ["sudo", "docker"]);
@@ -230,10 +209,7 @@ mod tests {
     fn plain_passwords_are_refused() {
         let (user, report) = parse("name: bob\npasswd: hunter2\n");
         assert!(user.is_none());
-        assert_eq!(
-            report.to_string(),
-            "2:9: error: users[0].passwd: expected a crypt(3) password hash such as \"$6$salt$...\" (a plain password is never accepted)\n"
-        );
+        assert_eq!(report.to_string(), "2:9: error: users[0].passwd: expected a crypt(3) password hash such as \"$6$salt$...\" (a plain password is never accepted)\n");
     }
 
     #[test]

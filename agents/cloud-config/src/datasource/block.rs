@@ -51,9 +51,7 @@ impl BlockDevice {
 /// The block devices sysfs lists, skipping RAM disks and empty devices.
 pub fn devices(environment: &Environment) -> Vec<BlockDevice> {
     let class = environment.sys.join("class/block");
-    let mut names: Vec<String> = std::fs::read_dir(&class)
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let mut names: Vec<String> = std::fs::read_dir(&class).map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     names.sort();
     names
         .into_iter()
@@ -99,14 +97,7 @@ mod tests {
         scratch.add_device("vdc", &scratch.dir.path().join("junk"), "");
         let environment = scratch.environment();
         let probes: Vec<_> = devices(&environment).iter().map(|device| (device.name.clone(), device.probe())).collect();
-        assert_eq!(
-            probes,
-            [
-                ("sr0".to_string(), Some((Filesystem::Iso9660, "config-2".to_string()))),
-                ("vdb".to_string(), Some((Filesystem::Vfat, "cidata".to_string()))),
-                ("vdc".to_string(), None),
-            ]
-        );
+        assert_eq!(probes, [("sr0".to_string(), Some((Filesystem::Iso9660, "config-2".to_string()))), ("vdb".to_string(), Some((Filesystem::Vfat, "cidata".to_string()))), ("vdc".to_string(), None),]);
         let (device, filesystem) = find_filesystem(&environment, "CIDATA", |_| false).unwrap();
         assert_eq!((device.name.as_str(), filesystem), ("vdb", Filesystem::Vfat));
         assert!(find_filesystem(&environment, "OEM", |_| false).is_none());

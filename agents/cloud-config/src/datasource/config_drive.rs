@@ -16,10 +16,7 @@ impl Datasource for ConfigDrive {
     fn fetch(&self, environment: &Environment) -> Result<Option<Found>, DatasourceError> {
         let Some((device, filesystem)) = find_filesystem(environment, LABEL, |_| false) else { return Ok(None) };
         let user_data = device.read(filesystem, "openstack/latest/user_data")?;
-        let metadata = device
-            .read(filesystem, "openstack/latest/meta_data.json")?
-            .map(|bytes| parse_meta_data(&String::from_utf8_lossy(&bytes)))
-            .unwrap_or_default();
+        let metadata = device.read(filesystem, "openstack/latest/meta_data.json")?.map(|bytes| parse_meta_data(&String::from_utf8_lossy(&bytes))).unwrap_or_default();
         Ok(Some(Found { source: format!("config-drive {}", device.path.display()), user_data, metadata }))
     }
 }

@@ -60,9 +60,7 @@ impl Client<'_> {
     /// Gets an IMDSv2 token; `Ok(None)` means the service wants IMDSv1.
     fn token(&self) -> Result<Option<String>, HttpError> {
         let url = format!("{}/latest/api/token", self.base);
-        let response = with_retries(&self.environment.retry, || {
-            http::request("PUT", &url, &[("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL_SECONDS)], self.environment.retry.timeout, 4096)
-        })?;
+        let response = with_retries(&self.environment.retry, || http::request("PUT", &url, &[("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL_SECONDS)], self.environment.retry.timeout, 4096))?;
         Ok((response.status == 200).then(|| String::from_utf8_lossy(&response.body).trim().to_string()))
     }
 

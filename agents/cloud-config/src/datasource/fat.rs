@@ -41,8 +41,7 @@ pub fn looks_like_fat(boot: &[u8; 512]) -> bool {
 
 fn open(device: &Path) -> Result<fatfs::FileSystem<ReadOnly>, DatasourceError> {
     let file = File::open(device).map_err(|source| DatasourceError::Io { path: device.into(), source })?;
-    fatfs::FileSystem::new(ReadOnly(file), fatfs::FsOptions::new())
-        .map_err(|error| DatasourceError::Filesystem { device: device.into(), message: format!("not a readable vfat filesystem: {error}") })
+    fatfs::FileSystem::new(ReadOnly(file), fatfs::FsOptions::new()).map_err(|error| DatasourceError::Filesystem { device: device.into(), message: format!("not a readable vfat filesystem: {error}") })
 }
 
 /// The volume label: the root directory's label entry when there is one
@@ -66,10 +65,7 @@ pub fn read_file(device: &Path, path: &str) -> Result<Option<Vec<u8>>, Datasourc
         }
     };
     let mut bytes = Vec::new();
-    (&mut file)
-        .take(READ_LIMIT as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|error| DatasourceError::Filesystem { device: device.into(), message: format!("{path}: {error}") })?;
+    (&mut file).take(READ_LIMIT as u64 + 1).read_to_end(&mut bytes).map_err(|error| DatasourceError::Filesystem { device: device.into(), message: format!("{path}: {error}") })?;
     if bytes.len() > READ_LIMIT {
         return Err(DatasourceError::TooLarge { what: format!("{}:{path}", device.display()) });
     }

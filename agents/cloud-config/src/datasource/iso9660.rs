@@ -13,8 +13,7 @@ const FIRST_DESCRIPTOR: u64 = 16;
 
 /// The label from a primary volume descriptor (sector 16), if it is one.
 pub fn volume_label(descriptor: &[u8; 2048]) -> Option<String> {
-    (descriptor[0] == 1 && &descriptor[1..6] == b"CD001")
-        .then(|| String::from_utf8_lossy(&descriptor[40..72]).trim_end().to_string())
+    (descriptor[0] == 1 && &descriptor[1..6] == b"CD001").then(|| String::from_utf8_lossy(&descriptor[40..72]).trim_end().to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -179,11 +178,7 @@ mod tests {
     use super::super::testenv::Scratch;
     use super::*;
 
-    const FILES: &[(&str, &[u8])] = &[
-        ("user-data", b"#cloud-config\nhostname: from-iso\n"),
-        ("meta-data", b"instance-id: iid-iso\n"),
-        ("openstack/latest/user_data", b"#!/bin/sh\n"),
-    ];
+    const FILES: &[(&str, &[u8])] = &[("user-data", b"#cloud-config\nhostname: from-iso\n"), ("meta-data", b"instance-id: iid-iso\n"), ("openstack/latest/user_data", b"#!/bin/sh\n")];
 
     #[test]
     fn rock_ridge_and_joliet_names_are_found() {

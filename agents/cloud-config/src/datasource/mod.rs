@@ -93,14 +93,7 @@ pub struct Environment {
 
 impl Default for Environment {
     fn default() -> Self {
-        Environment {
-            sys: "/sys".into(),
-            dev: "/dev".into(),
-            cmdline: "/proc/cmdline".into(),
-            imds_url: None,
-            retry: Retry::default(),
-            ephemeral_dhcp: false,
-        }
+        Environment { sys: "/sys".into(), dev: "/dev".into(), cmdline: "/proc/cmdline".into(), imds_url: None, retry: Retry::default(), ephemeral_dhcp: false }
     }
 }
 
@@ -175,10 +168,7 @@ pub fn discover(environment: &Environment) -> Discovery {
 }
 
 /// Calls `attempt` until it succeeds, fails for good, or the attempts run out.
-pub(crate) fn with_retries<T>(
-    retry: &Retry,
-    mut attempt: impl FnMut() -> Result<T, crate::http::HttpError>,
-) -> Result<T, crate::http::HttpError> {
+pub(crate) fn with_retries<T>(retry: &Retry, mut attempt: impl FnMut() -> Result<T, crate::http::HttpError>) -> Result<T, crate::http::HttpError> {
     let mut delay = retry.delay;
     let mut tries = 0;
     loop {
@@ -227,12 +217,7 @@ pub(crate) mod testenv {
                 dev: self.dev(),
                 cmdline: self.dir.path().join("cmdline"),
                 imds_url: None,
-                retry: super::Retry {
-                    attempts: 3,
-                    delay: std::time::Duration::from_millis(10),
-                    max_delay: std::time::Duration::from_millis(20),
-                    timeout: std::time::Duration::from_secs(5),
-                },
+                retry: super::Retry { attempts: 3, delay: std::time::Duration::from_millis(10), max_delay: std::time::Duration::from_millis(20), timeout: std::time::Duration::from_secs(5) },
                 ephemeral_dhcp: false,
             }
         }
@@ -282,19 +267,14 @@ pub(crate) mod testenv {
             }
             let image = self.dir.path().join(format!("{label}.iso"));
             let _ = std::fs::remove_file(&image);
-            run(
-                Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-V", label]).args(extensions).arg("-o").arg(&image).arg(&tree),
-                "xorriso",
-            );
+            run(Command::new("xorriso").args(["-as", "mkisofs", "-quiet", "-V", label]).args(extensions).arg("-o").arg(&image).arg(&tree), "xorriso");
             image
         }
     }
 
     /// Runs a tool the test needs; a missing tool fails the test naming its package.
     pub fn run(command: &mut Command, package: &str) {
-        let output = command.output().unwrap_or_else(|error| {
-            panic!("could not run {:?} ({error}): install the Debian package {package} (listed in tools/host-packages.txt)", command.get_program())
-        });
+        let output = command.output().unwrap_or_else(|error| panic!("could not run {:?} ({error}): install the Debian package {package} (listed in tools/host-packages.txt)", command.get_program()));
         assert!(output.status.success(), "{:?} failed: {}", command, String::from_utf8_lossy(&output.stderr));
     }
 }

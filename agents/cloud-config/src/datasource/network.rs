@@ -71,8 +71,7 @@ impl EphemeralNetwork {
         run(Command::new("ip").args(["link", "set", &interface, "up"]))?;
         // -q: quit once leased; -n: give up (exit 1) without a lease;
         // 6 discovers 2 s apart.
-        run(Command::new("udhcpc").args(["-f", "-q", "-n", "-t", "6", "-T", "2", "-i", &interface, "-s", DHCP_EVENT]))
-            .map_err(|error| format!("DHCP on {interface}: {error}"))?;
+        run(Command::new("udhcpc").args(["-f", "-q", "-n", "-t", "6", "-T", "2", "-i", &interface, "-s", DHCP_EVENT])).map_err(|error| format!("DHCP on {interface}: {error}"))?;
         self.interface = Some(interface.clone());
         Ok(Some(format!("temporary DHCP lease on {interface} to reach the network sources")))
     }

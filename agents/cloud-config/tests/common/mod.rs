@@ -65,13 +65,7 @@ pub fn corpus(name: &str) -> Vec<u8> {
 
 /// Metadata as a cloud would give it.
 pub fn cloud_metadata() -> Metadata {
-    Metadata {
-        instance_id: Some("i-0corpus".into()),
-        hostname: Some("node-7".into()),
-        public_ipv4: Some("203.0.113.7".into()),
-        private_ipv4: Some("10.0.0.7".into()),
-        ..Metadata::default()
-    }
+    Metadata { instance_id: Some("i-0corpus".into()), hostname: Some("node-7".into()), public_ipv4: Some("203.0.113.7".into()), private_ipv4: Some("10.0.0.7".into()), ..Metadata::default() }
 }
 
 pub struct Applied {
