@@ -17,16 +17,29 @@ pub const SOCKET: &str = "/run/basalt/runtime.sock";
 pub enum Request {
     Ps,
     Images,
-    Pull { reference: String },
-    RemoveImage { reference: String },
+    Pull {
+        reference: String,
+    },
+    RemoveImage {
+        reference: String,
+    },
     Prune,
     Inspect {
         name: String,
     },
-    Run { spec: ContainerSpec },
-    Start { name: String },
-    Stop { name: String },
-    Remove { name: String, force: bool },
+    Run {
+        spec: ContainerSpec,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Remove {
+        name: String,
+        force: bool,
+    },
     Exec {
         name: String,
         args: Vec<String>,
@@ -104,7 +117,10 @@ pub enum Reply {
     Images(Vec<ImageInfo>),
     Inspect(Box<Inspection>),
     /// Output of `exec`: stream 1 or 2, bytes in base64.
-    Output { stream: u8, data: String },
+    Output {
+        stream: u8,
+        data: String,
+    },
     /// `exec` finished with this code.
     Exit(i32),
 }

@@ -3,20 +3,20 @@
 //! containers in their own namespaces, under cgroup v2 limits. See
 //! docs/runtime.md.
 
-pub mod digest;
-pub mod manifest;
-pub mod pull;
-pub mod reference;
-pub mod seccomp;
-pub mod registry;
-pub mod settings;
-pub mod store;
-pub mod unpack;
-pub mod linux;
-pub mod oci;
-pub mod bundle;
-pub mod spec;
 pub mod agent;
 pub mod api;
+pub mod bundle;
+pub mod digest;
+pub mod linux;
 pub mod logs;
+pub mod manifest;
 pub mod network;
+pub mod oci;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod seccomp;
+pub mod settings;
+pub mod spec;
+pub mod store;
+pub mod unpack;

@@ -14,15 +14,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["run", "--bundle", bundle, id] | ["run", id, "--bundle", bundle] => {
-            match basalt_runtime::linux::process::run(&PathBuf::from(bundle), id) {
-                Ok(code) => std::process::exit(code),
-                Err(e) => {
-                    eprintln!("basalt-runtime: {id}: {e}");
-                    std::process::exit(basalt_runtime::linux::process::SETUP_FAILED);
-                }
+        ["run", "--bundle", bundle, id] | ["run", id, "--bundle", bundle] => match basalt_runtime::linux::process::run(&PathBuf::from(bundle), id) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("basalt-runtime: {id}: {e}");
+                std::process::exit(basalt_runtime::linux::process::SETUP_FAILED);
             }
-        }
+        },
         ["serve"] => {
             if let Err(e) = basalt_runtime::agent::serve(basalt_runtime::agent::Paths::default()) {
                 fail(&e);
@@ -39,7 +37,13 @@ fn main() {
             }
             let config = basalt_runtime::oci::Config::load(std::path::Path::new(bundle)).unwrap_or_else(|e| fail(&e));
             let pid: i32 = pid.parse().unwrap_or_else(|_| usage());
-            let cgroup = config.linux.cgroups_path.as_deref().map(|p| basalt_runtime::linux::cgroup::resolve(p).map(|path| basalt_runtime::linux::cgroup::Cgroup { path })).transpose().unwrap_or_else(|e| fail(&e));
+            let cgroup = config
+                .linux
+                .cgroups_path
+                .as_deref()
+                .map(|p| basalt_runtime::linux::cgroup::resolve(p).map(|path| basalt_runtime::linux::cgroup::Cgroup { path }))
+                .transpose()
+                .unwrap_or_else(|e| fail(&e));
             let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
             match basalt_runtime::linux::process::exec_in(pid, &config, cgroup.as_ref(), &command, tty) {
                 Ok(code) => std::process::exit(code),

@@ -140,13 +140,10 @@ pub fn layer_compression(media_type: &str) -> Result<Compression, BadManifest> {
 
 /// The linux/amd64 entry of an index.
 pub fn pick_platform(manifests: &[Descriptor]) -> Result<&Descriptor, BadManifest> {
-    manifests
-        .iter()
-        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == OS && p.architecture == ARCHITECTURE))
-        .ok_or_else(|| {
-            let offered: Vec<String> = manifests.iter().filter_map(|m| m.platform.as_ref()).map(|p| format!("{}/{}", p.os, p.architecture)).collect();
-            BadManifest(format!("the index has no {OS}/{ARCHITECTURE} image (it offers: {})", if offered.is_empty() { "none".into() } else { offered.join(", ") }))
-        })
+    manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.os == OS && p.architecture == ARCHITECTURE)).ok_or_else(|| {
+        let offered: Vec<String> = manifests.iter().filter_map(|m| m.platform.as_ref()).map(|p| format!("{}/{}", p.os, p.architecture)).collect();
+        BadManifest(format!("the index has no {OS}/{ARCHITECTURE} image (it offers: {})", if offered.is_empty() { "none".into() } else { offered.join(", ") }))
+    })
 }
 
 /// The parts of an image config that running it needs.
@@ -220,7 +217,11 @@ mod tests {
         let Parsed::Manifest(m) = parse(text.as_bytes(), None).unwrap() else { panic!() };
         assert_eq!(m.layers[0].size, 9);
         // OCI without mediaType in the body: from the header.
-        let text = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":7}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"{}","size":9}}]}}"#, d('a'), d('b'));
+        let text = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":7}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"{}","size":9}}]}}"#,
+            d('a'),
+            d('b')
+        );
         assert!(matches!(parse(text.as_bytes(), Some(OCI_MANIFEST)).unwrap(), Parsed::Manifest(_)));
     }
 
@@ -240,7 +241,11 @@ mod tests {
     fn bad_manifests_are_refused_by_name() {
         assert!(parse(b"{not json", None).unwrap_err().0.starts_with("not a JSON manifest"));
         assert!(parse(br#"{"schemaVersion":1,"name":"x"}"#, None).unwrap_err().0.contains("schema 1"));
-        let foreign = format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"digest":"{}","size":7}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{}","size":9}}]}}"#, d('a'), d('b'));
+        let foreign = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"digest":"{}","size":7}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{}","size":9}}]}}"#,
+            d('a'),
+            d('b')
+        );
         assert!(parse(foreign.as_bytes(), None).unwrap_err().0.contains("foreign"));
         let bad_digest = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"sha256:1","size":7}},"layers":[]}}"#);
         assert!(parse(bad_digest.as_bytes(), None).unwrap_err().0.contains("64 lowercase hex"));

@@ -44,10 +44,8 @@ impl Reference {
             None => (rest, None),
         };
         if let Some(tag) = tag {
-            let valid = !tag.is_empty()
-                && tag.len() <= 128
-                && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            let valid =
+                !tag.is_empty() && tag.len() <= 128 && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             if !valid {
                 return Err(bad(&format!("{tag:?} is not a tag (letters, digits, '_', '.', '-'; at most 128)")));
             }

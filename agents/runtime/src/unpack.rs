@@ -155,9 +155,7 @@ mod tests {
         // cap_net_bind_service+ep: VFS_CAP_REVISION_2, effective, permitted bit 10.
         let capability: [u8; 20] = [0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let mut builder = tar::Builder::new(Vec::new());
-        builder
-            .append_pax_extensions([("SCHILY.xattr.security.capability", &capability[..]), ("SCHILY.xattr.user.origin", &b"test"[..]), ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..])])
-            .unwrap();
+        builder.append_pax_extensions([("SCHILY.xattr.security.capability", &capability[..]), ("SCHILY.xattr.user.origin", &b"test"[..]), ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..])]).unwrap();
         let mut header = tar::Header::new_gnu();
         header.set_path("bin/server").unwrap();
         header.set_size(4);

@@ -15,10 +15,7 @@ use basalt_runtime::store::Store;
 
 fn insecure(registry: &Registry, credentials: Option<(&str, &str)>) -> Settings {
     let mut settings = Settings::default();
-    settings.registries.insert(
-        registry.address(),
-        RegistrySettings { insecure: true, ca: None, username: credentials.map(|c| c.0.to_string()), password: credentials.map(|c| c.1.to_string()) },
-    );
+    settings.registries.insert(registry.address(), RegistrySettings { insecure: true, ca: None, username: credentials.map(|c| c.0.to_string()), password: credentials.map(|c| c.1.to_string()) });
     settings
 }
 

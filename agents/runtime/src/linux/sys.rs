@@ -26,13 +26,7 @@ pub fn mount(source: &str, target: &Path, fstype: Option<&str>, flags: libc::c_u
     let fstype_c = fstype.map(cstr);
     let data_c = data.filter(|d| !d.is_empty()).map(cstr);
     let rc = unsafe {
-        libc::mount(
-            source_c.as_ptr(),
-            target_c.as_ptr(),
-            fstype_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            flags,
-            data_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr().cast()),
-        )
+        libc::mount(source_c.as_ptr(), target_c.as_ptr(), fstype_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()), flags, data_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr().cast()))
     };
     check(rc, || format!("mounting {} ({}) on {}{}", source, fstype.unwrap_or("bind"), target.display(), data.map(|d| format!(" with {d}")).unwrap_or_default()))
 }

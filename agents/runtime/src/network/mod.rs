@@ -31,8 +31,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-pub use addresses::Subnet;
 use addresses::Allocations;
+pub use addresses::Subnet;
 
 use crate::settings::NetworkSettings;
 use crate::spec::Port;
@@ -211,13 +211,7 @@ impl Network {
         }
         let held = ports.iter().map(ports::reserve).collect::<Result<Vec<_>, _>>()?;
         let address = Allocations::load(&self.addresses)?.allocate(name, &settings.subnet)?;
-        let attachment = Attachment {
-            address,
-            gateway: settings.subnet.gateway(),
-            prefix: settings.subnet.prefix,
-            namespace: self.namespace_path(name),
-            host_interface: veth_name(address),
-        };
+        let attachment = Attachment { address, gateway: settings.subnet.gateway(), prefix: settings.subnet.prefix, namespace: self.namespace_path(name), host_interface: veth_name(address) };
         if let Err(e) = self.connect(&settings, &attachment) {
             self.disconnect(&attachment.host_interface, &attachment.namespace);
             return Err(e);

@@ -181,10 +181,7 @@ fn interface(key: u32, name: &str, op: u32) -> Vec<Expr> {
 
 fn dnat(forward: &Forward) -> Vec<Expr> {
     let mut rule = match forward.host_ip {
-        None => vec![
-            expr("fib", vec![(1, Attr::Be32(NFT_REG_1)), (2, Attr::Be32(NFT_FIB_RESULT_ADDRTYPE)), (3, Attr::Be32(NFTA_FIB_F_DADDR))]),
-            cmp(NFT_CMP_EQ, &RTN_LOCAL.to_ne_bytes()),
-        ],
+        None => vec![expr("fib", vec![(1, Attr::Be32(NFT_REG_1)), (2, Attr::Be32(NFT_FIB_RESULT_ADDRTYPE)), (3, Attr::Be32(NFTA_FIB_F_DADDR))]), cmp(NFT_CMP_EQ, &RTN_LOCAL.to_ne_bytes())],
         Some(ip) => vec![payload(NFT_PAYLOAD_NETWORK_HEADER, 16, 4), cmp(NFT_CMP_EQ, &ip.octets())],
     };
     rule.extend([
@@ -260,7 +257,13 @@ fn batch(ruleset: Option<&Ruleset>) -> Vec<(Message, String)> {
     messages.push((table(NFT_MSG_DELTABLE, 0), format!("deleting table ip {TABLE}")));
     if let Some(r) = ruleset {
         messages.push((table(NFT_MSG_NEWTABLE, NLM_F_CREATE), format!("table ip {TABLE}")));
-        for (name, kind, hook, priority) in [("prerouting", "nat", NF_INET_PRE_ROUTING, -100), ("output", "nat", NF_INET_LOCAL_OUT, -100), ("postrouting", "nat", NF_INET_POST_ROUTING, 100), ("forward", "filter", NF_INET_FORWARD, 0), ("input", "filter", NF_INET_LOCAL_IN, 0)] {
+        for (name, kind, hook, priority) in [
+            ("prerouting", "nat", NF_INET_PRE_ROUTING, -100),
+            ("output", "nat", NF_INET_LOCAL_OUT, -100),
+            ("postrouting", "nat", NF_INET_POST_ROUTING, 100),
+            ("forward", "filter", NF_INET_FORWARD, 0),
+            ("input", "filter", NF_INET_LOCAL_IN, 0),
+        ] {
             messages.push((base_chain(name, kind, hook, priority), format!("chain {name} (type {kind})")));
         }
         let masquerade = || expr("masq", vec![]);
@@ -316,9 +319,9 @@ pub fn protocol_name(protocol: u8) -> &'static str {
 fn send(ruleset: Option<&Ruleset>) -> Result<(), String> {
     let mut socket = Socket::open(libc::NETLINK_NETFILTER).map_err(|e| format!("opening a netfilter netlink socket: {e} (is nf_tables available?)"))?;
     let (messages, names): (Vec<Message>, Vec<String>) = batch(ruleset).into_iter().unzip();
-    socket.send_all(&messages).map_err(|refused: Vec<Refused>| {
-        refused.iter().map(|r| format!("nf_tables refused {}: {r}", names.get(r.index).map(String::as_str).unwrap_or("the batch"))).collect::<Vec<_>>().join("; ")
-    })
+    socket
+        .send_all(&messages)
+        .map_err(|refused: Vec<Refused>| refused.iter().map(|r| format!("nf_tables refused {}: {r}", names.get(r.index).map(String::as_str).unwrap_or("the batch"))).collect::<Vec<_>>().join("; "))
 }
 
 /// Replaces the table with `ruleset`, atomically.
