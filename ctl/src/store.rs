@@ -70,9 +70,7 @@ pub fn parse(args: &[&str]) -> Result<(Endpoint, Command), String> {
     }
     let has = |names: &[&str]| flags.iter().any(|(f, _)| names.contains(f));
     let value = |name: &str| flags.iter().rev().find(|(f, _)| *f == name).and_then(|(_, v)| *v);
-    let number = |name: &str| -> Result<Option<u64>, String> {
-        value(name).map(|v| v.parse::<u64>().map_err(|_| format!("{name} {v:?} is not a whole number"))).transpose()
-    };
+    let number = |name: &str| -> Result<Option<u64>, String> { value(name).map(|v| v.parse::<u64>().map_err(|_| format!("{name} {v:?} is not a whole number"))).transpose() };
     let key = |w: &str| -> Result<String, String> {
         if w.is_empty() {
             return Err("an empty key: keys look like /app/config".into());
@@ -82,32 +80,17 @@ pub fn parse(args: &[&str]) -> Result<(Endpoint, Command), String> {
     let command = match (verb, rest) {
         ("get", [k]) => Command::Get { key: key(k)? },
         ("set", [k, v]) => {
-            let opts = SetFlags {
-                ttl: number("--ttl")?,
-                create: has(&["--create"]),
-                update: has(&["--update"]),
-                prev_value: value("--prev-value").map(str::to_string),
-                prev_index: number("--prev-index")?,
-            };
+            let opts =
+                SetFlags { ttl: number("--ttl")?, create: has(&["--create"]), update: has(&["--update"]), prev_value: value("--prev-value").map(str::to_string), prev_index: number("--prev-index")? };
             if opts.create && (opts.update || opts.prev_value.is_some() || opts.prev_index.is_some()) {
                 return Err("store set: --create means the key must not exist; it goes with no other condition".into());
             }
             Command::Set { key: key(k)?, value: v.to_string(), opts }
         }
-        ("rm", [k]) => Command::Rm {
-            key: key(k)?,
-            recursive: has(&["-r", "--recursive"]),
-            prev_value: value("--prev-value").map(str::to_string),
-            prev_index: number("--prev-index")?,
-        },
+        ("rm", [k]) => Command::Rm { key: key(k)?, recursive: has(&["-r", "--recursive"]), prev_value: value("--prev-value").map(str::to_string), prev_index: number("--prev-index")? },
         ("ls", []) => Command::Ls { dir: "/".into(), recursive: has(&["-r", "--recursive"]) },
         ("ls", [d]) => Command::Ls { dir: key(d)?, recursive: has(&["-r", "--recursive"]) },
-        ("watch", [k]) => Command::Watch {
-            key: key(k)?,
-            recursive: has(&["-r", "--recursive"]),
-            after_index: number("--after-index")?,
-            forever: has(&["-f", "--forever"]),
-        },
+        ("watch", [k]) => Command::Watch { key: key(k)?, recursive: has(&["-r", "--recursive"]), after_index: number("--after-index")?, forever: has(&["-f", "--forever"]) },
         (verb, rest) => {
             let want = match verb {
                 "set" => "KEY VALUE",
@@ -159,7 +142,13 @@ pub fn execute(client: &mut Client, command: &Command, out: &mut dyn Write) -> R
         Command::Set { key, value, opts } => {
             let set = SetOptions {
                 ttl: opts.ttl,
-                prev_exist: if opts.create { Some(false) } else if opts.update { Some(true) } else { None },
+                prev_exist: if opts.create {
+                    Some(false)
+                } else if opts.update {
+                    Some(true)
+                } else {
+                    None
+                },
                 prev_value: opts.prev_value.clone(),
                 prev_index: opts.prev_index,
                 ..SetOptions::default()
@@ -167,11 +156,7 @@ pub fn execute(client: &mut Client, command: &Command, out: &mut dyn Write) -> R
             client.set(key, value, &set).map(|_| ()).map_err(|e| describe(client, e))
         }
         Command::Rm { key, recursive, prev_value, prev_index } => {
-            let r = if prev_value.is_some() || prev_index.is_some() {
-                client.compare_and_delete(key, prev_value.as_deref(), *prev_index)
-            } else {
-                client.delete(key, *recursive)
-            };
+            let r = if prev_value.is_some() || prev_index.is_some() { client.compare_and_delete(key, prev_value.as_deref(), *prev_index) } else { client.delete(key, *recursive) };
             r.map(|_| ()).map_err(|e| describe(client, e))
         }
         Command::Ls { dir, recursive } => {
@@ -250,20 +235,14 @@ mod tests {
     #[test]
     fn parses_every_verb() {
         assert_eq!(cmd(&["get", "app/x"]).unwrap(), Command::Get { key: "/app/x".into() });
-        assert_eq!(
-            cmd(&["set", "/k", "--ttl", "5", "--", "-v"]).unwrap(),
-            Command::Set { key: "/k".into(), value: "-v".into(), opts: SetFlags { ttl: Some(5), ..SetFlags::default() } }
-        );
+        assert_eq!(cmd(&["set", "/k", "--ttl", "5", "--", "-v"]).unwrap(), Command::Set { key: "/k".into(), value: "-v".into(), opts: SetFlags { ttl: Some(5), ..SetFlags::default() } });
         assert_eq!(
             cmd(&["set", "--prev-index", "7", "/k", "v", "--update"]).unwrap(),
             Command::Set { key: "/k".into(), value: "v".into(), opts: SetFlags { prev_index: Some(7), update: true, ..SetFlags::default() } }
         );
         assert_eq!(cmd(&["rm", "-r", "/d"]).unwrap(), Command::Rm { key: "/d".into(), recursive: true, prev_value: None, prev_index: None });
         assert_eq!(cmd(&["ls"]).unwrap(), Command::Ls { dir: "/".into(), recursive: false });
-        assert_eq!(
-            cmd(&["watch", "/d", "-r", "-f", "--after-index", "3"]).unwrap(),
-            Command::Watch { key: "/d".into(), recursive: true, after_index: Some(3), forever: true }
-        );
+        assert_eq!(cmd(&["watch", "/d", "-r", "-f", "--after-index", "3"]).unwrap(), Command::Watch { key: "/d".into(), recursive: true, after_index: Some(3), forever: true });
         let (endpoint, _) = parse(&["--endpoint", "127.0.0.1:2379", "ls"]).unwrap();
         assert_eq!(endpoint, Endpoint::Tcp("127.0.0.1:2379".into()));
         assert_eq!(parse(&["ls"]).unwrap().0, Endpoint::Unix("/run/basalt/store.sock".into()));

@@ -19,16 +19,15 @@ fn validate_prints_line_and_column_of_each_problem() {
     let (code, stdout, _) = basaltctl(&["config", "validate", path]);
     assert_eq!(
         stdout,
-        format!("{path}:4:11: error: user-data: YAML syntax error: while scanning a quoted scalar, found unexpected end of stream; none of this document was applied\n{path}: 1 error(s), 0 warning(s)\n")
+        format!(
+            "{path}:4:11: error: user-data: YAML syntax error: while scanning a quoted scalar, found unexpected end of stream; none of this document was applied\n{path}: 1 error(s), 0 warning(s)\n"
+        )
     );
     assert_eq!(code, 1);
 
     std::fs::write(&file, "#cloud-config\nusers: alice\ncolour: blue\n").unwrap();
     let (code, stdout, _) = basaltctl(&["config", "validate", path]);
-    assert_eq!(
-        stdout,
-        format!("{path}:2:8: error: users: expected a list, found a scalar\n{path}:3:1: warning: colour: unknown key \"colour\", ignored\n{path}: 1 error(s), 1 warning(s)\n")
-    );
+    assert_eq!(stdout, format!("{path}:2:8: error: users: expected a list, found a scalar\n{path}:3:1: warning: colour: unknown key \"colour\", ignored\n{path}: 1 error(s), 1 warning(s)\n"));
     assert_eq!(code, 1);
 
     std::fs::write(&file, "#cloud-config\nhostname: fine\ncolour: blue\n").unwrap();

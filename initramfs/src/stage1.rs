@@ -105,7 +105,20 @@ fn wait_for(path: &str) -> Result<(), String> {
 /// The directories and merged-/usr links every boot needs; made if missing.
 pub fn lay_out_root(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{symlink, PermissionsExt};
-    for (dir, mode) in [("usr", 0o755), ("etc", 0o755), ("var", 0o755), ("home", 0o755), ("root", 0o700), ("tmp", 0o1777), ("run", 0o755), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("mnt", 0o755), ("opt", 0o755)] {
+    for (dir, mode) in [
+        ("usr", 0o755),
+        ("etc", 0o755),
+        ("var", 0o755),
+        ("home", 0o755),
+        ("root", 0o700),
+        ("tmp", 0o1777),
+        ("run", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("mnt", 0o755),
+        ("opt", 0o755),
+    ] {
         let p = root.join(dir);
         if !p.exists() {
             fs::create_dir(&p)?;

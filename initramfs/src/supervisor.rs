@@ -43,13 +43,28 @@ enum Proc {
 enum State {
     Inactive,
     Queued,
-    Activating { pid: i32 },
-    Active { pid: i32, since: Instant },
+    Activating {
+        pid: i32,
+    },
+    Active {
+        pid: i32,
+        since: Instant,
+    },
     /// A oneshot that finished successfully (RemainAfterExit or not: both count as done).
     Exited,
-    Failed { reason: String },
-    AutoRestart { at: Instant, reason: String },
-    Stopping { pid: Option<i32>, deadline: Instant, restart_after: bool, killed: bool },
+    Failed {
+        reason: String,
+    },
+    AutoRestart {
+        at: Instant,
+        reason: String,
+    },
+    Stopping {
+        pid: Option<i32>,
+        deadline: Instant,
+        restart_after: bool,
+        killed: bool,
+    },
 }
 
 struct Service {
@@ -254,9 +269,11 @@ struct Account {
 
 fn lookup_user(name: &str) -> Option<Account> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 7 && f[0] == name).and_then(|f| {
-        Some(Account { uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5].to_string() })
-    })
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && f[0] == name)
+        .and_then(|f| Some(Account { uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5].to_string() }))
 }
 
 fn lookup_group(name: &str) -> Option<u32> {
@@ -391,23 +408,21 @@ impl Supervisor {
     /// Starts queued units whose ordering dependencies have settled.
     fn run_queue(&mut self) {
         loop {
-            let ready: Vec<String> = self
-                .services
-                .iter()
-                .filter(|(_, s)| matches!(s.state, State::Queued))
-                .filter(|(name, _)| waiting_for(name, &self.services).is_none())
-                .map(|(n, _)| n.clone())
-                .collect();
+            let ready: Vec<String> =
+                self.services.iter().filter(|(_, s)| matches!(s.state, State::Queued)).filter(|(name, _)| waiting_for(name, &self.services).is_none()).map(|(n, _)| n.clone()).collect();
             if ready.is_empty() {
                 return;
             }
             for name in ready {
                 let failed_dep = {
                     let u = self.services[&name].unit.as_ref().unwrap();
-                    u.requires.iter().find(|r| match self.services.get(*r) {
-                        None => true,
-                        Some(s) => matches!(s.state, State::Failed { .. }),
-                    }).cloned()
+                    u.requires
+                        .iter()
+                        .find(|r| match self.services.get(*r) {
+                            None => true,
+                            Some(s) => matches!(s.state, State::Failed { .. }),
+                        })
+                        .cloned()
                 };
                 if let Some(dep) = failed_dep {
                     self.services.get_mut(&name).unwrap().state = State::Failed { reason: format!("required unit {dep} failed or is missing") };
@@ -686,14 +701,7 @@ impl Supervisor {
                 UnitStatus { name: name.clone(), state: state.into(), pid, restarts: s.restarts, detail }
             })
             .collect();
-        Status {
-            version: self.boot.version.clone(),
-            slot: self.boot.slot.clone(),
-            tries_left: self.health.tries_left,
-            blessed: self.health.blessed,
-            health: self.health.detail.clone(),
-            units,
-        }
+        Status { version: self.boot.version.clone(), slot: self.boot.slot.clone(), tries_left: self.health.tries_left, blessed: self.health.blessed, health: self.health.detail.clone(), units }
     }
 
     /// The health gate: every required unit up, continuously, for the settle time.
@@ -922,10 +930,7 @@ mod tests {
         let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<BTreeMap<_, _>>();
         assert_eq!(aliases_of(&units, |_| false), map(&[("etcd.service", "etcd-member.service"), ("etcd2.service", "etcd-member.service")]));
         // The user's own etcd.service in /etc wins over the alias (and keeps its own).
-        assert_eq!(
-            aliases_of(&units, |name| name == "etcd.service"),
-            map(&[("etcd2.service", "etcd-member.service"), ("other.service", "etcd.service")])
-        );
+        assert_eq!(aliases_of(&units, |name| name == "etcd.service"), map(&[("etcd2.service", "etcd-member.service"), ("other.service", "etcd.service")]));
     }
 
     #[test]

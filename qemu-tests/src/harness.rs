@@ -19,9 +19,7 @@ pub fn test(name: &str, run: fn()) -> Trial {
 /// (`--include-ignored`), it fails rather than pass without running.
 pub fn skipped(name: &str, reason: &str) -> Trial {
     let why = reason.to_string();
-    Trial::test(name, move || Err(Failed::from(format!("cannot run on this machine: {why}"))))
-        .with_kind(format!("skipped: {reason}"))
-        .with_ignored_flag(true)
+    Trial::test(name, move || Err(Failed::from(format!("cannot run on this machine: {why}")))).with_kind(format!("skipped: {reason}")).with_ignored_flag(true)
 }
 
 /// Runs the listed tests with the command line's filters and options, and exits.

@@ -310,10 +310,11 @@ impl Vm {
 pub fn without_console_noise(text: &str) -> String {
     let noise = |l: &str| {
         l.starts_with("basalt: ")
-            || (l.starts_with('[') && l.find("] ").is_some_and(|end| {
-                let inner = &l[1..end];
-                inner.ends_with(".service") || inner.trim().split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-            }))
+            || (l.starts_with('[')
+                && l.find("] ").is_some_and(|end| {
+                    let inner = &l[1..end];
+                    inner.ends_with(".service") || inner.trim().split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                }))
     };
     let mut out: String = text.split_inclusive('\n').filter(|l| !noise(l)).collect();
     if text.ends_with('\n') && !out.ends_with('\n') && !out.is_empty() {

@@ -16,11 +16,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub enum Auth {
     Anonymous,
     /// htpasswd (bcrypt) users: basic authentication.
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     /// Docker token authentication: a token service on loopback hands out
     /// RS256 tokens for these credentials, which the registry checks against
     /// the service's certificate.
-    Token { user: String, password: String },
+    Token {
+        user: String,
+        password: String,
+    },
 }
 
 pub struct Registry {
@@ -218,14 +224,8 @@ fn serve_token(stream: TcpStream, expected: &str, key: &Path, cert_der: &[u8]) -
         .collect();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let header = format!(r#"{{"typ":"JWT","alg":"RS256","x5c":["{}"]}}"#, base64(cert_der));
-    let claims = format!(
-        r#"{{"iss":"basalt-test-issuer","sub":"tester","aud":"{service}","exp":{},"nbf":{},"iat":{},"jti":"{}","access":[{}]}}"#,
-        now + 600,
-        now - 60,
-        now - 60,
-        now,
-        access.join(",")
-    );
+    let claims =
+        format!(r#"{{"iss":"basalt-test-issuer","sub":"tester","aud":"{service}","exp":{},"nbf":{},"iat":{},"jti":"{}","access":[{}]}}"#, now + 600, now - 60, now - 60, now, access.join(","));
     let signing_input = format!("{}.{}", base64url(header.as_bytes()), base64url(claims.as_bytes()));
     let mut sign = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(key).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     sign.stdin.take().unwrap().write_all(signing_input.as_bytes())?;
@@ -257,9 +257,7 @@ fn url_decode(text: &str) -> String {
 
 /// The static busybox of the pinned busybox-static package (from the input cache).
 pub fn busybox() -> Result<Vec<u8>> {
-    let cache = std::env::var_os("BASALT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/basalt"));
+    let cache = std::env::var_os("BASALT_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/basalt"));
     let debs = cache.join("debs");
     let deb = std::fs::read_dir(&debs)
         .with_context(|| format!("{} (run `make inputs` to fetch the pinned packages)", debs.display()))?
@@ -276,7 +274,10 @@ pub fn busybox() -> Result<Vec<u8>> {
 }
 
 /// Applets linked in test images' /bin.
-pub const APPLETS: &[&str] = &["sh", "cat", "echo", "ls", "sleep", "id", "hostname", "head", "dd", "mount", "ps", "grep", "readlink", "test", "true", "false", "kill", "touch", "mkdir", "env", "pwd", "wc", "yes", "rm", "stat", "tail"];
+pub const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "ls", "sleep", "id", "hostname", "head", "dd", "mount", "ps", "grep", "readlink", "test", "true", "false", "kill", "touch", "mkdir", "env", "pwd", "wc", "yes", "rm", "stat",
+    "tail",
+];
 
 pub enum LayerFile {
     File { path: String, mode: u32, data: Vec<u8> },
@@ -427,7 +428,12 @@ impl Layout {
     pub fn tag_index(&mut self, tag: &str, images: &[(&str, &WrittenImage)]) -> Result<String> {
         let manifests: Vec<String> = images
             .iter()
-            .map(|(arch, image)| format!(r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#, image.manifest, image.manifest_size))
+            .map(|(arch, image)| {
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+                    image.manifest, image.manifest_size
+                )
+            })
             .collect();
         let index = format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#, manifests.join(","));
         let hex = self.blob(index.as_bytes())?;

@@ -454,10 +454,7 @@ fn ec2_metadata_service_and_bad_user_data() {
             },
             "rejected: error: user-data: user data is 10485760 bytes, more than the limit of 1048576 bytes (1 MiB); none of it was applied".into(),
         ),
-        (
-            junk(),
-            "rejected: 1:1: error: user-data: user data is not text (byte 0x89); expected #cloud-config, a #! script, MIME multipart, or gzip of one of these; none of it was applied".into(),
-        ),
+        (junk(), "rejected: 1:1: error: user-data: user data is not text (byte 0x89); expected #cloud-config, a #! script, MIME multipart, or gzip of one of these; none of it was applied".into()),
     ];
     for (user_data, expected) in cases {
         let bytes = user_data.len();

@@ -39,9 +39,7 @@ fn image_copy(dir: &Path) -> PathBuf {
     let copy = dir.join("basalt.img");
     assert!(Command::new("cp").arg("--sparse=always").arg(&src).arg(&copy).status().unwrap().success());
     // `basalt build` wrote the checksum next to the image; hashing it again costs seconds.
-    let sums = std::fs::read_to_string(format!("{}.sha256", src.display())).unwrap_or_else(|_| {
-        String::from_utf8(Command::new("sha256sum").arg(&src).output().unwrap().stdout).unwrap()
-    });
+    let sums = std::fs::read_to_string(format!("{}.sha256", src.display())).unwrap_or_else(|_| String::from_utf8(Command::new("sha256sum").arg(&src).output().unwrap().stdout).unwrap());
     let hex = sums.split_whitespace().next().unwrap();
     std::fs::write(dir.join("basalt.img.sha256"), format!("{hex}  basalt.img\n")).unwrap();
     copy
@@ -323,11 +321,7 @@ struct Loop(String);
 
 impl Loop {
     fn attach(file: &Path, sector: u32) -> Loop {
-        let o = Command::new("losetup")
-            .args(["--find", "--show", "--sector-size", &sector.to_string()])
-            .arg(file)
-            .output()
-            .expect("losetup (util-linux) is needed to test flashing block devices");
+        let o = Command::new("losetup").args(["--find", "--show", "--sector-size", &sector.to_string()]).arg(file).output().expect("losetup (util-linux) is needed to test flashing block devices");
         assert!(o.status.success(), "losetup failed (the loop driver and root are needed): {}", text(&o));
         Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
     }

@@ -90,10 +90,7 @@ fn header<'a>(req: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 
 fn form(req: &serde_json::Value) -> BTreeMap<String, String> {
     let body = req["body_text"].as_str().unwrap_or("");
-    body.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
-        .collect()
+    body.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), percent_decode(v))).collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -244,12 +241,7 @@ fn publish_uploads_the_nonzero_blocks_resumes_after_a_kill_and_registers_a_uefi_
 #[test]
 fn publish_without_credentials_or_region_says_what_to_set() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(basalt_bin())
-        .args(["publish", "aws", "/nonexistent.img"])
-        .env_clear()
-        .env("HOME", dir.path())
-        .output()
-        .unwrap();
+    let o = Command::new(basalt_bin()).args(["publish", "aws", "/nonexistent.img"]).env_clear().env("HOME", dir.path()).output().unwrap();
     assert!(!o.status.success());
     assert!(text(&o).contains("no AWS region"), "{}", text(&o));
 }

@@ -30,18 +30,19 @@ const TEMPLATE: &[&str] = &["name={{ get(\"/web/name\") }}", "port={{ get(\"/web
 
 /// `printf` of `lines` into `path`, for the console shell (none of them holds a `'`).
 fn write_file(vm: &mut Vm, path: &str, lines: &[&str]) {
-    let args: Vec<String> = lines.iter().map(|l| {
-        assert!(!l.contains('\''));
-        format!("'{l}'")
-    }).collect();
+    let args: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            assert!(!l.contains('\''));
+            format!("'{l}'")
+        })
+        .collect();
     vm.run_ok(&format!("printf '%s\\n' {} > {path}", args.join(" ")), CMD).unwrap();
 }
 
 /// Runs `check` on the guest until it succeeds (up to two minutes).
 fn wait_until(vm: &mut Vm, check: &str) {
-    let (status, out) = vm
-        .run(&format!("i=0; until {check}; do i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done; {check}"), Duration::from_secs(180))
-        .unwrap();
+    let (status, out) = vm.run(&format!("i=0; until {check}; do i=$((i+1)); [ $i -ge 120 ] && break; sleep 1; done; {check}"), Duration::from_secs(180)).unwrap();
     assert_eq!(status, 0, "`{check}` never held: {out}");
 }
 
@@ -55,9 +56,8 @@ const HEAD_END: &str = " HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r
 /// shuts down its sending side, and the store (like hyper by default) takes
 /// that as a client gone and drops an answer still being worked on.
 fn raw_http(vm: &mut Vm, request: &str) -> String {
-    let command = format!(
-        "rm -f /tmp/answer; {{ {request}; i=0; while [ ! -s /tmp/answer ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; sleep 0.3; }} | nc 127.0.0.1 2379 > /tmp/answer; cat /tmp/answer"
-    );
+    let command =
+        format!("rm -f /tmp/answer; {{ {request}; i=0; while [ ! -s /tmp/answer ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; sleep 0.3; }} | nc 127.0.0.1 2379 > /tmp/answer; cat /tmp/answer");
     vm.run_ok(&command, CMD).unwrap()
 }
 

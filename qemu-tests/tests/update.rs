@@ -82,18 +82,14 @@ fn build(dir: &Path, version: &str, extra_cmdline: &[&str]) -> PathBuf {
     for w in extra_cmdline {
         cmdline += &format!("  - {w}\n");
     }
-    let spec = spec
-        .replace("version: 0.1.0", &format!("version: {version}"))
-        .replace("source: rootfs/", &format!("source: {}/image/rootfs/", ws.display()))
-        .replace("cmdline:\n", &cmdline)
-        .replace(
-            "files:\n",
-            &format!(
-                "files:\n  - {{path: /usr/share/basalt/update/root.json, source: {}}}\n  - {{path: /usr/share/basalt/update.conf, source: {}}}\n",
-                dir.join("root.json").display(),
-                dir.join("update.conf").display()
-            ),
-        );
+    let spec = spec.replace("version: 0.1.0", &format!("version: {version}")).replace("source: rootfs/", &format!("source: {}/image/rootfs/", ws.display())).replace("cmdline:\n", &cmdline).replace(
+        "files:\n",
+        &format!(
+            "files:\n  - {{path: /usr/share/basalt/update/root.json, source: {}}}\n  - {{path: /usr/share/basalt/update.conf, source: {}}}\n",
+            dir.join("root.json").display(),
+            dir.join("update.conf").display()
+        ),
+    );
     assert!(spec.contains(&format!("version: {version}")), "the default spec's version line changed");
     let spec_path = dir.join(format!("spec-{version}.yaml"));
     std::fs::write(&spec_path, spec).unwrap();

@@ -83,16 +83,22 @@ fn start_latency(work: &Path) {
     let ours = release_bin("basalt-runtime");
     let mut rows = Vec::new();
     for (label, make) in [
-        ("basalt-runtime run", Box::new(|i: usize| {
-            let mut c = Command::new(&ours);
-            c.args(["run", "--bundle"]).arg(&bundle).arg(format!("bench-{i}"));
-            c
-        }) as Box<dyn Fn(usize) -> Command>),
-        ("runc run", Box::new(|i: usize| {
-            let mut c = Command::new("runc");
-            c.args(["run", "--bundle"]).arg(&bundle).arg(format!("bench-{i}"));
-            c
-        })),
+        (
+            "basalt-runtime run",
+            Box::new(|i: usize| {
+                let mut c = Command::new(&ours);
+                c.args(["run", "--bundle"]).arg(&bundle).arg(format!("bench-{i}"));
+                c
+            }) as Box<dyn Fn(usize) -> Command>,
+        ),
+        (
+            "runc run",
+            Box::new(|i: usize| {
+                let mut c = Command::new("runc");
+                c.args(["run", "--bundle"]).arg(&bundle).arg(format!("bench-{i}"));
+                c
+            }),
+        ),
     ] {
         // One warm-up run each, then interleaving is not needed: the two
         // measure the same steps on the same, idle-as-possible machine.
@@ -133,14 +139,7 @@ fn pull_throughput(work: &Path) {
     let mut bytes = 0u64;
     for run in 0..3 {
         let started = Instant::now();
-        let output = Command::new(release_bin("basalt-runtime"))
-            .args(["pull", "--settings"])
-            .arg(&settings)
-            .arg("--store")
-            .arg(work.join(format!("store-{run}")))
-            .arg(&reference)
-            .output()
-            .unwrap();
+        let output = Command::new(release_bin("basalt-runtime")).args(["pull", "--settings"]).arg(&settings).arg("--store").arg(work.join(format!("store-{run}"))).arg(&reference).output().unwrap();
         ours.push(started.elapsed().as_secs_f64());
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
