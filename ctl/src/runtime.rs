@@ -16,7 +16,7 @@ pub const USAGE: &str = "containers (basalt-runtime.service):
   run [--name N] [--cpu 750m] [--memory 128M] [--pids N] [--net bridge|host|none]
       [-p [IP:]HOST:CONTAINER[/udp]]... [--restart always|on-failure|never]
       [-e K=V]... [-v SRC:DST[:ro]]... [--privileged] [--cap-add CAP]... [--cap-drop CAP]...
-      [--device /dev/X[:/dev/Y][:rwm]]... [--security-opt seccomp=default|unconfined|PATH]
+      [--device /dev/X[:/dev/Y][:rwm]]... [--security-opt seccomp=default|unconfined|PATH] [--userns auto]
       IMAGE [ARGS...]
       (default: a private bridge network, docker's capabilities, the default
       devices only, the default seccomp profile; anything wider is named)
@@ -102,6 +102,7 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
         cap_drop: vec![],
         devices: vec![],
         seccomp: None,
+        userns: None,
     };
     let mut rest = args;
     while let Some((first, tail)) = rest.split_first() {
@@ -135,6 +136,7 @@ pub fn parse_run(args: &[&str]) -> Result<ContainerSpec, String> {
             "--cap-add" => spec.cap_add.push(value.to_string()),
             "--cap-drop" => spec.cap_drop.push(value.to_string()),
             "--device" => spec.devices.push(value.to_string()),
+            "--userns" => spec.userns = Some(value.to_string()),
             "--security-opt" => match value.split_once(['=', ':']) {
                 Some(("seccomp", profile)) => spec.seccomp = Some(profile.to_string()),
                 _ => return Err(format!("--security-opt {value:?}: only seccomp=default|unconfined|PATH is supported")),
@@ -414,6 +416,9 @@ mod tests {
         assert!(parse_run(&["--cap-add", "SUPERPOWER", "x"]).unwrap_err().contains("cap_add: \"SUPERPOWER\" is not a capability"));
         assert!(parse_run(&["--device", "/etc/passwd", "x"]).unwrap_err().contains("is not a path below /dev"));
         assert!(parse_run(&["--security-opt", "apparmor=x", "x"]).unwrap_err().contains("only seccomp="));
+        assert!(parse_run(&["--userns", "auto", "x"]).unwrap().remapped());
+        assert!(parse_run(&["--userns", "keep-id", "x"]).unwrap_err().contains("userns: \"keep-id\" is not auto or host"));
+        assert!(parse_run(&["--userns", "auto", "--privileged", "x"]).unwrap_err().contains("contradict"));
         assert!(parse_run(&["--security-opt", "seccomp=strict", "x"]).unwrap_err().contains("\"strict\" is not default, unconfined"));
     }
 

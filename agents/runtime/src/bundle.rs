@@ -23,12 +23,22 @@ impl BundleDir {
         self.dir.join("rootfs")
     }
 
-    /// Mounts the overlay: `layers` bottom first.
-    pub fn mount_rootfs(&self, layers: &[PathBuf]) -> Result<(), String> {
+    /// Mounts the overlay: `layers` bottom first. `remapped`: the layers are
+    /// the shifted copies, and the writable layer's root belongs to the
+    /// container's root as the machine sees it.
+    pub fn mount_rootfs(&self, layers: &[PathBuf], remapped: bool) -> Result<(), String> {
         let lower = self.dir.join("lower");
         let _ = std::fs::remove_dir_all(&lower);
         for sub in ["upper", "work", "rootfs", "lower"] {
             std::fs::create_dir_all(self.dir.join(sub)).map_err(|e| format!("creating {}: {e}", self.dir.join(sub).display()))?;
+        }
+        if remapped {
+            let upper = sys::cpath(&self.dir.join("upper"));
+            let owner = crate::linux::userns::BASE;
+            // SAFETY: a NUL-terminated path.
+            if unsafe { libc::chown(upper.as_ptr(), owner, owner) } != 0 {
+                return Err(format!("owning {}: {}", self.dir.join("upper").display(), std::io::Error::last_os_error()));
+            }
         }
         let mut names = Vec::new();
         for (index, layer) in layers.iter().enumerate().rev() {
@@ -146,7 +156,14 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
         mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        // sysfs can only be mounted by the owner of the network namespace:
+        // a remapped container on the machine's or the agent's network gets
+        // the machine's /sys, read-only, as runc does.
+        if spec.remapped() && spec.network != "none" {
+            mount("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])
+        } else {
+            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])
+        },
         mount("/sys/fs/cgroup", "cgroup2", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
     ];
     let etc_files: Vec<(&str, PathBuf)> = match (spec.network.as_str(), bridge) {
@@ -168,6 +185,12 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
         mounts.push(mount(&volume.target, "bind", &volume.source, &options));
     }
     let mut namespaces: Vec<oci::Namespace> = ["pid", "ipc", "uts", "mount", "cgroup"].iter().map(|k| oci::Namespace { kind: k.to_string(), path: None }).collect();
+    let mappings = if spec.remapped() {
+        namespaces.push(oci::Namespace { kind: "user".into(), path: None });
+        vec![oci::IdMapping { container_id: 0, host_id: crate::linux::userns::BASE, size: crate::linux::userns::SIZE }]
+    } else {
+        vec![]
+    };
     match (spec.network.as_str(), bridge) {
         ("none", _) => namespaces.push(oci::Namespace { kind: "network".into(), path: None }),
         ("bridge", Some(files)) => namespaces.push(oci::Namespace { kind: "network".into(), path: Some(files.namespace.clone()) }),
@@ -204,6 +227,8 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
             sysctl: BTreeMap::new(),
             devices,
             seccomp,
+            uid_mappings: mappings.clone(),
+            gid_mappings: mappings,
         },
         annotations: BTreeMap::new(),
     };

@@ -118,12 +118,27 @@ pub struct Linux {
     pub readonly_paths: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sysctl: BTreeMap<String, String>,
+    /// With a user namespace: container IDs to the machine's (one range each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uid_mappings: Vec<IdMapping>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gid_mappings: Vec<IdMapping>,
     /// Device nodes made in the container's /dev besides the default ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<Device>,
     /// The seccomp filter, installed last before the exec (linux/seccomp.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<Seccomp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdMapping {
+    #[serde(rename = "containerID")]
+    pub container_id: u32,
+    #[serde(rename = "hostID")]
+    pub host_id: u32,
+    pub size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,7 +245,7 @@ pub struct Pids {
     pub limit: i64,
 }
 
-pub const NAMESPACES: &[&str] = &["pid", "network", "ipc", "uts", "mount", "cgroup"];
+pub const NAMESPACES: &[&str] = &["pid", "network", "ipc", "uts", "mount", "cgroup", "user"];
 
 impl Config {
     pub fn load(bundle: &Path) -> Result<Config, String> {
@@ -259,6 +274,16 @@ impl Config {
         }
         if let Some(seccomp) = &self.linux.seccomp {
             crate::linux::seccomp::compile(seccomp)?;
+        }
+        let user = self.has_namespace("user");
+        if user != (!self.linux.uid_mappings.is_empty() && !self.linux.gid_mappings.is_empty()) {
+            return Err("linux.uidMappings and linux.gidMappings are needed with a user namespace, and only with one".into());
+        }
+        if self.linux.uid_mappings.len() > 1 || self.linux.gid_mappings.len() > 1 {
+            return Err("linux.uidMappings/gidMappings: one range each is supported".into());
+        }
+        if user && !self.has_namespace("pid") {
+            return Err("linux.namespaces: a user namespace needs a PID namespace of its own here".into());
         }
         for (index, device) in self.linux.devices.iter().enumerate() {
             if !matches!(device.kind.as_str(), "c" | "b") || !device.path.starts_with("/dev/") || device.path.contains("/../") || device.major < 0 || device.minor < 0 {
@@ -326,7 +351,12 @@ mod tests {
         assert!(config.check().unwrap_err().contains("terminal"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
         config.linux.namespaces.push(Namespace { kind: "user".into(), path: None });
-        assert!(config.check().unwrap_err().contains("\"user\" is not supported"));
+        assert!(config.check().unwrap_err().contains("linux.uidMappings and linux.gidMappings are needed"));
+        config.linux.uid_mappings = vec![IdMapping { container_id: 0, host_id: 100_000, size: 65_536 }];
+        config.linux.gid_mappings = config.linux.uid_mappings.clone();
+        assert!(config.check().is_ok());
+        config.linux.namespaces.push(Namespace { kind: "time".into(), path: None });
+        assert!(config.check().unwrap_err().contains("\"time\" is not supported"));
         let mut config: Config = serde_json::from_str(RUNC_SPEC).unwrap();
         config.process.capabilities.as_mut().unwrap().bounding.push("CAP_FLY".into());
         assert!(config.check().unwrap_err().contains("CAP_FLY"));

@@ -71,6 +71,16 @@ pub struct ContainerSpec {
     /// `default` (when absent), `unconfined`, or the path of a profile in docker's JSON format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<String>,
+    /// `auto`: a user namespace, the container's root an unprivileged user
+    /// of the machine (linux/userns.rs); absent or `host`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<String>,
+}
+
+impl ContainerSpec {
+    pub fn remapped(&self) -> bool {
+        self.userns.as_deref() == Some("auto")
+    }
 }
 
 /// A container with no network setting gets its own private network, as
@@ -149,6 +159,9 @@ impl ContainerSpec {
         if let Some(seccomp) = self.seccomp.as_deref().filter(|s| *s != crate::seccomp::DEFAULT) {
             grants.push(format!("seccomp {seccomp}"));
         }
+        if self.remapped() {
+            grants.push("userns auto".to_string());
+        }
         if grants.is_empty() {
             "default".into()
         } else {
@@ -192,6 +205,14 @@ impl ContainerSpec {
         }
         for device in &self.devices {
             parse_device(device)?;
+        }
+        if let Some(userns) = &self.userns {
+            if userns != "auto" && userns != "host" {
+                return Err(format!("userns: {userns:?} is not auto or host"));
+            }
+            if self.privileged && userns == "auto" {
+                return Err("userns: auto and privileged contradict each other (privileged is the machine's root)".into());
+            }
         }
         if let Some(setting) = &self.seccomp {
             if setting != crate::seccomp::DEFAULT && setting != crate::seccomp::UNCONFINED && !setting.starts_with('/') {

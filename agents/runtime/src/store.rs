@@ -102,7 +102,7 @@ impl StoredImage {
 impl Store {
     /// Opens (creating if needed) the store at `root`; one process at a time.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for dir in ["blobs/sha256", "ingest", "layers/sha256"] {
+        for dir in ["blobs/sha256", "ingest", "layers/sha256", "layers-userns/sha256"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_error(&path))?;
         }
@@ -128,6 +128,34 @@ impl Store {
 
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
         self.root.join("layers/sha256").join(diff_id.hex())
+    }
+
+    /// The layer with its owners shifted into the user namespace range
+    /// (linux/userns.rs), made from the unpacked layer the first time a
+    /// remapped container needs it: copied under a temporary name, synced,
+    /// then renamed, so a name there always means a complete copy.
+    pub fn shifted_layer(&self, diff_id: &Digest) -> Result<PathBuf, StoreError> {
+        let path = self.root.join("layers-userns/sha256").join(diff_id.hex());
+        if path.is_dir() {
+            return Ok(path);
+        }
+        let temporary = self.root.join("layers-userns").join(format!(".tmp-{}-{}", diff_id.hex(), std::process::id()));
+        let _ = remove_tree(&temporary);
+        let copied = crate::linux::userns::copy_shifted(&self.layer_path(diff_id), &temporary).and_then(|()| {
+            // SAFETY: syncfs on a descriptor this block opened and closes.
+            let dir = File::open(&temporary)?;
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+        if let Err(e) = copied {
+            let _ = remove_tree(&temporary);
+            return Err(io_error(&temporary)(e));
+        }
+        fs::rename(&temporary, &path).map_err(io_error(&path))?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(path)
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -311,7 +339,8 @@ impl Store {
             keep_layers.extend(image.config.rootfs.diff_ids.iter().cloned());
         }
         let mut pruned = Pruned::default();
-        for (dir, keep, list) in [("blobs/sha256", &keep_blobs, &mut pruned.blobs), ("layers/sha256", &keep_layers, &mut pruned.layers)] {
+        let mut shifted = Vec::new();
+        for (dir, keep, list) in [("blobs/sha256", &keep_blobs, &mut pruned.blobs), ("layers/sha256", &keep_layers, &mut pruned.layers), ("layers-userns/sha256", &keep_layers, &mut shifted)] {
             let path = self.root.join(dir);
             for entry in fs::read_dir(&path).map_err(io_error(&path))?.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -324,7 +353,7 @@ impl Store {
                 list.extend(digest);
             }
         }
-        for dir in ["ingest", "layers"] {
+        for dir in ["ingest", "layers", "layers-userns"] {
             let path = self.root.join(dir);
             for entry in fs::read_dir(&path).map_err(io_error(&path))?.flatten() {
                 if dir == "ingest" || entry.file_name().to_string_lossy().starts_with(".tmp-") {

@@ -211,3 +211,41 @@ fn the_seccomp_filter_is_installed_last_and_refuses_what_the_profile_refuses() {
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("Operation not permitted"), "{err}");
 }
+
+#[test]
+fn a_user_namespace_makes_the_containers_root_an_unprivileged_user_of_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(shared.join("root-only"), "secret").unwrap();
+    std::fs::set_permissions(shared.join("root-only"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let disk = a_host_disk();
+    let script = format!(
+        "id -u; cat /proc/self/uid_map; grep ^CapEff /proc/self/status; mknod /tmp/disk b {disk} && echo MKNOD-OK; touch /shared/made-here && echo touched; \
+         cat /shared/root-only && echo READ-ROOT-FILE; echo end"
+    );
+    bundle(dir.path(), &["sh", "-c", &script], false);
+    let all = r#"["CAP_CHOWN","CAP_DAC_OVERRIDE","CAP_DAC_READ_SEARCH","CAP_FOWNER","CAP_MKNOD","CAP_SYS_ADMIN","CAP_KILL","CAP_NET_BIND_SERVICE"]"#;
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace(r#"["CAP_KILL","CAP_NET_BIND_SERVICE"]"#, all);
+    let config = config.replacen(r#"{"type":"mount"}"#, r#"{"type":"mount"},{"type":"user"}"#, 1).replacen(
+        r#""linux":{"#,
+        r#""linux":{"uidMappings":[{"containerID":0,"hostID":100000,"size":65536}],"gidMappings":[{"containerID":0,"hostID":100000,"size":65536}],"#,
+        1,
+    );
+    let config = config.replacen(r#"{"destination":"/tmp","type":"tmpfs","source":"tmpfs"}"#, &format!(r#"{{"destination":"/tmp","type":"tmpfs","source":"tmpfs"}},{{"destination":"/shared","type":"bind","source":"{}","options":["rbind"]}}"#, shared.display()), 1);
+    // The root as the agent gives it: the image's files shifted into the range.
+    basalt_runtime::linux::userns::copy_shifted(&dir.path().join("rootfs"), &dir.path().join("rootfs-shifted")).unwrap();
+    let config = config.replacen(r#""path":"rootfs""#, r#""path":"rootfs-shifted""#, 1);
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let (code, out, err) = run(dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "root inside: {out}{err}");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"], "{out}");
+    assert!(out.contains("touched") && out.contains("end"), "{out}{err}");
+    assert!(!out.contains("MKNOD-OK") && !out.contains("READ-ROOT-FILE"), "capabilities inside give nothing over the machine's files and devices: {out}{err}");
+    let made = std::fs::metadata(shared.join("made-here")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (100_000, 100_000), "the container's root is 100000 outside");
+}

@@ -51,9 +51,12 @@ pub struct Container {
     pub devices: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<String>,
+    /// `auto`: the container's root is an unprivileged user of the machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userns: Option<String>,
 }
 
-const KNOWN: &[&str] = &["name", "image", "args", "env", "cpu", "memory", "network", "restart", "volumes", "ports", "privileged", "cap_add", "cap_drop", "devices", "seccomp"];
+const KNOWN: &[&str] = &["name", "image", "args", "env", "cpu", "memory", "network", "restart", "volumes", "ports", "privileged", "cap_add", "cap_drop", "devices", "seccomp", "userns"];
 pub const NETWORKS: &[&str] = &["host", "none", "bridge"];
 pub const RESTART_POLICIES: &[&str] = &["always", "on-failure", "never"];
 
@@ -138,7 +141,11 @@ pub fn parse_container(node: &Node, path: &str, report: &mut Report) -> Option<C
                 report.error(fields.key_path("seccomp"), fields.get("seccomp").map(|n| n.position), format!("{value:?} is not default, unconfined or the absolute path of a profile in docker's JSON format"));
             }
         }
-        Some(Container { name, image, args, env, cpu_millis, memory_bytes, network, restart, volumes, ports, privileged, cap_add, cap_drop, devices, seccomp })
+        let userns = fields.string("userns", report);
+        if let Some(value) = userns.as_deref().filter(|v| *v != "auto" && *v != "host") {
+            report.error(fields.key_path("userns"), fields.get("userns").map(|n| n.position), format!("{value:?} is not auto or host"));
+        }
+        Some(Container { name, image, args, env, cpu_millis, memory_bytes, network, restart, volumes, ports, privileged, cap_add, cap_drop, devices, seccomp, userns })
     })
 }
 
@@ -275,10 +282,11 @@ mod tests {
         let container = parse_container(&node, "containers[0]", &mut report).unwrap();
         assert_eq!(container.network, "bridge");
         assert!(!container.privileged && container.cap_add.is_empty() && container.devices.is_empty() && container.seccomp.is_none());
-        let node = yaml::parse("name: a\nimage: b\nprivileged: true\ncap_add: [NET_ADMIN]\ncap_drop: [MKNOD]\ndevices: ['/dev/fuse']\nseccomp: /etc/basalt/seccomp.json\n").unwrap();
+        let node = yaml::parse("name: a\nimage: b\nprivileged: true\ncap_add: [NET_ADMIN]\ncap_drop: [MKNOD]\ndevices: ['/dev/fuse']\nseccomp: /etc/basalt/seccomp.json\nuserns: auto\n").unwrap();
         let container = parse_container(&node, "containers[0]", &mut report).unwrap();
         assert!(report.problems.is_empty(), "{report}");
         assert!(container.privileged);
+        assert_eq!(container.userns.as_deref(), Some("auto"));
         assert_eq!((container.cap_add, container.cap_drop, container.devices), (vec!["NET_ADMIN".to_string()], vec!["MKNOD".to_string()], vec!["/dev/fuse".to_string()]));
         let node = yaml::parse("name: a\nimage: b\ncap_add: ['NET ADMIN']\ndevices: [fuse]\nseccomp: strict\n").unwrap();
         assert!(parse_container(&node, "containers[0]", &mut report).is_none());

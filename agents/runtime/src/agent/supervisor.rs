@@ -253,11 +253,15 @@ impl Supervised {
         if !spec.ports.is_empty() && spec.network != "bridge" {
             say(&format!("{}: ports are only published with network bridge; with {} they are ignored (with host the container's ports are the machine's)", spec.name, spec.network));
         }
-        let layers: Vec<_> = {
+        let layers: Result<Vec<_>, String> = {
             let store = agent.store.lock().unwrap();
-            image.config.rootfs.diff_ids.iter().map(|d| store.layer_path(d)).collect()
+            image.config.rootfs.diff_ids.iter().map(|d| if spec.remapped() { store.shifted_layer(d).map_err(|e| e.to_string()) } else { Ok(store.layer_path(d)) }).collect()
         };
-        if let Err(e) = bundle.mount_rootfs(&layers) {
+        let layers = match layers {
+            Ok(layers) => layers,
+            Err(e) => return Outcome::Failed(format!("userns: shifting the image's layers: {e}")),
+        };
+        if let Err(e) = bundle.mount_rootfs(&layers, spec.remapped()) {
             return Outcome::Failed(e);
         }
         let bridge = (spec.network == "bridge").then(|| bundle::BridgeFiles::new(agent.network.namespace_path(&spec.name), &bundle));

@@ -8,3 +8,4 @@ pub mod mounts;
 pub mod process;
 pub mod seccomp;
 pub mod sys;
+pub mod userns;

@@ -130,7 +130,7 @@ pub fn mount_one(root: &Path, mount: &Mount) -> Result<(), String> {
         sys::mount(&source, &destination, None, libc::MS_BIND | recursive, None)?;
         let extra = options.flags & !(libc::MS_BIND | libc::MS_REC);
         if extra != 0 {
-            sys::mount("none", &destination, None, libc::MS_BIND | libc::MS_REMOUNT | recursive | extra, None)?;
+            sys::mount("none", &destination, None, libc::MS_BIND | libc::MS_REMOUNT | recursive | extra | locked_flags(&destination), None)?;
         }
     } else {
         std::fs::create_dir_all(&destination).map_err(|e| format!("mounts: creating {}: {e}", mount.destination))?;
@@ -147,16 +147,46 @@ pub fn mount_one(root: &Path, mount: &Mount) -> Result<(), String> {
     Ok(())
 }
 
+/// Binds the machine's device node `host` onto a new empty file `target`.
+fn bind_node(host: &Path, target: &Path) -> Result<(), String> {
+    std::fs::write(target, b"").map_err(|e| format!("creating {}: {e}", target.display()))?;
+    sys::mount(&host.to_string_lossy(), target, None, libc::MS_BIND, None)
+}
+
+/// The flags a remount must keep: inside a user namespace the kernel
+/// refuses one that would drop nosuid, nodev, noexec or an atime flag the
+/// mount was made with outside (they are locked).
+pub fn locked_flags(path: &Path) -> libc::c_ulong {
+    let c = cpath(path);
+    // SAFETY: a NUL-terminated path and a zeroed statvfs for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let mut flags = 0;
+    for (st_flag, ms_flag) in [(libc::ST_NOSUID, libc::MS_NOSUID), (libc::ST_NODEV, libc::MS_NODEV), (libc::ST_NOEXEC, libc::MS_NOEXEC), (libc::ST_NOATIME, libc::MS_NOATIME), (libc::ST_NODIRATIME, libc::MS_NODIRATIME), (libc::ST_RELATIME, libc::MS_RELATIME)] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    flags
+}
+
 const DEVICES: &[(&str, u32, u32)] = &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
 /// The devices every container has (the runtime spec's default set), and
 /// the usual links.
-pub fn default_devices(root: &Path) -> Result<(), String> {
+pub fn default_devices(root: &Path, userns: bool) -> Result<(), String> {
     let dev = secure_join(root, "/dev");
     std::fs::create_dir_all(&dev).map_err(|e| format!("creating /dev: {e}"))?;
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
         let _ = std::fs::remove_file(&path);
+        if userns {
+            // mknod is refused in a user namespace: the machine's node, bound.
+            bind_node(&Path::new("/dev").join(name), &path)?;
+            continue;
+        }
         let c = cpath(&path);
         check(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(*major, *minor)) }, || format!("creating /dev/{name}"))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(|e| format!("/dev/{name}: {e}"))?;
@@ -172,13 +202,17 @@ pub fn default_devices(root: &Path) -> Result<(), String> {
 
 /// The config's `linux.devices`: nodes the user granted, made in /dev (the
 /// device program, set up with the cgroup, lets them be used).
-pub fn extra_devices(root: &Path, devices: &[crate::oci::Device]) -> Result<(), String> {
+pub fn extra_devices(root: &Path, devices: &[crate::oci::Device], userns: bool) -> Result<(), String> {
     for device in devices {
         let path = secure_join(root, &device.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("linux.devices: creating {}: {e}", parent.display()))?;
         }
         let _ = std::fs::remove_file(&path);
+        if userns {
+            bind_node(Path::new(&device.path), &path).map_err(|e| format!("linux.devices: {e}"))?;
+            continue;
+        }
         let kind = if device.kind == "b" { libc::S_IFBLK } else { libc::S_IFCHR };
         let mode = device.file_mode.unwrap_or(0o660) & 0o7777;
         let c = cpath(&path);
@@ -214,7 +248,7 @@ pub fn mask_and_protect(masked: &[String], readonly: &[String]) -> Result<(), St
         let path = Path::new(path);
         if path.exists() {
             sys::mount(&path.to_string_lossy(), path, None, libc::MS_BIND | libc::MS_REC, None)?;
-            sys::mount("none", path, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC, None)?;
+            sys::mount("none", path, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC | locked_flags(path), None)?;
         }
     }
     Ok(())

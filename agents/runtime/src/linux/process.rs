@@ -99,10 +99,20 @@ fn start_and_wait(config: &Config, root: &Path, cgroup: Option<&Cgroup>) -> Resu
     let (go_read, go_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
     sys::sigmask(libc::SIG_BLOCK, &[FORWARDED, &[libc::SIGCHLD]].concat());
-    if config.has_namespace("pid") {
-        check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || "unsharing the PID namespace".into())?;
-    }
-    let pid = unsafe { libc::fork() };
+    let userns = config.has_namespace("user");
+    let pid = if userns {
+        prepare_for_user_namespace(config)?;
+        // The user and PID namespaces made by one clone: the new PID
+        // namespace (and so its /proc) belongs to the new user namespace.
+        // SAFETY: clone without CLONE_VM and a null stack behaves as fork;
+        // this process is single-threaded.
+        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) as libc::pid_t }
+    } else {
+        if config.has_namespace("pid") {
+            check(unsafe { libc::unshare(libc::CLONE_NEWPID) }, || "unsharing the PID namespace".into())?;
+        }
+        unsafe { libc::fork() }
+    };
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
@@ -122,7 +132,8 @@ fn start_and_wait(config: &Config, root: &Path, cgroup: Option<&Cgroup>) -> Resu
         libc::close(go_read);
         libc::close(error_write);
     }
-    let placed = cgroup.map(|c| c.add(pid)).unwrap_or(Ok(()));
+    let mapped = if userns { write_id_maps(pid, config) } else { Ok(()) };
+    let placed = mapped.and_then(|()| cgroup.map(|c| c.add(pid)).unwrap_or(Ok(())));
     let mut go = unsafe { std::fs::File::from_raw_fd(go_write) };
     if let Err(e) = placed {
         drop(go);
@@ -140,6 +151,36 @@ fn start_and_wait(config: &Config, root: &Path, cgroup: Option<&Cgroup>) -> Resu
         return Err(message);
     }
     Ok(wait_forwarding(pid))
+}
+
+/// Before the clone of a user namespace's first process: what only the
+/// machine's root can do is done here, for the child to inherit. The
+/// network namespace named by path is joined, and the rlimits set (raising
+/// a hard limit needs CAP_SYS_RESOURCE outside the namespace).
+fn prepare_for_user_namespace(config: &Config) -> Result<(), String> {
+    if let Some(path) = config.namespace_path("network") {
+        let c = sys::cpath(path);
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        check(fd, || format!("linux.namespaces: network namespace {}", path.display()))?;
+        let joined = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+        unsafe { libc::close(fd) };
+        check(joined, || format!("linux.namespaces: joining the network namespace {}", path.display()))?;
+    }
+    for limit in &config.process.rlimits {
+        let resource = rlimit_resource(&limit.kind).expect("checked when loaded");
+        let value = libc::rlimit { rlim_cur: limit.soft, rlim_max: limit.hard };
+        check(unsafe { libc::setrlimit(resource, &value) }, || format!("process.rlimits: {}", limit.kind))?;
+    }
+    Ok(())
+}
+
+/// The child's uid_map and gid_map, written by this (the machine's) side.
+fn write_id_maps(pid: libc::pid_t, config: &Config) -> Result<(), String> {
+    for (file, mappings) in [("uid_map", &config.linux.uid_mappings), ("gid_map", &config.linux.gid_mappings)] {
+        let text: String = mappings.iter().map(|m| format!("{} {} {}\n", m.container_id, m.host_id, m.size)).collect();
+        sys::write_file(Path::new(&format!("/proc/{pid}/{file}")), &text).map_err(|e| format!("linux.{}: {e}", if file == "uid_map" { "uidMappings" } else { "gidMappings" }))?;
+    }
+    Ok(())
 }
 
 /// Waits for `pid`, passing the forwarded signals on to it.
@@ -170,10 +211,20 @@ fn wait_forwarding(pid: i32) -> i32 {
 /// In the container's first process: everything up to exec. Only returns on error.
 fn child(config: &Config, root: &Path) -> Result<std::convert::Infallible, String> {
     sys::reset_signals();
+    if config.has_namespace("user") {
+        // The maps are written: become the namespace's root (the machine's
+        // first ID of the range), so files made from here on have an owner
+        // the namespace can name.
+        check(unsafe { libc::setresgid(0, 0, 0) }, || "becoming root of the user namespace (gid)".into())?;
+        check(unsafe { libc::setgroups(0, std::ptr::null()) }, || "dropping supplementary groups in the user namespace".into())?;
+        check(unsafe { libc::setresuid(0, 0, 0) }, || "becoming root of the user namespace (uid)".into())?;
+    }
     // A network namespace named by path (the agent's bridge network made
     // it) is joined, while the host's paths are still there.
     let network_path = config.namespace_path("network");
-    if let Some(path) = network_path {
+    // With a user namespace the parent joined it before the clone: from
+    // inside, the child has no rights over a namespace the machine owns.
+    if let Some(path) = network_path.filter(|_| !config.has_namespace("user")) {
         let c = sys::cpath(path);
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
         check(fd, || format!("linux.namespaces: network namespace {}", path.display()))?;
@@ -199,12 +250,13 @@ fn child(config: &Config, root: &Path) -> Result<std::convert::Infallible, Strin
         for mount in &config.mounts {
             mounts::mount_one(root, mount)?;
         }
-        mounts::default_devices(root)?;
-        mounts::extra_devices(root, &config.linux.devices)?;
+        let userns = config.has_namespace("user");
+        mounts::default_devices(root, userns)?;
+        mounts::extra_devices(root, &config.linux.devices, userns)?;
         mounts::pivot_root(root)?;
         mounts::mask_and_protect(&config.linux.masked_paths, &config.linux.readonly_paths)?;
         if config.root.readonly {
-            sys::mount("none", Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?;
+            sys::mount("none", Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | mounts::locked_flags(Path::new("/")), None)?;
         }
     } else {
         return Err("linux.namespaces: a container needs its own mount namespace here".into());
@@ -317,7 +369,8 @@ pub fn exec_in(pid: i32, config: &Config, cgroup: Option<&Cgroup>, args: &[Strin
         cgroup.add(std::process::id() as i32)?;
     }
     let mut fds = Vec::new();
-    for kind in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
+    // The user namespace first: the others belong to it.
+    for kind in ["user", "ipc", "uts", "net", "pid", "cgroup", "mnt"] {
         let path = format!("/proc/{pid}/ns/{kind}");
         let own = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok();
         if std::fs::read_link(&path).ok() == own {
