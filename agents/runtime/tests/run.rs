@@ -234,7 +234,11 @@ fn a_user_namespace_makes_the_containers_root_an_unprivileged_user_of_the_machin
         r#""linux":{"uidMappings":[{"containerID":0,"hostID":100000,"size":65536}],"gidMappings":[{"containerID":0,"hostID":100000,"size":65536}],"#,
         1,
     );
-    let config = config.replacen(r#"{"destination":"/tmp","type":"tmpfs","source":"tmpfs"}"#, &format!(r#"{{"destination":"/tmp","type":"tmpfs","source":"tmpfs"}},{{"destination":"/shared","type":"bind","source":"{}","options":["rbind"]}}"#, shared.display()), 1);
+    let config = config.replacen(
+        r#"{"destination":"/tmp","type":"tmpfs","source":"tmpfs"}"#,
+        &format!(r#"{{"destination":"/tmp","type":"tmpfs","source":"tmpfs"}},{{"destination":"/shared","type":"bind","source":"{}","options":["rbind"]}}"#, shared.display()),
+        1,
+    );
     // The root as the agent gives it: the image's files shifted into the range.
     basalt_runtime::linux::userns::copy_shifted(&dir.path().join("rootfs"), &dir.path().join("rootfs-shifted")).unwrap();
     let config = config.replacen(r#""path":"rootfs""#, r#""path":"rootfs-shifted""#, 1);

@@ -40,7 +40,10 @@ pub struct Supervised {
 }
 
 enum Outcome {
-    Exited { code: i32, ran: Duration },
+    Exited {
+        code: i32,
+        ran: Duration,
+    },
     Failed(String),
     /// The image could not be had (the network or registry may not be up
     /// yet): retried whatever the policy, which is about the container's exits.
@@ -289,7 +292,13 @@ impl Supervised {
                 Ok(attachment) => {
                     self.status.lock().unwrap().address = Some(attachment.address.to_string());
                     let published: Vec<String> = spec.ports.iter().map(|p| format!("{} -> {}:{}", crate::network::ports::describe(p), attachment.address, p.container_port)).collect();
-                    say(&format!("{}: address {} on {}{}", spec.name, attachment.address, attachment.host_interface, if published.is_empty() { String::new() } else { format!(", publishing {}", published.join(", ")) }));
+                    say(&format!(
+                        "{}: address {} on {}{}",
+                        spec.name,
+                        attachment.address,
+                        attachment.host_interface,
+                        if published.is_empty() { String::new() } else { format!(", publishing {}", published.join(", ")) }
+                    ));
                 }
                 Err(e) => {
                     agent.network.detach(&spec.name);
@@ -300,15 +309,7 @@ impl Supervised {
         }
         let _ = std::fs::remove_file(bundle.dir.join(crate::linux::process::EXIT_FILE));
         let log = Log::open(&agent.paths.logs, &spec.name);
-        let spawned = Command::new(&agent.runner)
-            .arg("run")
-            .arg("--bundle")
-            .arg(&bundle.dir)
-            .arg(&spec.name)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+        let spawned = Command::new(&agent.runner).arg("run").arg("--bundle").arg(&bundle.dir).arg(&spec.name).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
