@@ -308,6 +308,23 @@ containers:
     assert!(inspected.contains("\"seccomp\": \"unconfined\"") && inspected.contains("CAP_SYS_ADMIN"), "{inspected}");
     vm.run_ok("basaltctl rm probe", CMD).unwrap();
 
+    // With a user namespace the same probes fail even with every capability
+    // inside (a tmpfs mount in its own namespace is allowed and harmless):
+    // its root is 100000 on the machine.
+    vm.run_ok("mkdir -p /var/lib/probe && chmod 777 /var/lib/probe", CMD).unwrap();
+    let remapped = format!("id -u; touch /out/made; mount -o remount,rw,bind /proc/sysrq-trigger 2>/dev/null; {}", probes(true));
+    vm.run_ok(&format!("basaltctl run --name probe --restart never --userns auto --cap-add ALL -v /var/lib/probe:/out -e \"STORE=10.88.0.1 2379\" {reference} sh -c '{remapped}'"), CMD).unwrap();
+    wait_output(&mut vm, "basaltctl ps | grep ^probe", "exited", Duration::from_secs(120));
+    let log = vm.run_ok("basaltctl logs probe", CMD).unwrap();
+    assert!(log.contains("probes-done") && log.lines().any(|l| l.trim() == "0"), "root inside: {log}");
+    for escaped in ["DISK-READ", "PART-WRITTEN", "SYSRQ", "STORE-REACHED"] {
+        assert!(!log.contains(escaped), "a remapped container with every capability got {escaped}: {log}");
+    }
+    assert_eq!(vm.run_ok("stat -c %u:%g /var/lib/probe/made", CMD).unwrap().trim(), "100000:100000", "its root is 100000 outside");
+    assert_eq!(vm.run_ok("sha256sum /dev/vda6", CMD).unwrap(), oem_before, "the host partition is unchanged");
+    assert!(ps_line(&mut vm, "probe").contains("userns auto"), "ps shows the user namespace");
+    vm.run_ok("basaltctl rm probe", CMD).unwrap();
+
     // After a reboot: web runs again with its limits; hog stays down.
     vm.send("basaltctl reboot").unwrap();
     vm.wait_ready(BOOT).unwrap();

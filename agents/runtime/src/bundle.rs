@@ -164,8 +164,14 @@ pub fn oci_config(spec: &ContainerSpec, image: &ImageConfig, rootfs: &Path, brid
         } else {
             mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])
         },
-        mount("/sys/fs/cgroup", "cgroup2", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
     ];
+    // A remapped container's kernel refuses a cgroup2 mount below the
+    // machine's /sys bound in (EBUSY): it sees the machine's cgroup tree
+    // there, read-only, as part of that /sys (with a sysfs of its own,
+    // network none, /sys/fs/cgroup stays empty).
+    if !spec.remapped() {
+        mounts.push(mount("/sys/fs/cgroup", "cgroup2", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]));
+    }
     let etc_files: Vec<(&str, PathBuf)> = match (spec.network.as_str(), bridge) {
         ("host", _) => ["/etc/resolv.conf", "/etc/hosts"].iter().map(|f| (*f, PathBuf::from(f))).filter(|(_, source)| source.exists()).collect(),
         ("bridge", Some(files)) => vec![("/etc/resolv.conf", files.resolv_conf.clone()), ("/etc/hosts", files.hosts.clone())],

@@ -8,7 +8,10 @@ const USAGE: &str = "usage: basalt-runtime serve                 the agent (basa
        basalt-runtime exec --bundle DIR --pid PID [--tty] -- CMD...   run CMD in a running container
                                       (--tty: stdin is its terminal, made its controlling one)
        basalt-runtime run --bundle DIR ID     run an OCI bundle in the foreground
-       basalt-runtime pull [--store DIR] [--settings FILE] REF   pull an image into a store";
+       basalt-runtime pull [--store DIR] [--settings FILE] REF   pull an image into a store
+       basalt-runtime seccomp [default|PATH] [CAP...]   the profile resolved for a bounding set
+                                      (docker's default capabilities when none are named), as
+                                      the linux.seccomp of a runtime config";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,6 +24,18 @@ fn main() {
                 std::process::exit(basalt_runtime::linux::process::SETUP_FAILED);
             }
         },
+        ["seccomp", rest @ ..] => {
+            let (setting, caps) = match rest.split_first() {
+                Some((first, caps)) if !first.starts_with("CAP_") => (Some(*first), caps),
+                _ => (None, rest),
+            };
+            let caps: Vec<String> = if caps.is_empty() { basalt_runtime::linux::caps::DEFAULT.iter().map(|c| c.to_string()).collect() } else { caps.iter().map(|c| c.to_string()).collect() };
+            match basalt_runtime::seccomp::for_container(setting, &caps) {
+                Ok(Some(seccomp)) => println!("{}", serde_json::to_string_pretty(&seccomp).expect("serialises")),
+                Ok(None) => println!("null"),
+                Err(e) => fail(&e),
+            }
+        }
         ["serve"] => {
             if let Err(e) = basalt_runtime::agent::serve(basalt_runtime::agent::Paths::default()) {
                 fail(&e);

@@ -5,8 +5,10 @@
 //!   on the same bundle (a busybox root; the container's program is this
 //!   binary, which prints CLOCK_MONOTONIC as its first act): time from the
 //!   spawn to the container's first instruction, and to the runtime's exit.
-//!   On the build host (hybrid cgroups) the bundle has no limits, so
-//!   basalt-runtime makes no cgroup while runc still makes its v1 cgroups.
+//!   On the build host (hybrid cgroups) the bundle has no limits; both
+//!   runtimes install basalt's default seccomp profile and a device filter
+//!   (basalt-runtime its BPF device program on a cgroup below the cgroup v2
+//!   mount, runc its v1 devices cgroup).
 //! - Pull throughput from Debian's docker-registry on loopback: a 64 MiB
 //!   incompressible layer into an empty store, against `skopeo copy` of the
 //!   same image to an OCI layout.
@@ -59,6 +61,13 @@ fn bundle(dir: &Path) -> PathBuf {
     config["process"]["args"] = serde_json::json!(["/stamp", "stamp"]);
     let mounts: Vec<serde_json::Value> = config["mounts"].as_array().unwrap().iter().filter(|m| m["type"] != "cgroup").cloned().collect();
     config["mounts"] = mounts.into();
+    // Both runtimes under basalt's default seccomp profile (and, from the
+    // spec's device rules, a device program or runc's device cgroup), as a
+    // default basalt container starts.
+    let caps: Vec<String> = config["process"]["capabilities"]["bounding"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    let profile = Command::new(release_bin("basalt-runtime")).arg("seccomp").arg("default").args(&caps).output().unwrap();
+    assert!(profile.status.success(), "basalt-runtime seccomp: {}", String::from_utf8_lossy(&profile.stderr));
+    config["linux"]["seccomp"] = serde_json::from_slice(&profile.stdout).unwrap();
     std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     bundle
 }
