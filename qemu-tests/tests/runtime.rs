@@ -13,7 +13,7 @@
 //! outside world; a port already published, or held by sshd, is refused.
 //! One boot and one reboot.
 
-use basalt_qemu_tests::registry::{busybox, busybox_layer, Auth, Compression, Layout, Registry, RunConfig};
+use basalt_qemu_tests::registry::{busybox, busybox_layer, tar_layer, Auth, Compression, LayerFile, Layout, Registry, RunConfig};
 use basalt_qemu_tests::{default_image, Vm};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -86,7 +86,10 @@ fn declared_containers_run_isolated_limited_restarted_and_survive_a_reboot() {
     let work = tempfile::tempdir().unwrap();
     let mut layout = Layout::new(&work.path().join("layout")).unwrap();
     let run = RunConfig { cmd: vec!["sh".into()], env: vec!["PATH=/bin".into()], ..RunConfig::default() };
-    let image = layout.image(&[(busybox_layer(&busybox().unwrap()).unwrap(), Compression::Zstd)], &run, "amd64").unwrap();
+    // A second layer: the escape probe (qemu-tests/src/bin/escape-probe.rs), built beside basalt.
+    let probe = std::fs::read(basalt_qemu_tests::basalt_bin().parent().unwrap().join("escape-probe")).expect("escape-probe, built with the workspace's binaries");
+    let probe_layer = tar_layer(&[LayerFile::File { path: "bin/escape-probe".into(), mode: 0o755, data: probe }]).unwrap();
+    let image = layout.image(&[(busybox_layer(&busybox().unwrap()).unwrap(), Compression::Zstd), (probe_layer, Compression::Zstd)], &run, "amd64").unwrap();
     layout.tag_manifest("1", &image);
     layout.finish().unwrap();
     registry.push(&layout.dir, "1", "test/busybox").unwrap();
@@ -278,29 +281,40 @@ containers:
     let disk = vm.run_ok("cat /sys/block/vda/dev", CMD).unwrap().trim().replace(':', " ");
     let oem = vm.run_ok("cat /sys/block/vda/vda6/dev", CMD).unwrap().trim().replace(':', " ");
     let oem_before = vm.run_ok("sha256sum /dev/vda6", CMD).unwrap();
-    let probes = |write: bool| {
+    let probes = |write: bool, packets: bool| {
+        // A raw frame to 127.0.0.1 of the machine through the gateway: the
+        // store must not answer; a published port (8080, www's) answers the
+        // same kind of frame, so the frame itself works.
+        let packets = if packets {
+            "nc -w 1 10.88.0.1 1 </dev/null 2>/dev/null; ME=$(hostname -i); escape-probe packet $ME 10.88.0.1 127.0.0.1 2379; escape-probe packet $ME 10.88.0.1 127.0.0.1 8080; "
+        } else {
+            ""
+        };
         let write_part = if write { format!("mknod /dev/probe-part b {oem} && echo x | dd of=/dev/probe-part conv=notrunc 2>/dev/null && echo PART-WRITTEN; ") } else { String::new() };
         format!(
-            "grep ^Seccomp: /proc/self/status; mknod /dev/probe-disk b {disk} && head -c 1024 /dev/probe-disk | grep -q \"EFI PART\" && echo DISK-READ; {write_part}\
+            "grep ^Seccomp: /proc/self/status; escape-probe module; escape-probe handle; {packets}mknod /dev/probe-disk b {disk} && head -c 1024 /dev/probe-disk | grep -q \"EFI PART\" && echo DISK-READ; {write_part}\
              mkdir -p /mnt && mount -t tmpfs none /mnt && echo MOUNTED; echo h > /proc/sysrq-trigger && echo SYSRQ; \
              printf \"GET /version HTTP/1.0\\r\\n\\r\\n\" | nc -w 5 $STORE | grep -q HTTP/1 && echo STORE-REACHED; echo probes-done"
         )
     };
-    vm.run_ok(&format!("basaltctl run --name probe --restart never -e \"STORE=10.88.0.1 2379\" {reference} sh -c '{}'", probes(true)), CMD).unwrap();
+    vm.run_ok(&format!("basaltctl run --name probe --restart never -e \"STORE=10.88.0.1 2379\" {reference} sh -c '{}'", probes(true, true)), CMD).unwrap();
     wait_output(&mut vm, "basaltctl ps | grep ^probe", "exited", Duration::from_secs(90));
     let log = vm.run_ok("basaltctl logs probe", CMD).unwrap();
     assert!(log.contains("probes-done") && log.contains("Seccomp:\t2"), "the probe ran under seccomp: {log}");
-    for escaped in ["DISK-READ", "PART-WRITTEN", "MOUNTED", "SYSRQ", "STORE-REACHED"] {
+    assert!(log.contains("module: refused") && log.contains("handle: refused"), "{log}");
+    assert!(log.contains("SYNACK from 127.0.0.1:8080"), "a crafted frame reaches a published port: {log}");
+    assert!(log.contains("packet: no answer from 127.0.0.1:2379"), "the store on the machine's 127.0.0.1 must not answer a container: {log}");
+    for escaped in ["DISK-READ", "PART-WRITTEN", "MOUNTED", "SYSRQ", "STORE-REACHED", "MODULE-ALLOWED", "HANDLE-ALLOWED", "SYNACK from 127.0.0.1:2379"] {
         assert!(!log.contains(escaped), "a default container got {escaped}: {log}");
     }
     assert_eq!(vm.run_ok("sha256sum /dev/vda6", CMD).unwrap(), oem_before, "the host partition is unchanged");
     vm.run_ok("basaltctl rm probe", CMD).unwrap();
     // Granted by name: the same probes (reading only) succeed.
-    vm.run_ok(&format!("basaltctl run --name probe --restart never --privileged --net host -e \"STORE=127.0.0.1 2379\" {reference} sh -c '{}'", probes(false)), CMD).unwrap();
+    vm.run_ok(&format!("basaltctl run --name probe --restart never --privileged --net host -e \"STORE=127.0.0.1 2379\" {reference} sh -c '{}'", probes(false, false)), CMD).unwrap();
     wait_output(&mut vm, "basaltctl ps | grep ^probe", "exited", Duration::from_secs(90));
     let log = vm.run_ok("basaltctl logs probe", CMD).unwrap();
     assert!(log.contains("Seccomp:\t0"), "privileged: no filter: {log}");
-    for granted in ["DISK-READ", "MOUNTED", "SYSRQ", "STORE-REACHED", "probes-done"] {
+    for granted in ["DISK-READ", "MOUNTED", "SYSRQ", "STORE-REACHED", "MODULE-ALLOWED", "HANDLE-ALLOWED", "probes-done"] {
         assert!(log.contains(granted), "--privileged --net host should give {granted}: {log}");
     }
     assert!(ps_line(&mut vm, "probe").contains("privileged, net host"), "ps shows what was granted");
@@ -312,12 +326,12 @@ containers:
     // inside (a tmpfs mount in its own namespace is allowed and harmless):
     // its root is 100000 on the machine.
     vm.run_ok("mkdir -p /var/lib/probe && chmod 777 /var/lib/probe", CMD).unwrap();
-    let remapped = format!("id -u; touch /out/made; mount -o remount,rw,bind /proc/sysrq-trigger 2>/dev/null; {}", probes(true));
+    let remapped = format!("id -u; touch /out/made; mount -o remount,rw,bind /proc/sysrq-trigger 2>/dev/null; {}", probes(true, false));
     vm.run_ok(&format!("basaltctl run --name probe --restart never --userns auto --cap-add ALL -v /var/lib/probe:/out -e \"STORE=10.88.0.1 2379\" {reference} sh -c '{remapped}'"), CMD).unwrap();
     wait_output(&mut vm, "basaltctl ps | grep ^probe", "exited", Duration::from_secs(120));
     let log = vm.run_ok("basaltctl logs probe", CMD).unwrap();
     assert!(log.contains("probes-done") && log.lines().any(|l| l.trim() == "0"), "root inside: {log}");
-    for escaped in ["DISK-READ", "PART-WRITTEN", "SYSRQ", "STORE-REACHED"] {
+    for escaped in ["DISK-READ", "PART-WRITTEN", "SYSRQ", "STORE-REACHED", "MODULE-ALLOWED", "HANDLE-ALLOWED"] {
         assert!(!log.contains(escaped), "a remapped container with every capability got {escaped}: {log}");
     }
     assert_eq!(vm.run_ok("stat -c %u:%g /var/lib/probe/made", CMD).unwrap().trim(), "100000:100000", "its root is 100000 outside");
