@@ -143,7 +143,7 @@ pub fn open_direct(f: &File, write: bool) -> Option<File> {
 /// Writes `data` at `offset` through `direct` (an O_DIRECT descriptor) when
 /// both are page-aligned, else through `buffered`.
 pub fn write_at(direct: Option<&File>, buffered: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    let aligned = data.as_ptr() as usize % ALIGN == 0 && data.len() % ALIGN == 0 && offset % ALIGN as u64 == 0;
+    let aligned = (data.as_ptr() as usize).is_multiple_of(ALIGN) && data.len().is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN as u64);
     match direct {
         Some(d) if aligned => d.write_all_at(data, offset),
         _ => buffered.write_all_at(data, offset),

@@ -197,7 +197,7 @@ pub fn read_header<R: Read>(r: &mut R) -> Result<Header, PayloadError> {
     if h.format != FORMAT {
         return Err(PayloadError::Header(format!("format {} (this agent reads format {FORMAT})", h.format)));
     }
-    if h.usr.bytes == 0 || h.usr.bytes > MAX_USR_BYTES || h.usr.bytes % 4096 != 0 || h.usr.hash_offset >= h.usr.bytes || h.usr.hash_offset % 4096 != 0 {
+    if h.usr.bytes == 0 || h.usr.bytes > MAX_USR_BYTES || !h.usr.bytes.is_multiple_of(4096) || h.usr.hash_offset >= h.usr.bytes || !h.usr.hash_offset.is_multiple_of(4096) {
         return Err(PayloadError::Header(format!("usr of {} bytes with verity at {} is not a slot image", h.usr.bytes, h.usr.hash_offset)));
     }
     if h.salt().is_none() {

@@ -86,7 +86,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
@@ -169,7 +169,7 @@ pub fn format<F: Read + Write + Seek>(dev: &mut F, data_size: u64, salt: &[u8], 
     if data_size == 0 {
         return Err(VerityError::Empty);
     }
-    if data_size % BLOCK_SIZE != 0 {
+    if !data_size.is_multiple_of(BLOCK_SIZE) {
         return Err(VerityError::Unaligned(data_size));
     }
     if salt.len() > 256 {
@@ -220,7 +220,7 @@ impl TreeHasher {
 
     /// Hashes the next data blocks; `data` is a whole number of blocks.
     pub fn update(&mut self, data: &[u8]) -> Result<(), VerityError> {
-        if data.len() as u64 % BLOCK_SIZE != 0 {
+        if !(data.len() as u64).is_multiple_of(BLOCK_SIZE) {
             return Err(VerityError::Unaligned(data.len() as u64));
         }
         let blocks = data.len() as u64 / BLOCK_SIZE;
