@@ -12,6 +12,9 @@ use crate::spec::ContainerSpec;
 
 pub const SOCKET: &str = "/run/basalt/runtime.sock";
 
+// One request per connection, built and parsed once: boxing `Run`'s spec would
+// buy nothing but an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {

@@ -15,6 +15,10 @@ use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::settings::RegistrySettings;
 
+/// A manifest as the registry answered it: the body, its Content-Type and its
+/// Docker-Content-Digest header (both as sent, when sent).
+pub type ManifestReply = (Vec<u8>, Option<String>, Option<String>);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{registry}: {message}")]
@@ -174,7 +178,7 @@ impl Client {
 
     /// A manifest or index by tag or digest: its bytes and Content-Type. The
     /// caller verifies the digest.
-    pub fn manifest(&mut self, reference: &str) -> Result<(Vec<u8>, Option<String>, Option<String>), RegistryError> {
+    pub fn manifest(&mut self, reference: &str) -> Result<ManifestReply, RegistryError> {
         let url = format!("{}/manifests/{reference}", self.base);
         let response = self.get(&url, &[("Accept", crate::manifest::ACCEPT.to_string())])?;
         self.check_status(&response, &url, &format!("manifest {reference}"), &[200])?;

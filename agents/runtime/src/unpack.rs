@@ -129,7 +129,7 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 
 fn mknod_whiteout(path: &Path) -> io::Result<()> {
     let c = cstring(path)?;
-    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, 0) } != 0 {
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
