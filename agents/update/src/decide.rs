@@ -4,6 +4,8 @@ use basalt_repo::meta::{Channel, Delta, Release};
 use basalt_repo::version::Version;
 use std::time::SystemTime;
 
+// Made once per check and matched at once: boxing the release would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     UpToDate {

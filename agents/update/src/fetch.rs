@@ -12,6 +12,12 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
+impl Default for Client {
+    fn default() -> Client {
+        Client::new()
+    }
+}
+
 impl Client {
     pub fn new() -> Client {
         let config = ureq::Agent::config_builder()
@@ -161,9 +167,12 @@ mod tests {
     /// whether to hang up after part of them.
     type Plan = dyn Fn(usize, Option<&str>) -> (u16, String, std::ops::Range<usize>, bool) + Send + Sync;
 
+    /// The Range and If-Range headers of each request, in order.
+    type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
+
     /// A server on loopback for `data`; the Range and If-Range headers of
     /// every request are kept.
-    fn serve(data: Vec<u8>, plan: Box<Plan>) -> (String, Arc<Mutex<Vec<(Option<String>, Option<String>)>>>) {
+    fn serve(data: Vec<u8>, plan: Box<Plan>) -> (String, Seen) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/p", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -412,13 +412,10 @@ impl Worker {
             return;
         }
         let now = SystemTime::now();
-        match self.cfg.strategy {
-            Strategy::Off => {
-                log("update staged; reboot strategy is off: reboot to finish");
-                self.publish("staged");
-                return;
-            }
-            _ => {}
+        if self.cfg.strategy == Strategy::Off {
+            log("update staged; reboot strategy is off: reboot to finish");
+            self.publish("staged");
+            return;
         }
         if let Some(w) = self.cfg.window {
             if !w.contains(now) {
