@@ -85,7 +85,7 @@ fn status() -> Result<(), String> {
     println!("blessed:    {}", if s.blessed { "yes" } else { "no" });
     println!("health:     {}", s.health);
     println!();
-    println!("{:<32} {:<13} {:>7} {:>8}  {}", "UNIT", "STATE", "PID", "RESTARTS", "DETAIL");
+    println!("{:<32} {:<13} {:>7} {:>8}  DETAIL", "UNIT", "STATE", "PID", "RESTARTS");
     for u in &s.units {
         println!("{:<32} {:<13} {:>7} {:>8}  {}", u.name, u.state, u.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()), u.restarts, u.detail);
     }

@@ -53,7 +53,7 @@ pub fn images(args: &[&str]) -> Result<(), String> {
             let mut outcome = Err("no answer from the runtime agent".to_string());
             call(&Request::Images, |reply| match reply {
                 Reply::Images(list) => {
-                    println!("{:<48} {:<19} {:>10}  {}", "IMAGE", "DIGEST", "SIZE", "USED BY");
+                    println!("{:<48} {:<19} {:>10}  USED BY", "IMAGE", "DIGEST", "SIZE");
                     for image in list {
                         let used = if image.used_by.is_empty() { "-".to_string() } else { image.used_by.join(",") };
                         println!("{:<48} {:<19} {:>10}  {used}", image.reference, &image.digest[..image.digest.len().min(19)], human(image.size));
@@ -214,7 +214,7 @@ pub fn inspect(name: &str) -> Result<(), String> {
 }
 
 fn print_ps(list: &[ContainerStatus]) {
-    println!("{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15} {:<10}  {}", "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "EXIT", "ADDRESS", "GRANTED", "DETAIL");
+    println!("{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15} {:<10}  DETAIL", "NAME", "IMAGE", "STATE", "PID", "RESTARTS", "EXIT", "ADDRESS", "GRANTED");
     for c in list {
         println!(
             "{:<20} {:<40} {:<9} {:>7} {:>8} {:>5} {:<15} {:<10}  {}",
