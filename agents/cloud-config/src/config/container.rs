@@ -138,7 +138,11 @@ pub fn parse_container(node: &Node, path: &str, report: &mut Report) -> Option<C
         let seccomp = fields.string("seccomp", report);
         if let Some(value) = &seccomp {
             if value != "default" && value != "unconfined" && !value.starts_with('/') {
-                report.error(fields.key_path("seccomp"), fields.get("seccomp").map(|n| n.position), format!("{value:?} is not default, unconfined or the absolute path of a profile in docker's JSON format"));
+                report.error(
+                    fields.key_path("seccomp"),
+                    fields.get("seccomp").map(|n| n.position),
+                    format!("{value:?} is not default, unconfined or the absolute path of a profile in docker's JSON format"),
+                );
             }
         }
         let userns = fields.string("userns", report);
@@ -291,7 +295,12 @@ mod tests {
         let node = yaml::parse("name: a\nimage: b\ncap_add: ['NET ADMIN']\ndevices: [fuse]\nseccomp: strict\n").unwrap();
         assert!(parse_container(&node, "containers[0]", &mut report).is_none());
         let text = report.to_string();
-        assert!(text.contains("containers[0].cap_add: \"NET ADMIN\" is not a capability name") && text.contains("containers[0].devices: \"fuse\" is not a device") && text.contains("containers[0].seccomp: \"strict\""), "{text}");
+        assert!(
+            text.contains("containers[0].cap_add: \"NET ADMIN\" is not a capability name")
+                && text.contains("containers[0].devices: \"fuse\" is not a device")
+                && text.contains("containers[0].seccomp: \"strict\""),
+            "{text}"
+        );
     }
 
     #[test]
