@@ -1,6 +1,7 @@
 # basalt: the front door.
 #   make run    build the default image and boot it in QEMU (serial console here)
-#   make test   everything CI runs: unit and host tests, image build, QEMU boots
+#   make test   everything CI runs: lint, unit and host tests, image build, QEMU boots
+#   make lint   rustfmt, clippy and crate layering only (make test runs it first)
 #   make bench  build and boot figures, printed and written to docs/benchmarks.md
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ IMAGE ?= out/basalt.img
 export BASALT_CACHE ?= $(HOME)/.cache/basalt
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all deps inputs build image run test bench clean
+.PHONY: all deps inputs build image run lint test bench clean
 
 all: image
 
@@ -35,7 +36,17 @@ image: deps inputs
 run: image
 	$(BASALT) run $(IMAGE)
 
-test: deps inputs
+# Style, lints and crate layering: quick, so make test runs them before its
+# long parts and stops at the first that fails.
+lint:
+	@echo "lint: cargo fmt --check"
+	@$(CARGO) fmt --all -- --check || { echo "lint: code is not formatted as rustfmt.toml says; run 'cargo fmt --all'" >&2; exit 1; }
+	@echo "lint: cargo clippy -D warnings"
+	@$(CARGO) clippy --release --workspace --all-targets -- -D warnings || { echo "lint: clippy found warnings (above); fix them" >&2; exit 1; }
+	@echo "lint: crate layering"
+	@tools/check-layering || { echo "lint: a crate dependency is not allowed by docs/architecture.md" >&2; exit 1; }
+
+test: lint deps inputs
 	$(BASALT) build --spec $(SPEC) --output $(IMAGE)
 	@# The whole run is kept in out/test.log; the report at its end totals it
 	@# and lists every test that was skipped here, with why.
