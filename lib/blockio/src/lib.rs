@@ -28,6 +28,8 @@ struct AlignedBuf(NonNull<u8>);
 
 // SAFETY: the buffer is plain memory owned by this value alone.
 unsafe impl Send for AlignedBuf {}
+// SAFETY: through &AlignedBuf the bytes are only read (bytes()); writing
+// needs &mut (bytes_mut()), so shared references never race.
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {

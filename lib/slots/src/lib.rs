@@ -105,6 +105,8 @@ impl MountedEsp {
         let dev = partition_dev(&disk, basalt_disk::layout::ESP).ok_or_else(|| format!("{disk} has no ESP partition"))?;
         fs::create_dir_all(at).map_err(|e| format!("{}: {e}", at.display()))?;
         let (s, t, f) = (CString::new(format!("/dev/{dev}")).unwrap(), CString::new(at.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?, c"vfat");
+        // SAFETY: source, target and type are NUL-terminated strings that
+        // outlive the call; vfat takes no data, so null is allowed.
         let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null()) };
         if rc < 0 {
             return Err(format!("mounting the ESP /dev/{dev} on {}: {}", at.display(), io::Error::last_os_error()));
@@ -119,8 +121,10 @@ impl MountedEsp {
 
 impl Drop for MountedEsp {
     fn drop(&mut self) {
+        // SAFETY: sync takes no arguments and cannot fail.
         unsafe { libc::sync() };
         if let Ok(t) = CString::new(self.dir.as_os_str().as_encoded_bytes()) {
+            // SAFETY: `t` is a NUL-terminated path that outlives the call.
             unsafe { libc::umount(t.as_ptr()) };
         }
     }
