@@ -26,6 +26,7 @@ pub fn timed_cpu(cmd: &mut Command) -> anyhow::Result<(f64, f64)> {
     let t = Instant::now();
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id() as libc::pid_t;
+    // SAFETY: rusage is plain integers and timevals, for which all zeroes is valid.
     let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     // SAFETY: waits for our own child; status and usage are ours to fill.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };

@@ -65,6 +65,8 @@ coreos:
 /// its loopback interface up: QEMU, started from this thread, inherits it,
 /// so the VMs' multicast network and their user-mode forwards stay inside.
 fn enter_own_network_namespace() {
+    // SAFETY: unshare takes flags only and changes this thread's namespace,
+    // which is what the test wants; no memory is involved.
     let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (the cluster test runs as root, as make test does)", std::io::Error::last_os_error());
     let status = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip (iproute2)");

@@ -38,6 +38,7 @@ fn daemon() -> Result<(), String> {
     // Root and the wheel group, as init's control socket.
     let _ = std::fs::set_permissions(basalt_update::protocol::SOCKET, std::fs::Permissions::from_mode(0o660));
     let path = std::ffi::CString::new(basalt_update::protocol::SOCKET).unwrap();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
     unsafe { libc::chown(path.as_ptr(), 0, 10) };
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };

@@ -84,6 +84,7 @@ pub fn plan(image: &Path) -> Result<Plan> {
         if data < 0 {
             break; // ENXIO: only a hole remains
         }
+        // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) }.max(data) as u64;
         let first = data as u64 / block;
         let last = hole.div_ceil(block).min(total_blocks);
