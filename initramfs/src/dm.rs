@@ -37,6 +37,8 @@ fn request(name: &str, uuid: &str, flags: u32, payload: &[u8], target_count: u32
 }
 
 fn ioctl(ctl: &File, nr: u64, buf: &mut [u8], what: &str) -> io::Result<()> {
+    // SAFETY: `buf` starts with a struct dm_ioctl whose data_size is
+    // buf.len() (dm_buf sets it), so the kernel reads and writes only inside it.
     let rc = unsafe { libc::ioctl(ctl.as_raw_fd(), nr as _, buf.as_mut_ptr()) };
     if rc < 0 {
         let e = io::Error::last_os_error();

@@ -38,6 +38,7 @@ struct BlkpgIoctlArg {
 
 fn random_guid() -> std::io::Result<Guid> {
     let mut b = [0u8; 16];
+    // SAFETY: writes at most 16 bytes into `b`, which has 16.
     if unsafe { libc::getrandom(b.as_mut_ptr().cast(), 16, 0) } != 16 {
         return Err(std::io::Error::last_os_error());
     }
@@ -99,6 +100,9 @@ pub fn run(found: &Found, root: &Path) -> Result<bool, String> {
 fn resize_partition(disk: &File, p: &basalt_disk::Partition) -> std::io::Result<()> {
     let mut part = BlkpgPartition { start: p.offset_bytes() as i64, length: p.size_bytes() as i64, pno: p.number as i32, devname: [0; 64], volname: [0; 64] };
     let mut arg = BlkpgIoctlArg { op: BLKPG_RESIZE_PARTITION, flags: 0, datalen: std::mem::size_of::<BlkpgPartition>() as i32, data: (&mut part as *mut BlkpgPartition).cast() };
+    // SAFETY: `arg` is the kernel's struct blkpg_ioctl_arg (repr(C)); its data
+    // points at `part`, a struct blkpg_partition of datalen bytes, both alive
+    // for the call.
     if unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG, &mut arg) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -108,6 +112,8 @@ fn resize_partition(disk: &File, p: &basalt_disk::Partition) -> std::io::Result<
 fn resize_ext4(mount_point: &Path, bytes: u64) -> std::io::Result<()> {
     let dir = File::open(mount_point)?;
     let blocks: u64 = bytes / 4096;
+    // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from
+    // `&blocks`, which lives for the call.
     if unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS, &blocks) } < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -5,15 +5,19 @@ use std::io::Write;
 /// If the kernel could not give init a console (no /dev/console in the
 /// initramfs), open the devtmpfs one for stdio.
 pub fn ensure_console() {
+    // SAFETY: F_GETFD takes no argument and only asks whether fd 1 is open.
     if unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0 {
         return;
     }
+    // SAFETY: a NUL-terminated literal path; no O_CREAT, so no mode argument.
     let fd = unsafe { libc::open(c"/dev/console".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
     if fd >= 0 {
         for target in 0..3 {
+            // SAFETY: `fd` is open; 0..3 are stdio, not owned by any Rust object yet.
             unsafe { libc::dup2(fd, target) };
         }
         if fd > 2 {
+            // SAFETY: `fd` was opened above and is closed once; 0..2 stay open.
             unsafe { libc::close(fd) };
         }
     }

@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 
 fn module_dir() -> PathBuf {
+    // SAFETY: utsname is arrays of c_char, for which all zeroes is valid.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a live utsname for the kernel to fill.
     unsafe { libc::uname(&mut uts) };
+    // SAFETY: uname fills release with a NUL-terminated string; zeroed() made
+    // it one even if uname failed.
     let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy().into_owned();
     PathBuf::from("/usr/lib/modules").join(release)
 }

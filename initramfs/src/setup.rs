@@ -47,6 +47,7 @@ fn machine_id() -> std::io::Result<()> {
         return Ok(());
     }
     let mut bytes = [0u8; 16];
+    // SAFETY: writes at most 16 bytes into `bytes`, which has 16.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 16, 0) };
     if n != 16 {
         return Err(std::io::Error::last_os_error());
@@ -64,6 +65,7 @@ fn hostname() {
     if let Ok(name) = fs::read_to_string("/etc/hostname") {
         let name = name.trim();
         if !name.is_empty() {
+            // SAFETY: reads name.len() bytes from `name`, which has them (no NUL needed).
             unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
         }
     }

@@ -65,6 +65,9 @@ pub fn console_shell(cmdline: &str, sys: &std::path::Path) -> (bool, String) {
 }
 
 fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data (zeroed is valid, and sigemptyset
+    // initialises it anyway); the calls only read and write `set`, which lives
+    // on this stack for their duration.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -88,6 +91,9 @@ fn setup_basics() -> std::io::Result<()> {
 pub fn spawn_console_shell() -> Option<i32> {
     let mut cmd = Command::new("/usr/bin/sh");
     cmd.arg0("-sh").env_clear().env("PATH", "/usr/bin:/usr/sbin").env("HOME", "/root").env("TERM", "vt100").env("PS1", "# ").current_dir("/root");
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (sigprocmask, setsid, ioctl); it allocates nothing
+    // and touches no locks.
     unsafe {
         cmd.pre_exec(|| {
             sys::unblock_all_signals();
@@ -107,8 +113,11 @@ pub fn spawn_console_shell() -> Option<i32> {
 
 /// After the services stopped: end stray processes, flush, ROOT read-only, end.
 fn shutdown(how: sys::Halt) -> ! {
+    // SAFETY: kill takes no pointers; -1 is every process but PID 1, which is
+    // what shutdown means.
     unsafe { libc::kill(-1, libc::SIGTERM) };
     std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     sys::sync();
     // ROOT read-only before the end, so a power-off never needs a journal replay.

@@ -18,6 +18,8 @@ fn check(rc: libc::c_int, what: impl FnOnce() -> String) -> io::Result<()> {
 
 pub fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
     let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
+    // SAFETY: source, target, type and data are NUL-terminated strings that
+    // outlive the call; data is null when empty, which mount allows.
     let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, if data.is_empty() { std::ptr::null() } else { d.as_ptr().cast() }) };
     check(rc, || format!("mount {src} on {target} ({fstype})"))
 }
@@ -28,6 +30,7 @@ pub fn move_mount(src: &str, target: &str) -> io::Result<()> {
 
 pub fn chroot(path: &str) -> io::Result<()> {
     let p = cstr(path);
+    // SAFETY: `p` is a NUL-terminated path that outlives the call.
     check(unsafe { libc::chroot(p.as_ptr()) }, || format!("chroot {path}"))
 }
 
@@ -35,6 +38,8 @@ pub fn chroot(path: &str) -> io::Result<()> {
 pub fn load_module(path: &Path) -> io::Result<()> {
     let f = std::fs::File::open(path)?;
     use std::os::fd::AsRawFd;
+    // SAFETY: finit_module(fd, params, flags): `f` is open for the call and the
+    // parameters are an empty NUL-terminated literal.
     let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), 0) };
     if rc < 0 {
         let e = io::Error::last_os_error();
@@ -46,6 +51,7 @@ pub fn load_module(path: &Path) -> io::Result<()> {
 }
 
 pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
 }
 
@@ -61,6 +67,8 @@ pub fn halt(how: Halt) -> ! {
         Halt::Reboot => libc::RB_AUTOBOOT,
         Halt::PowerOff => libc::RB_POWER_OFF,
     };
+    // SAFETY: reboot takes a command constant only; after it PID 1 is gone,
+    // which is the point.
     unsafe { libc::reboot(cmd) };
     // reboot(2) only returns on error; PID 1 must not exit.
     loop {
@@ -75,6 +83,8 @@ pub fn is_pid1() -> bool {
 /// In a child before exec: PID 1 blocks signals it waits for; a program
 /// must start with none blocked.
 pub fn unblock_all_signals() {
+    // SAFETY: async-signal-safe calls on a sigset_t on this stack (zeroed is
+    // valid for it, sigemptyset initialises it); fine in a pre_exec child.
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
