@@ -249,7 +249,9 @@ pub fn rm(args: &[&str]) -> Result<(), String> {
 
 /// The size (rows, columns) of the terminal on `fd`, if it is one with a size.
 fn window_size(fd: i32) -> Option<[u16; 2]> {
+    // SAFETY: winsize is four u16s, for which all zeroes is valid.
     let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into `size`, alive for the call.
     let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) } == 0;
     (ok && size.ws_row > 0 && size.ws_col > 0).then_some([size.ws_row, size.ws_col])
 }
@@ -260,17 +262,22 @@ struct RawMode(libc::termios);
 
 impl RawMode {
     fn enter() -> Result<RawMode, String> {
+        // SAFETY: termios is integers and arrays of them; all zeroes is valid.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fills `saved`, a live termios.
         if unsafe { libc::tcgetattr(0, &mut saved) } != 0 {
             return Err(format!("reading the terminal's settings: {}", std::io::Error::last_os_error()));
         }
         let mut raw = saved;
+        // SAFETY: edits `raw`, a live termios, in place.
         unsafe { libc::cfmakeraw(&mut raw) };
+        // SAFETY: reads `raw`, a live termios, for the call.
         unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) };
         Ok(RawMode(saved))
     }
 
     fn restore(&self) {
+        // SAFETY: reads the termios saved by enter(), alive in self.
         unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.0) };
     }
 }
@@ -296,6 +303,7 @@ fn parse_exec<'a>(args: &'a [&'a str]) -> Result<(bool, bool, &'a str, &'a [&'a 
 /// on, `-t` gives it a terminal (with `-i`, this one in raw mode).
 pub fn exec(args: &[&str]) -> Result<(), String> {
     let (interactive, tty, name, command) = parse_exec(args)?;
+    // SAFETY: isatty takes a descriptor number only.
     let stdin_is_terminal = unsafe { libc::isatty(0) } == 1;
     if tty && interactive && !stdin_is_terminal {
         return Err("-t with -i needs stdin to be a terminal (without -t, stdin is passed on through a pipe)".into());
@@ -313,8 +321,12 @@ pub fn exec(args: &[&str]) -> Result<(), String> {
         if tty {
             let writer = writer.clone();
             std::thread::spawn(move || loop {
+                // SAFETY: sigset_t is plain data; all zeroes is valid (and emptied below).
                 let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
                 let mut signal = 0;
+                // SAFETY: the calls read and write `set` and `signal`, locals
+                // alive for their duration; SIGWINCH is blocked in every thread
+                // (above, before they started), so sigwait may take it.
                 unsafe {
                     libc::sigemptyset(&mut set);
                     libc::sigaddset(&mut set, libc::SIGWINCH);
@@ -328,6 +340,7 @@ pub fn exec(args: &[&str]) -> Result<(), String> {
         std::thread::spawn(move || {
             let mut buffer = vec![0u8; 16384];
             loop {
+                // SAFETY: reads at most buffer.len() bytes into `buffer`, which has them.
                 let n = unsafe { libc::read(0, buffer.as_mut_ptr().cast(), buffer.len()) };
                 if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
