@@ -256,8 +256,10 @@ fn read_health_conf() -> (Vec<String>, Duration) {
 }
 
 fn signalfd(set: &libc::sigset_t) -> OwnedFd {
+    // SAFETY: -1 asks for a new descriptor; `set` is a live sigset_t.
     let fd = unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     assert!(fd >= 0, "signalfd");
+    // SAFETY: `fd` is the new descriptor just checked, owned by nothing else.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -489,10 +491,13 @@ impl Supervisor {
 
     fn try_spawn(&self, u: &Unit, argv: &[String]) -> Result<(i32, OwnedFd), String> {
         let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`, which has two.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
             return Err(std::io::Error::last_os_error().to_string());
         }
+        // SAFETY: the pipe's two new descriptors, each owned by nothing else.
         let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_SETFL on an open descriptor takes an int flag argument.
         unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let mut cmd = std::process::Command::new(&argv[0]);
         cmd.args(&argv[1..]).arg0(&argv[0]);
@@ -528,6 +533,8 @@ impl Supervisor {
         cmd.stdin(std::process::Stdio::null());
         cmd.stdout(std::process::Stdio::from(write_end.try_clone().map_err(|e| e.to_string())?));
         cmd.stderr(std::process::Stdio::from(write_end));
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe calls (sigprocmask, setsid); no allocation, no locks.
         unsafe {
             cmd.pre_exec(|| {
                 sys::unblock_all_signals();
@@ -623,6 +630,7 @@ impl Supervisor {
             },
             Proc::Stop => {
                 if let State::Stopping { pid: Some(main), .. } = state {
+                    // SAFETY: kill takes no pointers; -main is the service's process group.
                     unsafe { libc::kill(-main, libc::SIGTERM) };
                 }
             }
@@ -650,6 +658,7 @@ impl Supervisor {
                     let u = u.unwrap();
                     self.spawn(name, &u, &u.exec_stop[0].argv, Proc::Stop);
                 } else {
+                    // SAFETY: kill takes no pointers; -pid is the service's process group.
                     unsafe { libc::kill(-pid, libc::SIGTERM) };
                 }
                 self.services.get_mut(name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + timeout, restart_after, killed: false };
@@ -762,6 +771,7 @@ impl Supervisor {
                 }
                 State::Stopping { pid: Some(pid), deadline, restart_after, killed: false } if deadline <= now() => {
                     log::info(&format!("{name}: did not stop in time; killing it"));
+                    // SAFETY: kill takes no pointers; -pid is the service's process group.
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                     self.services.get_mut(&name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + Duration::from_secs(5), restart_after, killed: true };
                 }
@@ -816,6 +826,7 @@ impl Supervisor {
     fn drain_pipe(&mut self, fd: i32) {
         let mut buf = [0u8; 8192];
         loop {
+            // SAFETY: reads at most buf.len() bytes into `buf`, which has them.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
                 let unit = self.pipes[&fd].1.clone();
@@ -834,6 +845,7 @@ impl Supervisor {
     fn reap(&mut self) {
         loop {
             let mut status = 0;
+            // SAFETY: writes one int into `status`, a live local.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
                 return;
@@ -857,6 +869,7 @@ impl Supervisor {
             let pipe_start = fds.len();
             fds.extend(self.pipes.keys().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
             let timeout = self.next_deadline().as_millis().min(1000) as i32;
+            // SAFETY: `fds` holds fds.len() live pollfd entries for the kernel to update.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
             for p in &fds[pipe_start..] {
                 if p.revents != 0 {
@@ -864,7 +877,9 @@ impl Supervisor {
                 }
             }
             if fds[0].revents != 0 {
+                // SAFETY: signalfd_siginfo is integers only; all zeroes is valid.
                 let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+                // SAFETY: reads at most one signalfd_siginfo into `info`, which is one.
                 while unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>()) } > 0 {
                     match info.ssi_signo as i32 {
                         libc::SIGCHLD => self.reap(),
@@ -893,8 +908,11 @@ impl Supervisor {
         let deadline = now() + Duration::from_secs(15);
         while self.services.values().any(|s| matches!(s.state, State::Stopping { .. })) && now() < deadline {
             let mut fds = [libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            // SAFETY: `fds` is one live pollfd.
             unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
+            // SAFETY: signalfd_siginfo is integers only; all zeroes is valid.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            // SAFETY: reads at most one signalfd_siginfo into `info`, which is one.
             while unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>()) } > 0 {}
             self.reap();
             self.timers();
