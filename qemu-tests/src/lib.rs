@@ -308,15 +308,31 @@ impl Vm {
 /// service output init mirrors (`[NAME.service] ...`), init's own
 /// (`basalt: ...`) and kernel messages (`[   12.345678] ...`).
 pub fn without_console_noise(text: &str) -> String {
-    let noise = |l: &str| {
-        l.starts_with("basalt: ")
-            || (l.starts_with('[')
-                && l.find("] ").is_some_and(|end| {
-                    let inner = &l[1..end];
-                    inner.ends_with(".service") || inner.trim().split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-                }))
+    // A kernel or service log prefix: "[    7.913442] " or "[name.service] ".
+    let prefix_at = |l: &str, at: usize| {
+        l[at..].starts_with('[')
+            && l[at..].find("] ").is_some_and(|end| {
+                let inner = &l[at + 1..at + end];
+                inner.ends_with(".service") || inner.trim().split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            })
     };
-    let mut out: String = text.split_inclusive('\n').filter(|l| !noise(l)).collect();
+    let noise = |l: &str| l.starts_with("basalt: ") || prefix_at(l, 0);
+    // A kernel message can also land in the middle of a command's output
+    // line (the console is shared): cut it off there, keeping the line's own text.
+    let kernel_stamp_at = |l: &str, at: usize| {
+        l[at..].starts_with('[')
+            && l[at..].find("] ").is_some_and(|end| {
+                let parts: Vec<&str> = l[at + 1..at + end].trim().split('.').collect();
+                parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            })
+    };
+    let cut = |l: &str| -> String {
+        match l.match_indices('[').map(|(at, _)| at).find(|&at| at > 0 && kernel_stamp_at(l, at)) {
+            Some(at) => format!("{}{}", &l[..at], if l.ends_with('\n') { "\n" } else { "" }),
+            None => l.to_string(),
+        }
+    };
+    let mut out: String = text.split_inclusive('\n').filter(|l| !noise(l)).map(cut).collect();
     if text.ends_with('\n') && !out.ends_with('\n') && !out.is_empty() {
         out.push('\n');
     }
@@ -360,5 +376,8 @@ mod tests {
     fn console_noise_is_dropped_and_output_kept() {
         let t = "usr\n[network.service] udhcpc: lease\n[   12.345678] virtio_net up\nbasalt: blessed\n[x] stays\n";
         assert_eq!(super::without_console_noise(t), "usr\n[x] stays\n");
+        // A kernel message written into the middle of a command's output line.
+        assert_eq!(super::without_console_noise("50000 100000[    7.913442] basalt0: port 1(bs0a580002) entered blocking state\n"), "50000 100000\n");
+        assert_eq!(super::without_console_noise("a [1] b\n"), "a [1] b\n", "brackets in output stay");
     }
 }
