@@ -21,6 +21,10 @@ pub const ETCD_FILE: &str = "/etc/basalt/etcd-member.env";
 pub const ETCD_UNIT: &str = "etcd-member.service";
 const ETCD_UNIT_FILE: &str = "/usr/lib/systemd/system/etcd-member.service";
 const ETCD_WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/etcd-member.service";
+pub const STORE_CONFIG_FILE: &str = "/etc/basalt/store.toml";
+pub const STORE_UNIT: &str = "basalt-store.service";
+/// etcd-member.service's own default (/usr/share/basalt/etcd-member.env).
+const ETCD_DEFAULT_CLIENT_URL: &str = "http://127.0.0.1:4001";
 
 /// Version of the JSON formats below; bumped on incompatible changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -176,6 +180,65 @@ pub fn write_etcd(root: &Root, settings: Option<&EtcdSettings>, log: &mut Log) -
     EtcdOutcome { enabled: enabled && !was_enabled, changed_settings: changed && was_enabled }
 }
 
+/// The URL the node store reaches this machine's etcd member by, from
+/// etcd's `listen-client-urls`: a plain-HTTP loopback one first, then a
+/// wildcard one (reached on 127.0.0.1), then any plain-HTTP one. Without
+/// one (etcd serves clients only over https) the store cannot follow it.
+pub fn store_member_url(settings: &EtcdSettings) -> Result<String, String> {
+    let listen = settings.get("ETCD_LISTEN_CLIENT_URLS").unwrap_or(ETCD_DEFAULT_CLIENT_URL);
+    let urls: Vec<&str> = listen.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    let plain = |u: &&str| u.strip_prefix("http://").map(|rest| rest.trim_end_matches('/').to_string());
+    let loopback = |host: &str| host.starts_with("127.") || host.starts_with("localhost:") || host.starts_with("[::1]:");
+    if let Some(rest) = urls.iter().filter_map(plain).find(|rest| loopback(rest)) {
+        return Ok(format!("http://{rest}"));
+    }
+    for rest in urls.iter().filter_map(plain) {
+        for wildcard in ["0.0.0.0:", "[::]:"] {
+            if let Some(port) = rest.strip_prefix(wildcard) {
+                return Ok(format!("http://127.0.0.1:{port}"));
+            }
+        }
+    }
+    if let Some(rest) = urls.iter().filter_map(plain).next() {
+        return Ok(format!("http://{rest}"));
+    }
+    Err(format!(
+        "coreos.etcd2 listen-client-urls {listen:?} has no plain-HTTP URL the node store can reach this machine's member by (add http://127.0.0.1:4001); {STORE_UNIT} keeps this machine's own keyspace"
+    ))
+}
+
+/// /etc/basalt/store.toml for a store that follows this machine's member.
+pub fn store_cluster_toml(member_url: &str) -> String {
+    format!(
+        "{HEADER}\n# coreos.etcd2 makes this machine a member of an etcd cluster: the node store\n# serves the cluster's keyspace through its cluster backend (docs/cluster.md).\ncluster = [\"{member_url}\"]\n"
+    )
+}
+
+/// With `coreos.etcd2`, points the node store at this machine's member by
+/// writing /etc/basalt/store.toml, unless that file is the user's own (one
+/// not written by cloud-config is left alone, and said so). Returns whether
+/// an earlier version of the file changed (a running store needs a restart;
+/// on boot the store starts after cloud-config and reads the new one).
+pub fn write_store_cluster(root: &Root, settings: Option<&EtcdSettings>, log: &mut Log) -> bool {
+    let Some(settings) = settings else { return false };
+    let url = match store_member_url(settings) {
+        Ok(url) => url,
+        Err(why) => {
+            log.fail(why);
+            return false;
+        }
+    };
+    let existing = root.read_to_string(STORE_CONFIG_FILE);
+    if let Some(existing) = &existing {
+        if !existing.starts_with(HEADER) {
+            log.fail(format!("{STORE_CONFIG_FILE} was not written by cloud-config: left alone, so the node store follows the cluster only if it names cluster = [\"{url}\"]"));
+            return false;
+        }
+    }
+    let changed = log.outcome(format!("wrote {STORE_CONFIG_FILE}"), root.write(STORE_CONFIG_FILE, store_cluster_toml(&url).as_bytes(), 0o644, 0, 0));
+    changed && existing.is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +250,38 @@ mod tests {
         assert_eq!(etcd_env(&settings, Some("0123abcd")), format!("{HEADER}\nETCD_NAME=0123abcd\nETCD_DISCOVERY=https://discovery.example/abc\n"));
         let named = EtcdSettings { environment: vec![("ETCD_NAME".into(), "node1".into())] };
         assert_eq!(etcd_env(&named, Some("0123abcd")), format!("{HEADER}\nETCD_NAME=node1\n"));
+    }
+
+    #[test]
+    fn the_store_follows_the_members_loopback_client_url() {
+        let with = |urls: Option<&str>| EtcdSettings { environment: urls.map(|u| vec![("ETCD_LISTEN_CLIENT_URLS".to_string(), u.to_string())]).unwrap_or_default() };
+        assert_eq!(store_member_url(&with(None)).unwrap(), "http://127.0.0.1:4001");
+        assert_eq!(store_member_url(&with(Some("http://10.10.1.1:2379,http://127.0.0.1:4001"))).unwrap(), "http://127.0.0.1:4001");
+        assert_eq!(store_member_url(&with(Some("http://0.0.0.0:4001/"))).unwrap(), "http://127.0.0.1:4001");
+        assert_eq!(store_member_url(&with(Some("http://10.10.1.1:2379"))).unwrap(), "http://10.10.1.1:2379");
+        let e = store_member_url(&with(Some("https://10.10.1.1:2379"))).unwrap_err();
+        assert!(e.contains("no plain-HTTP URL") && e.contains("own keyspace"), "{e}");
+        let toml = store_cluster_toml("http://127.0.0.1:4001");
+        assert!(toml.starts_with(HEADER) && toml.ends_with("cluster = [\"http://127.0.0.1:4001\"]\n"), "{toml}");
+    }
+
+    #[test]
+    fn the_store_config_is_written_once_and_a_users_own_is_left_alone() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = Root::new(scratch.path());
+        let settings = EtcdSettings { environment: vec![("ETCD_LISTEN_CLIENT_URLS".into(), "http://10.10.1.1:2379,http://127.0.0.1:4001".into())] };
+        let mut log = Log::default();
+        assert!(!write_store_cluster(&root, None, &mut log) && !root.exists(STORE_CONFIG_FILE));
+        assert!(!write_store_cluster(&root, Some(&settings), &mut log), "a new file needs no restart");
+        assert_eq!(root.read_to_string(STORE_CONFIG_FILE).unwrap(), store_cluster_toml("http://127.0.0.1:4001"));
+        assert!(!write_store_cluster(&root, Some(&settings), &mut log), "unchanged");
+        let moved = EtcdSettings { environment: vec![("ETCD_LISTEN_CLIENT_URLS".into(), "http://127.0.0.1:4002".into())] };
+        assert!(write_store_cluster(&root, Some(&moved), &mut log), "a changed file restarts the store");
+        std::fs::write(root.path(STORE_CONFIG_FILE), "history = 5\n").unwrap();
+        let mut log = Log::default();
+        assert!(!write_store_cluster(&root, Some(&settings), &mut log));
+        assert_eq!(root.read_to_string(STORE_CONFIG_FILE).unwrap(), "history = 5\n");
+        assert!(format!("{log:?}").contains("not written by cloud-config"), "{log:?}");
     }
 
     #[test]

@@ -89,9 +89,16 @@ impl Applier<'_> {
         handoff::write_network(&root, &config.network, &mut log);
         let units_changed = units::write_units(&root, &config.units, &mut log);
         let etcd = handoff::write_etcd(&root, config.etcd.as_ref(), &mut log);
+        let store_changed = handoff::write_store_cluster(&root, config.etcd.as_ref(), &mut log);
         if units_changed || etcd.enabled {
             if let Err(error) = self.supervisor.reload() {
                 log.fail(error.to_string());
+            }
+        }
+        if store_changed {
+            match self.supervisor.request(handoff::STORE_UNIT, crate::config::UnitCommand::Restart) {
+                Ok(()) => log.change(format!("asked the supervisor to restart {}", handoff::STORE_UNIT)),
+                Err(error) => log.fail(error.to_string()),
             }
         }
         if etcd.changed_settings {
