@@ -6,7 +6,8 @@
 //! network namespace this test makes, so nothing leaves the host; each VM
 //! keeps its user-mode NIC as well. Checked: etcd-member.service runs on
 //! each machine, `etcdctl` lists three started members, all healthy; a key
-//! set on machine 1 is read on machine 3; the leader killed (QMP quit), the
+//! set on machine 1 is read on machine 3, through etcd and through the node
+//! stores (which follow the cluster); the leader killed (QMP quit), the
 //! other two elect another and keep taking writes.
 //!
 //! One boot of three VMs under TCG, with etcd's timeouts for it (heartbeat
@@ -156,6 +157,14 @@ fn three_machines_form_an_etcd_cluster_that_survives_its_leader() {
     assert_eq!(vms[2].run_ok(&etcdctl_v2("get --quorum /foo/bar"), CMD).unwrap(), "Hello world\n");
     vms[0].run_ok(&etcdctl(1, "put /basalt/greeting from-node1"), CMD).unwrap();
     assert_eq!(vms[2].run_ok(&etcdctl(3, "get --print-value-only /basalt/greeting"), CMD).unwrap(), "from-node1\n");
+
+    // The node store (127.0.0.1:2379) follows the cluster: a key set with a
+    // TTL through machine 1's store is read through machine 3's. Each store
+    // may still be restarting until its member had a quorum.
+    let store = |args: &str| format!("ETCDCTL_API=2 etcdctl --endpoints http://127.0.0.1:2379 {args}");
+    wait_until(&mut vms[0], &format!("{} >/dev/null 2>&1", store("set --ttl 600 /node/store from-node1")), 120);
+    let read = wait_until(&mut vms[2], &format!("{} 2>&1", store("get /node/store")), 60);
+    assert_eq!(read, "from-node1\n", "node3's store: {read}");
 
     // Kill the leader: the other two elect another and keep serving writes.
     let status = vms[0].run_ok(&etcdctl(1, "endpoint status --cluster"), CMD).unwrap();
