@@ -202,7 +202,10 @@ containers:
     assert_eq!(running_pid(&mut vm, "web"), web_pid, "web is untouched by hog's end");
     assert!(vm.run_ok("test ! -e /sys/fs/cgroup/basalt/hog && echo gone", CMD).unwrap().contains("gone"), "hog's cgroup is removed");
 
-    // Killed from outside: restarted (always), with a new first process.
+    // Killed from outside: restarted (always), with a new first process,
+    // counted once (a pull retried at boot is not a restart).
+    let before = ps_line(&mut vm, "web");
+    assert_eq!(before.split_whitespace().nth(4), Some("0"), "web has not been restarted yet: {before}");
     vm.run_ok(&format!("kill -9 {web_pid}"), CMD).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let new_pid = loop {

@@ -194,6 +194,9 @@ impl Supervised {
                     self.record().spec.restart != "never"
                 }
             };
+            // Like Docker's RestartCount: only a container that ran is
+            // restarted; retrying a pull or a setup that failed is not.
+            let ran = matches!(outcome, Outcome::Exited { .. });
             let detail = self.status().detail;
             if !restart {
                 self.set_desired(agent, false);
@@ -212,7 +215,9 @@ impl Supervised {
                 Ok(Command_::Start) | Err(RecvTimeoutError::Timeout) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            self.status.lock().unwrap().restarts += 1;
+            if ran {
+                self.status.lock().unwrap().restarts += 1;
+            }
         }
     }
 
