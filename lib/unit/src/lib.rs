@@ -7,6 +7,8 @@
 //! naming the directive and its line, never silently dropped; a file that
 //! cannot be understood at all is an error for that unit only.
 
+pub mod calendar;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
