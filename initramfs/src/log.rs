@@ -34,3 +34,26 @@ pub fn error(msg: &str) {
     let _ = writeln!(out, "basalt: error: {msg}");
     let _ = out.flush();
 }
+
+/// Writes one whole line straight to the console with a single write(2),
+/// falling back to the kernel log (/dev/kmsg) when stdout is gone. It takes
+/// no lock and allocates nothing: the panic hook uses it, and the panicking
+/// code may have held stdout's lock.
+pub fn emergency(line: &[u8]) {
+    // SAFETY: `line` is valid for `line.len()` bytes for the call; fd 1 may
+    // be closed, which write reports as an error.
+    let written = unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+    if written == line.len() as isize {
+        return;
+    }
+    // SAFETY: a NUL-terminated literal path; no O_CREAT, so no mode argument.
+    let kmsg = unsafe { libc::open(c"/dev/kmsg".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if kmsg >= 0 {
+        // SAFETY: `kmsg` was opened above; `line` is valid as above; the fd is
+        // closed once, here.
+        unsafe {
+            libc::write(kmsg, line.as_ptr().cast(), line.len());
+            libc::close(kmsg);
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod grow;
 mod log;
 mod logs;
 mod modprobe;
+mod panic;
 mod setup;
 mod stage1;
 mod stage2;
@@ -23,11 +24,14 @@ use std::time::Duration;
 const FAILURE_REBOOT_DELAY: Duration = Duration::from_secs(10);
 
 fn main() {
+    // First of all: a panic in PID 1 must end in a clean reboot, not a kernel panic.
+    panic::install_hook();
     let stage2 = std::env::args().nth(1).as_deref() == Some("--stage2");
     if !sys::is_pid1() {
         eprintln!("init: must run as PID 1 (the kernel starts it)");
         std::process::exit(2);
     }
+    panic::trigger_if_asked(if stage2 { "stage 2" } else { "stage 1" });
     if stage2 {
         stage2::run();
     }

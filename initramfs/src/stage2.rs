@@ -41,7 +41,7 @@ pub fn run() -> ! {
         sys::Halt::PowerOff => "powering off ...",
     });
     supervisor.stop_all();
-    shutdown(how)
+    sys::shutdown(how)
 }
 
 /// Whether this boot gets a root shell on the console, and the line that
@@ -109,21 +109,6 @@ pub fn spawn_console_shell() -> Option<i32> {
             None
         }
     }
-}
-
-/// After the services stopped: end stray processes, flush, ROOT read-only, end.
-fn shutdown(how: sys::Halt) -> ! {
-    // SAFETY: kill takes no pointers; -1 is every process but PID 1, which is
-    // what shutdown means.
-    unsafe { libc::kill(-1, libc::SIGTERM) };
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    // SAFETY: as above.
-    unsafe { libc::kill(-1, libc::SIGKILL) };
-    sys::sync();
-    // ROOT read-only before the end, so a power-off never needs a journal replay.
-    let _ = sys::mount("", "/", "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
-    sys::sync();
-    sys::halt(how)
 }
 
 #[cfg(test)]

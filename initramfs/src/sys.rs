@@ -61,7 +61,27 @@ pub enum Halt {
     PowerOff,
 }
 
-/// Ends the machine. Callers sync and unmount first.
+/// The end of every shutdown, the normal one and a panic's: stray processes
+/// get SIGTERM, then SIGKILL after a short wait; data is flushed, ROOT made
+/// read-only (so a power-off never needs a journal replay), and the machine
+/// ends. Allocates nothing, so the panic hook may call it whatever locks the
+/// panicking code held.
+pub fn shutdown(how: Halt) -> ! {
+    // SAFETY: kill takes no pointers; -1 is every process but PID 1, which is
+    // what shutdown means.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    sync();
+    // SAFETY: NUL-terminated literals; an empty source and type are what a
+    // remount takes, and the data pointer may be null.
+    unsafe { libc::mount(c"".as_ptr(), c"/".as_ptr(), c"".as_ptr(), libc::MS_REMOUNT | libc::MS_RDONLY, std::ptr::null()) };
+    sync();
+    halt(how)
+}
+
+/// Ends the machine. Callers sync and unmount first (see [`shutdown`]).
 pub fn halt(how: Halt) -> ! {
     let cmd = match how {
         Halt::Reboot => libc::RB_AUTOBOOT,
