@@ -116,15 +116,18 @@ pub struct Supervisor {
     want_console_shell: bool,
     /// Alias name → the unit that answers to it.
     aliases: BTreeMap<String, String>,
+    /// Instances of templates started by name (`start echo@2.service`).
+    asked: BTreeSet<String>,
 }
 
 fn now() -> Instant {
     Instant::now()
 }
 
-/// Unit files from both directories: (name → (main text, drop-ins)).
-fn read_unit_files() -> BTreeMap<String, (String, Vec<(String, String)>)> {
-    let mut found: BTreeMap<String, (String, Vec<(String, String)>)> = BTreeMap::new();
+/// Unit files from both directories: (name → (main text, drop-ins)),
+/// templates (`echo@.service`) among them.
+fn read_unit_files() -> UnitFiles {
+    let mut found: UnitFiles = BTreeMap::new();
     for dir in UNIT_DIRS {
         let Ok(rd) = std::fs::read_dir(dir) else { continue };
         let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".service")).collect();
@@ -142,24 +145,79 @@ fn read_unit_files() -> BTreeMap<String, (String, Vec<(String, String)>)> {
         }
     }
     for (name, (_, drop_ins)) in found.iter_mut() {
-        let mut files: Vec<(String, String)> = Vec::new();
-        for dir in UNIT_DIRS {
-            let d = Path::new(dir).join(format!("{name}.d"));
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let fname = e.file_name().to_string_lossy().into_owned();
-                if fname.ends_with(".conf") {
-                    files.retain(|(f, _)| *f != fname); // /etc's drop-in replaces /usr's of the same name
-                    if let Ok(t) = std::fs::read_to_string(e.path()) {
-                        files.push((fname, t));
-                    }
+        *drop_ins = read_drop_ins(name);
+    }
+    found
+}
+
+/// The drop-ins of `name` from both directories, sorted by file name; /etc's
+/// (and /run's) replace /usr's of the same name.
+fn read_drop_ins(name: &str) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    for dir in UNIT_DIRS {
+        let d = Path::new(dir).join(format!("{name}.d"));
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let fname = e.file_name().to_string_lossy().into_owned();
+            if fname.ends_with(".conf") {
+                files.retain(|(f, _)| *f != fname);
+                if let Ok(t) = std::fs::read_to_string(e.path()) {
+                    files.push((fname, t));
                 }
             }
         }
-        files.sort();
-        *drop_ins = files.into_iter().map(|(f, t)| (format!("{name}.d/{f}"), t)).collect();
     }
-    found
+    files.sort();
+    files.into_iter().map(|(f, t)| (format!("{name}.d/{f}"), t)).collect()
+}
+
+/// Instances the unit files ask for: names linked in a `.wants/` or
+/// `.requires/` directory, and names in other units' Requires=, Wants=,
+/// After= and Before= (unparsed, so a specifier there is not an instance).
+fn wanted_names(files: &UnitFiles) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for dir in UNIT_DIRS {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        for d in rd.flatten() {
+            let dname = d.file_name().to_string_lossy().into_owned();
+            if dname.ends_with(".wants") || dname.ends_with(".requires") {
+                if let Ok(links) = std::fs::read_dir(d.path()) {
+                    names.extend(links.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+                }
+            }
+        }
+    }
+    for (main, drop_ins) in files.values() {
+        for text in std::iter::once(main).chain(drop_ins.iter().map(|(_, t)| t)) {
+            for line in text.lines() {
+                let Some((key, value)) = line.split_once('=') else { continue };
+                if matches!(key.trim(), "Requires" | "Wants" | "After" | "Before") {
+                    names.extend(value.split_whitespace().filter(|n| !n.contains('%')).map(str::to_string));
+                }
+            }
+        }
+    }
+    names
+}
+
+type UnitFiles = BTreeMap<String, (String, Vec<(String, String)>)>;
+
+/// Takes the templates (`echo@.service`) out of `files`: they run only as
+/// instances.
+fn take_templates(files: &mut UnitFiles) -> UnitFiles {
+    let templates: UnitFiles = files.iter().filter(|(name, _)| basalt_unit::name::is_template(name)).map(|(n, f)| (n.clone(), f.clone())).collect();
+    files.retain(|name, _| !templates.contains_key(name));
+    templates
+}
+
+/// The files of instance `name` when it has none of its own but its
+/// template has: the template's text, its drop-ins, then the instance's own
+/// drop-ins (`echo@1.service.d/`).
+fn instance_files(name: &str, templates: &UnitFiles) -> Option<(String, Vec<(String, String)>)> {
+    let (text, template_drop_ins) = templates.get(&basalt_unit::name::template_of(name)?)?;
+    let mut drop_ins = template_drop_ins.clone();
+    drop_ins.extend(read_drop_ins(name));
+    Some((text.clone(), drop_ins))
 }
 
 /// Whether the user (/etc) or this boot (/run) has a unit file of that name.
@@ -322,20 +380,47 @@ impl Supervisor {
             console_shell: None,
             want_console_shell,
             aliases: BTreeMap::new(),
+            asked: BTreeSet::new(),
         }
     }
 
     /// (Re)reads unit files. Running services keep running with their old
     /// definition until restarted.
     pub fn load_units(&mut self) {
-        let files = read_unit_files();
-        let mut parsed: BTreeMap<String, Result<Unit, basalt_unit::UnitError>> = files
-            .iter()
-            .map(|(name, (main, drop_ins))| {
-                let ins: Vec<(&str, &str)> = drop_ins.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-                (name.clone(), Unit::parse(name, main, &ins))
-            })
-            .collect();
+        let mut files = read_unit_files();
+        let templates = take_templates(&mut files);
+        let mut wanted = wanted_names(&files);
+        // Instances already loaded, or asked for by name, stay.
+        wanted.extend(self.services.keys().cloned());
+        wanted.extend(self.asked.iter().cloned());
+        let machine = basalt_unit::Machine::current();
+        let parse = |name: &str, (main, drop_ins): &(String, Vec<(String, String)>)| {
+            let ins: Vec<(&str, &str)> = drop_ins.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            Unit::parse_on(name, main, &ins, &machine)
+        };
+        let mut parsed: BTreeMap<String, Result<Unit, basalt_unit::UnitError>> = files.iter().map(|(name, f)| (name.clone(), parse(name, f))).collect();
+        // Instances wanted by name, then those the parsed units depend on
+        // (`Requires=apache@%i.service` of a sidekick), until none is new.
+        while !wanted.is_empty() {
+            let mut next = BTreeSet::new();
+            for name in std::mem::take(&mut wanted) {
+                if parsed.contains_key(&name) {
+                    continue;
+                }
+                if let Some(f) = instance_files(&name, &templates) {
+                    let unit = parse(&name, &f);
+                    if let Ok(u) = &unit {
+                        next.extend(u.requires.iter().chain(&u.wants).chain(&u.after).chain(&u.before).cloned());
+                    }
+                    parsed.insert(name, unit);
+                }
+            }
+            for u in parsed.values().flatten() {
+                next.extend(u.requires.iter().chain(&u.wants).filter(|n| !parsed.contains_key(*n)).cloned());
+            }
+            next.retain(|n| !parsed.contains_key(n) && basalt_unit::name::template_of(n).is_some_and(|t| templates.contains_key(&t)));
+            wanted = next;
+        }
         let units: BTreeMap<String, Unit> = parsed.iter().filter_map(|(name, u)| Some((name.clone(), u.as_ref().ok()?.clone()))).collect();
         self.aliases = aliases_of(&units, local_unit_file);
         for alias in self.aliases.keys() {
@@ -499,33 +584,41 @@ impl Supervisor {
         let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: F_SETFL on an open descriptor takes an int flag argument.
         unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        let mut cmd = std::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..]).arg0(&argv[0]);
-        cmd.env_clear().env("PATH", "/usr/bin:/usr/sbin").env("LANG", "C.UTF-8");
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), "/usr/bin:/usr/sbin".into());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        let mut ids = (None, None);
         let mut home = "/root".to_string();
         if let Some(user) = &u.user {
             let acct = lookup_user(user).ok_or_else(|| format!("User={user} does not exist"))?;
-            cmd.uid(acct.uid).gid(acct.gid);
+            ids = (Some(acct.uid), Some(acct.gid));
             home = acct.home;
-            cmd.env("USER", user).env("LOGNAME", user);
+            env.insert("USER".into(), user.clone());
+            env.insert("LOGNAME".into(), user.clone());
         }
         if let Some(g) = &u.group {
-            cmd.gid(lookup_group(g).ok_or_else(|| format!("Group={g} does not exist"))?);
+            ids.1 = Some(lookup_group(g).ok_or_else(|| format!("Group={g} does not exist"))?);
         }
-        cmd.env("HOME", &home);
+        env.insert("HOME".into(), home.clone());
+        // As systemd.exec(5): EnvironmentFile= overrides Environment=.
+        env.extend(u.environment.iter().cloned());
         for (path, optional) in &u.environment_files {
             match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    for (k, v) in basalt_unit::parse_env_file(&text) {
-                        cmd.env(k, v);
-                    }
-                }
+                Ok(text) => env.extend(basalt_unit::parse_env_file(&text)),
                 Err(_) if *optional => {}
                 Err(e) => return Err(format!("EnvironmentFile={path}: {e}")),
             }
         }
-        for (k, v) in &u.environment {
-            cmd.env(k, v);
+        // $VAR and ${VAR} in the arguments, from the service's environment.
+        let argv = basalt_unit::name::expand_env(argv, |k| env.get(k).cloned());
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]).arg0(&argv[0]);
+        cmd.env_clear().envs(&env);
+        if let Some(uid) = ids.0 {
+            cmd.uid(uid);
+        }
+        if let Some(gid) = ids.1 {
+            cmd.gid(gid);
         }
         if let Some(dir) = &u.working_directory {
             cmd.current_dir(if dir == "~" { home.as_str() } else { dir.trim_start_matches('-') });
@@ -674,6 +767,10 @@ impl Supervisor {
             Request::Status => Ok(self.status().encode()),
             Request::Start(n) => {
                 if !self.services.contains_key(&self.resolve(&n)) {
+                    // An instance of a template is made when it is asked for.
+                    if basalt_unit::name::template_of(&n).is_some() {
+                        self.asked.insert(n.clone());
+                    }
                     self.load_units();
                 }
                 self.queue_start(&self.resolve(&n)).map(|_| "ok\n".into())
@@ -932,6 +1029,27 @@ mod tests {
         let text = format!("[Unit]\n{unit_section}\n[Service]\nExecStart=/bin/true\n");
         let unit = Unit::parse(name, &text, &[]).unwrap();
         (name.to_string(), Service { unit: Some(unit), load_error: None, state, restarts: 0, failures_in_row: 0 })
+    }
+
+    #[test]
+    fn instances_come_from_their_template_which_is_no_unit() {
+        let file = |text: &str, drop_ins: &[(&str, &str)]| (text.to_string(), drop_ins.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
+        let mut files: UnitFiles = [
+            ("echo@.service".to_string(), file("[Service]\nExecStart=/bin/echo %i\n", &[("echo@.service.d/a.conf", "[Unit]\nDescription=%n\n")])),
+            ("echo@own.service".to_string(), file("[Service]\nExecStart=/bin/echo mine\n", &[])),
+            ("web.service".to_string(), file("[Service]\nExecStart=/bin/true\n", &[])),
+        ]
+        .into_iter()
+        .collect();
+        let templates = take_templates(&mut files);
+        assert_eq!(templates.keys().collect::<Vec<_>>(), ["echo@.service"]);
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["echo@own.service", "web.service"]);
+        let (text, drop_ins) = instance_files("echo@1.service", &templates).unwrap();
+        let ins: Vec<(&str, &str)> = drop_ins.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let u = Unit::parse("echo@1.service", &text, &ins).unwrap();
+        assert_eq!((u.exec_start[0].argv.clone(), u.description), (vec!["/bin/echo".to_string(), "1".to_string()], "echo@1.service".to_string()));
+        assert!(instance_files("web@1.service", &templates).is_none());
+        assert!(instance_files("web.service", &templates).is_none());
     }
 
     #[test]

@@ -98,6 +98,18 @@ coreos:
           content: |
             [Service]
             Environment=GREETING=hi-from-a-drop-in
+    - name: echo@.service
+      content: |
+        [Unit]
+        Description=Echo instance %i
+        [Service]
+        Environment=WHO=%p-%i
+        ExecStart=/usr/bin/sh -c 'echo echo-up %n on %H as ${{WHO}}; exec sleep 1000000'
+        [Install]
+        WantedBy=multi-user.target
+    - name: echo@1.service
+      enable: true
+      command: start
 store:
   seed:
     /cloud-config/greeting: hello-store
@@ -139,6 +151,14 @@ fn user_data_from_fw_cfg_applies_once_per_instance() {
     assert!(out.contains("hello from fw_cfg\n640 alice\nbinary blob"), "{out}");
     let out = ssh_ok(&key, port, "core", "cat /var/lib/hello/runcmd.count /var/lib/hello/bootcmd.log; basaltctl logs hello");
     assert_eq!(out, "1\nboot\nhello-unit-up hi-from-a-drop-in\n");
+    // A template's instance, enabled by instance name without content of its
+    // own, runs with its specifiers and ${VAR} expanded; another instance
+    // starts by name; the template itself is no unit.
+    let out = ssh_ok(&key, port, "core", "basaltctl start echo@two.service && sleep 2; basaltctl status; basaltctl logs echo@1; basaltctl logs echo@two");
+    assert!(unit_line(&out, "echo@1.service").contains("active"), "{out}");
+    assert!(unit_line(&out, "echo@two.service").contains("active"), "{out}");
+    assert!(!out.contains("echo@.service"), "{out}");
+    assert!(out.ends_with("echo-up echo@1.service on fwcfg-node as echo-1\necho-up echo@two.service on fwcfg-node as echo-two\n"), "{out}");
     // The store started after cloud-config and took the seed keys it wrote.
     assert_eq!(ssh_ok(&key, port, "core", "basaltctl store get /cloud-config/greeting"), "hello-store\n");
     // What was rejected, exactly, from the machine itself (the console has
@@ -171,6 +191,7 @@ fn user_data_from_fw_cfg_applies_once_per_instance() {
     let out = ssh_ok(&key, port, "core", "hostname; cat /var/lib/hello/runcmd.log /var/lib/hello/runcmd.count /var/lib/hello/bootcmd.log; basaltctl status");
     assert!(out.starts_with("fwcfg-node\nonce\n1\nboot\nboot\n"), "{out}");
     assert!(unit_line(&out, "hello.service").contains("active"), "{out}");
+    assert!(unit_line(&out, "echo@1.service").contains("active"), "{out}");
     vm.power_cut().unwrap();
 }
 

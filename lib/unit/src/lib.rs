@@ -3,11 +3,17 @@
 //! Requires, Wants, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
 //! ExecStartPre, ExecStart, ExecStartPost, ExecStop, Restart=no|on-failure|always,
 //! RestartSec, Environment, EnvironmentFile, WorkingDirectory, User, Group,
-//! TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Anything else is a warning
+//! TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
+//! `%H`… see [`name`]) expand in every value; an instance of a template
+//! (`echo@1.service` of `echo@.service`) is parsed from the template's text
+//! under its own name. Anything else is a warning
 //! naming the directive and its line, never silently dropped; a file that
 //! cannot be understood at all is an error for that unit only.
 
 pub mod calendar;
+pub mod name;
+
+pub use name::Machine;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -87,14 +93,31 @@ pub struct Unit {
 impl Unit {
     /// Parses a unit file and then its drop-ins, in order (later wins, an empty
     /// assignment resets a list, as in systemd).
+    /// Specifiers expand with [`Machine::default`]'s facts; the supervisor
+    /// uses [`Unit::parse_on`] with the running machine's.
     pub fn parse(name: &str, main: &str, drop_ins: &[(&str, &str)]) -> Result<Unit, UnitError> {
+        Unit::parse_on(name, main, drop_ins, &Machine::default())
+    }
+
+    /// Parses unit `name` as [`Unit::parse`] does, expanding the specifiers
+    /// (`%i`, `%n`, `%H`…) in every value with `machine`'s facts. An
+    /// instance (`echo@1.service`) is parsed from its template's text under
+    /// its own name, so `%i` is `1`; a template itself cannot be run.
+    pub fn parse_on(name: &str, main: &str, drop_ins: &[(&str, &str)], machine: &Machine) -> Result<Unit, UnitError> {
         let mut u = Unit { name: name.to_string(), default_dependencies: true, restart_sec: Duration::from_millis(100), timeout_stop: Duration::from_secs(10), ..Default::default() };
-        if !name.ends_with(".service") && !name.ends_with(".target") {
-            return Err(UnitError { unit: name.into(), line: 0, message: "only .service and .target units are supported".into() });
+        let refuse = |message: String| Err(UnitError { unit: name.into(), line: 0, message });
+        if name::Kind::of(name).is_none() {
+            return refuse("only .service and .target units are supported".into());
         }
-        u.apply(name, main)?;
+        if !name::valid(name) {
+            return refuse("not a unit name (PREFIX[@INSTANCE].SUFFIX of letters, digits and :-_.\\)".into());
+        }
+        if name::is_template(name) {
+            return refuse("a template runs only as an instance, e.g. NAME@INSTANCE.SUFFIX".into());
+        }
+        u.apply(name, main, machine)?;
         for (dname, text) in drop_ins {
-            u.apply(dname, text)?;
+            u.apply(dname, text, machine)?;
         }
         if name.ends_with(".service") && u.exec_start.is_empty() {
             return Err(UnitError { unit: name.into(), line: 0, message: "no ExecStart=".into() });
@@ -105,7 +128,7 @@ impl Unit {
         Ok(u)
     }
 
-    fn apply(&mut self, file: &str, text: &str) -> Result<(), UnitError> {
+    fn apply(&mut self, file: &str, text: &str, machine: &Machine) -> Result<(), UnitError> {
         let mut section = String::new();
         for (lineno, line) in logical_lines(text) {
             let err = |message: String| UnitError { unit: file.to_string(), line: lineno, message };
@@ -130,7 +153,8 @@ impl Unit {
             if section.is_empty() {
                 return Err(err(format!("{key}= outside of any section")));
             }
-            self.directive(&section, key, value, lineno).map_err(err)?;
+            let value = name::expand_specifiers(value, &self.name.clone(), machine).map_err(|e| err(format!("{key}=: {e}")))?;
+            self.directive(&section, key, &value, lineno).map_err(err)?;
         }
         Ok(())
     }
@@ -429,6 +453,25 @@ mod tests {
         assert!(Unit::parse("x.service", "ExecStart=/bin/true\n", &[]).unwrap_err().message.contains("outside"));
         assert!(Unit::parse("x.socket", "", &[]).is_err());
         assert!(Unit::parse("x.service", "[Service]\nExecStart=/bin/echo \"open\n", &[]).unwrap_err().message.contains("unterminated"));
+    }
+
+    #[test]
+    fn instances_expand_specifiers_from_their_own_name() {
+        // The seeds' sidekick, as CoreOS users write it.
+        let template = "[Unit]\nDescription=Announce %p %i on %H\nBindsTo=apache@%i.service\nAfter=apache@%i.service\n\n[Service]\nExecStart=/bin/sh -c \"while true; do etcdctl set /services/website/%p@%i '{ \\\"host\\\": \\\"%H\\\" }' --ttl 60; sleep 45; done\"\nEnvironment=INSTANCE=%I PCT=100%%\n";
+        let machine = Machine { hostname: "core-01".into(), machine_id: "0123".into(), boot_id: "beef".into(), kernel_release: "6.1".into() };
+        let u = Unit::parse_on("apache-discovery@1.service", template, &[("apache-discovery@.service.d/x.conf", "[Unit]\nAfter=etcd-%m.service\n")], &machine).unwrap();
+        assert_eq!(u.description, "Announce apache-discovery 1 on core-01");
+        assert_eq!(u.after, ["apache@1.service", "etcd-0123.service"]);
+        assert_eq!(u.exec_start[0].argv[2], "while true; do etcdctl set /services/website/apache-discovery@1 '{ \"host\": \"core-01\" }' --ttl 60; sleep 45; done");
+        assert_eq!(u.environment, [("INSTANCE".to_string(), "1".to_string()), ("PCT".to_string(), "100%".to_string())]);
+
+        let e = Unit::parse("a@1.service", "[Service]\nExecStart=/bin/echo 50%\n", &[]).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("ExecStart=") && e.message.contains("lone '%'"), "{e}");
+        assert!(Unit::parse("a.service", "[Service]\nExecStart=/bin/echo %q\n", &[]).unwrap_err().message.contains("unknown specifier %q"));
+        assert!(Unit::parse("a@.service", "[Service]\nExecStart=/bin/true\n", &[]).unwrap_err().message.contains("only as an instance"));
+        assert!(Unit::parse("a b.service", "[Service]\nExecStart=/bin/true\n", &[]).unwrap_err().message.contains("not a unit name"));
     }
 
     #[test]
