@@ -11,7 +11,7 @@
 use crate::logs::Logs;
 use crate::{bless, log, sys};
 use basalt_control::{Request, Status, UnitStatus};
-use basalt_unit::{Restart, ServiceType, Unit};
+use basalt_unit::{Ending, ServiceType, Unit};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -643,7 +643,8 @@ impl Supervisor {
     fn failed(&mut self, name: &str, reason: String) {
         let svc = self.services.get_mut(name).unwrap();
         let u = svc.unit.as_ref().unwrap();
-        if matches!(u.restart, Restart::OnFailure | Restart::Always) {
+        // A start step that failed or could not run is a failed exit.
+        if u.restarts_after(Ending::Exited(1)) {
             self.schedule_restart(name, reason);
         } else {
             log::info(&format!("{name}: failed: {reason}"));
@@ -667,9 +668,14 @@ impl Supervisor {
             return;
         }
         let Some((name, p)) = self.children.remove(&pid) else { return };
-        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-        let how = if libc::WIFEXITED(status) { format!("exited with status {}", libc::WEXITSTATUS(status)) } else { format!("killed by signal {}", libc::WTERMSIG(status)) };
+        let ending = if libc::WIFEXITED(status) { Ending::Exited(libc::WEXITSTATUS(status)) } else { Ending::Signaled(libc::WTERMSIG(status)) };
+        let how = match ending {
+            Ending::Exited(code) => format!("exited with status {code}"),
+            Ending::Signaled(sig) => format!("killed by {}", basalt_unit::signal_name(sig)),
+            Ending::Timeout => "timed out".to_string(),
+        };
         let Some(u) = self.services.get(&name).and_then(|s| s.unit.clone()) else { return };
+        let ok = u.clean(ending);
         let state = self.services[&name].state.clone();
         match p {
             Proc::Pre(i) | Proc::Oneshot(i) => {
@@ -705,12 +711,7 @@ impl Supervisor {
                     if since.elapsed() >= STABLE_RUN {
                         svc.failures_in_row = 0;
                     }
-                    let restart = match u.restart {
-                        Restart::Always => true,
-                        Restart::OnFailure => !ok,
-                        Restart::No => false,
-                    };
-                    if restart {
+                    if u.restarts_after(ending) {
                         self.schedule_restart(&name, format!("main process {how}"));
                     } else if ok {
                         svc.state = State::Inactive;
@@ -724,7 +725,7 @@ impl Supervisor {
             Proc::Stop => {
                 if let State::Stopping { pid: Some(main), .. } = state {
                     // SAFETY: kill takes no pointers; -main is the service's process group.
-                    unsafe { libc::kill(-main, libc::SIGTERM) };
+                    unsafe { libc::kill(-main, u.kill_signal) };
                 }
             }
             Proc::Post => {}
@@ -751,8 +752,9 @@ impl Supervisor {
                     let u = u.unwrap();
                     self.spawn(name, &u, &u.exec_stop[0].argv, Proc::Stop);
                 } else {
+                    let signal = u.as_ref().map_or(libc::SIGTERM, |u| u.kill_signal);
                     // SAFETY: kill takes no pointers; -pid is the service's process group.
-                    unsafe { libc::kill(-pid, libc::SIGTERM) };
+                    unsafe { libc::kill(-pid, signal) };
                 }
                 self.services.get_mut(name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + timeout, restart_after, killed: false };
             }

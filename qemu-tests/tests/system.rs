@@ -84,6 +84,36 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     let logs = ssh(&key, port, "basaltctl logs crashy").1;
     assert!(logs.matches("crash-").count() >= 3, "{logs}");
 
+    // Restart=on-abnormal restarts after a kill by SIGKILL; a stop sends
+    // KillSignal= (SIGINT here), and exit 7 in SuccessExitStatus= is clean.
+    vm.run_ok(
+        "printf '[Service]\\nExecStart=/usr/bin/sh -c \"trap \\047echo got-INT; exit 7\\047 INT; echo gentle-up; while :; do sleep 1; done\"\\nKillSignal=SIGINT\\nSuccessExitStatus=7\\nRestart=on-abnormal\\n' > /etc/systemd/system/gentle.service && basaltctl start gentle",
+        CMD,
+    )
+    .unwrap();
+    let gentle = |want: &dyn Fn(&[&str]) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = ssh(&key, port, "basaltctl status").1;
+            if let Some(line) = status.lines().find(|l| l.starts_with("gentle.service")) {
+                if want(&line.split_whitespace().collect::<Vec<_>>()) {
+                    return line.to_string();
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "gentle.service never got there:\n{status}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let first = gentle(&|f| f.get(1) == Some(&"active"));
+    let first_pid = first.split_whitespace().nth(2).unwrap().to_string();
+    vm.run_ok(&format!("kill -9 {first_pid}"), CMD).unwrap();
+    let second = gentle(&|f| f.get(1) == Some(&"active") && f.get(2) != Some(&first_pid.as_str()));
+    vm.run_ok("basaltctl stop gentle", CMD).unwrap();
+    let stopped = gentle(&|f| f.get(1) != Some(&"active") && f.get(1) != Some(&"stopping"));
+    assert!(stopped.contains("inactive"), "after {second}: {stopped}");
+    let logs = ssh(&key, port, "basaltctl logs gentle").1;
+    assert_eq!(logs, "gentle-up\ngentle-up\ngot-INT\n", "{logs}");
+
     // A service that runs is restarted on request: a new PID.
     let pid_of = |s: &str| s.lines().find(|l| l.starts_with("sshd.service")).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();
     let before = pid_of(&ssh(&key, port, "basaltctl status").1);

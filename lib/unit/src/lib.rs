@@ -1,9 +1,9 @@
 //! Unit files in the systemd format users already write, parsed into what
 //! basalt's supervisor runs. The subset: `[Unit]` Description, After, Before,
 //! Requires, Wants, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
-//! ExecStartPre, ExecStart, ExecStartPost, ExecStop, Restart=no|on-failure|always,
-//! RestartSec, Environment, EnvironmentFile, WorkingDirectory, User, Group,
-//! TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
+//! ExecStartPre, ExecStart, ExecStartPost, ExecStop, Restart= (every value
+//! systemd has), RestartSec, SuccessExitStatus, KillSignal, Environment,
+//! EnvironmentFile, WorkingDirectory, User, Group, TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
 //! `%H`… see [`name`]) expand in every value; an instance of a template
 //! (`echo@1.service` of `echo@.service`) is parsed from the template's text
 //! under its own name. Anything else is a warning
@@ -39,12 +39,88 @@ pub enum ServiceType {
     Oneshot,
 }
 
+/// `Restart=`, with systemd.service(5)'s meaning of each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Restart {
     #[default]
     No,
-    OnFailure,
     Always,
+    OnSuccess,
+    OnFailure,
+    OnAbnormal,
+    OnAbort,
+    /// Accepted as systemd does; basalt has no service watchdog, so this
+    /// never restarts.
+    OnWatchdog,
+}
+
+/// How a service's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// exit(2) with this status.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+    /// A start or stop that ran out of time.
+    Timeout,
+}
+
+/// `SuccessExitStatus=`: exit codes and signals that count as a clean end,
+/// besides status 0 and SIGHUP, SIGINT, SIGTERM and SIGPIPE.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SuccessStatus {
+    pub codes: Vec<i32>,
+    pub signals: Vec<i32>,
+}
+
+/// The signals by name, as `KillSignal=` and `SuccessExitStatus=` take them
+/// (`SIGTERM` or `TERM`; Linux numbers).
+const SIGNALS: [(&str, i32); 31] = [
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STKFLT", 16),
+    ("CHLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("URG", 23),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("VTALRM", 26),
+    ("PROF", 27),
+    ("WINCH", 28),
+    ("IO", 29),
+    ("PWR", 30),
+    ("SYS", 31),
+];
+
+/// `SIGTERM`, `TERM` or `15` → 15.
+pub fn parse_signal(v: &str) -> Option<i32> {
+    if let Ok(n) = v.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let bare = v.strip_prefix("SIG").unwrap_or(v);
+    SIGNALS.iter().find(|(name, _)| *name == bare).map(|(_, n)| *n)
+}
+
+/// `SIGTERM` for 15, `signal 40` for one without a name.
+pub fn signal_name(n: i32) -> String {
+    SIGNALS.iter().find(|(_, m)| *m == n).map(|(name, _)| format!("SIG{name}")).unwrap_or_else(|| format!("signal {n}"))
 }
 
 /// One command line of an Exec*= directive.
@@ -76,6 +152,9 @@ pub struct Unit {
     pub restart: Restart,
     pub restart_sec: Duration,
     pub timeout_stop: Duration,
+    /// `KillSignal=`: what stopping sends first (SIGTERM by default).
+    pub kill_signal: i32,
+    pub success_exit_status: SuccessStatus,
     pub environment: Vec<(String, String)>,
     /// Files of KEY=VALUE lines; `optional` for the `-` prefix.
     pub environment_files: Vec<(String, bool)>,
@@ -104,7 +183,7 @@ impl Unit {
     /// instance (`echo@1.service`) is parsed from its template's text under
     /// its own name, so `%i` is `1`; a template itself cannot be run.
     pub fn parse_on(name: &str, main: &str, drop_ins: &[(&str, &str)], machine: &Machine) -> Result<Unit, UnitError> {
-        let mut u = Unit { name: name.to_string(), default_dependencies: true, restart_sec: Duration::from_millis(100), timeout_stop: Duration::from_secs(10), ..Default::default() };
+        let mut u = Unit { name: name.to_string(), default_dependencies: true, restart_sec: Duration::from_millis(100), timeout_stop: Duration::from_secs(10), kill_signal: 15, ..Default::default() };
         let refuse = |message: String| Err(UnitError { unit: name.into(), line: 0, message });
         if name::Kind::of(name).is_none() {
             return refuse("only .service and .target units are supported".into());
@@ -159,6 +238,31 @@ impl Unit {
         Ok(())
     }
 
+    /// Whether `ending` is a clean end: status 0, SIGHUP, SIGINT, SIGTERM or
+    /// SIGPIPE, or one `SuccessExitStatus=` names.
+    pub fn clean(&self, ending: Ending) -> bool {
+        match ending {
+            Ending::Exited(code) => code == 0 || self.success_exit_status.codes.contains(&code),
+            Ending::Signaled(sig) => matches!(sig, 1 | 2 | 13 | 15) || self.success_exit_status.signals.contains(&sig),
+            Ending::Timeout => false,
+        }
+    }
+
+    /// Whether the main process ending this way restarts the service, as
+    /// systemd.service(5)'s table for `Restart=` says. A stop asked for
+    /// never restarts; the supervisor does not ask then.
+    pub fn restarts_after(&self, ending: Ending) -> bool {
+        let clean = self.clean(ending);
+        match self.restart {
+            Restart::No | Restart::OnWatchdog => false,
+            Restart::Always => true,
+            Restart::OnSuccess => clean,
+            Restart::OnFailure => !clean,
+            Restart::OnAbnormal => !clean && !matches!(ending, Ending::Exited(_)),
+            Restart::OnAbort => !clean && matches!(ending, Ending::Signaled(_)),
+        }
+    }
+
     fn warn(&mut self, line: usize, message: String) {
         self.warnings.push(Warning { line, message });
     }
@@ -199,16 +303,31 @@ impl Unit {
             ("Service", "Restart") => {
                 self.restart = match value {
                     "no" => Restart::No,
-                    "on-failure" => Restart::OnFailure,
                     "always" => Restart::Always,
-                    "on-abnormal" | "on-abort" | "on-watchdog" | "on-success" => {
-                        self.warn(line, format!("Restart={value} is treated as on-failure"));
-                        Restart::OnFailure
-                    }
-                    _ => return Err(format!("Restart={value}: expected no, on-failure or always")),
+                    "on-success" => Restart::OnSuccess,
+                    "on-failure" => Restart::OnFailure,
+                    "on-abnormal" => Restart::OnAbnormal,
+                    "on-abort" => Restart::OnAbort,
+                    "on-watchdog" => Restart::OnWatchdog,
+                    _ => return Err(format!("Restart={value}: expected no, always, on-success, on-failure, on-abnormal, on-abort or on-watchdog")),
                 }
             }
             ("Service", "RestartSec") => self.restart_sec = parse_duration(value).ok_or_else(|| format!("RestartSec={value}: expected a time span like 5, 5s or 500ms"))?,
+            ("Service", "KillSignal") => self.kill_signal = parse_signal(value).ok_or_else(|| format!("KillSignal={value}: not a signal (SIGTERM, TERM or a number)"))?,
+            ("Service", "SuccessExitStatus") => {
+                if value.is_empty() {
+                    self.success_exit_status = SuccessStatus::default();
+                }
+                for word in value.split_whitespace() {
+                    match word.parse::<u8>() {
+                        Ok(code) => self.success_exit_status.codes.push(code.into()),
+                        Err(_) => match parse_signal(word).filter(|_| !word.bytes().all(|b| b.is_ascii_digit())) {
+                            Some(sig) => self.success_exit_status.signals.push(sig),
+                            None => return Err(format!("SuccessExitStatus: {word:?} is neither an exit status (0..255) nor a signal name")),
+                        },
+                    }
+                }
+            }
             ("Service", "TimeoutStopSec") => self.timeout_stop = parse_duration(value).ok_or_else(|| format!("TimeoutStopSec={value}: expected a time span"))?,
             ("Service", "Environment") => {
                 if value.is_empty() {
@@ -421,9 +540,39 @@ mod tests {
         assert!(u.default_dependencies);
         assert!(!Unit::parse("early.service", "[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=/bin/true\n", &[]).unwrap().default_dependencies);
         assert!(Unit::parse("x.service", "[Unit]\nDefaultDependencies=maybe\n[Service]\nExecStart=/bin/true\n", &[]).unwrap_err().message.contains("DefaultDependencies"));
-        assert_eq!(u.warnings.len(), 1);
-        assert!(u.warnings[0].message.contains("KillSignal"), "{:?}", u.warnings);
-        assert_eq!(u.warnings[0].line, 15);
+        assert_eq!(u.kill_signal, 2);
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
+    }
+
+    #[test]
+    fn restart_follows_systemds_table() {
+        use Ending::*;
+        let unit = |restart: &str| Unit::parse("x.service", &format!("[Service]\nExecStart=/bin/true\nRestart={restart}\nSuccessExitStatus=3 SIGUSR1\n"), &[]).unwrap();
+        // Columns: clean exit, clean signal, exit 1, SIGKILL, timeout, exit 3 and SIGUSR1 (SuccessExitStatus).
+        let endings = [Exited(0), Signaled(15), Exited(1), Signaled(9), Timeout, Exited(3), Signaled(10)];
+        let table = [
+            ("no", [false, false, false, false, false, false, false]),
+            ("always", [true, true, true, true, true, true, true]),
+            ("on-success", [true, true, false, false, false, true, true]),
+            ("on-failure", [false, false, true, true, true, false, false]),
+            ("on-abnormal", [false, false, false, true, true, false, false]),
+            ("on-abort", [false, false, false, true, false, false, false]),
+            ("on-watchdog", [false, false, false, false, false, false, false]),
+        ];
+        for (restart, expect) in table {
+            let u = unit(restart);
+            let got: Vec<bool> = endings.iter().map(|e| u.restarts_after(*e)).collect();
+            assert_eq!(got, expect, "Restart={restart}");
+        }
+        let u = unit("no");
+        assert!(u.clean(Exited(3)) && u.clean(Signaled(10)) && !u.clean(Exited(4)) && u.clean(Signaled(13)));
+        let bad = |line: &str| Unit::parse("x.service", &format!("[Service]\nExecStart=/bin/true\n{line}\n"), &[]).unwrap_err().message;
+        assert!(bad("SuccessExitStatus=300").contains("\"300\" is neither"), "{}", bad("SuccessExitStatus=300"));
+        assert!(bad("SuccessExitStatus=SIGNOPE").contains("SIGNOPE"));
+        assert!(bad("KillSignal=SIGNOPE").contains("not a signal"));
+        assert!(bad("Restart=sometimes").contains("on-abnormal"));
+        assert_eq!(Unit::parse("x.service", "[Service]\nExecStart=/bin/true\nKillSignal=9\n", &[]).unwrap().kill_signal, 9);
+        assert_eq!((signal_name(15), signal_name(40)), ("SIGTERM".to_string(), "signal 40".to_string()));
     }
 
     #[test]
