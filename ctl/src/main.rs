@@ -16,6 +16,8 @@ const USAGE: &str = "usage: basaltctl <command>
   status              version, slot, boot counter, blessing, services
   logs NAME [-f]      a service's output (-f: keep following)
   start|stop|restart NAME
+  reload NAME         run a unit's ExecReload=
+  try-restart|reload-or-restart|reload-or-try-restart NAME
   reload              re-read unit files, start newly enabled units
   reboot | poweroff
   config validate FILE check user data: line and column of each problem
@@ -43,6 +45,10 @@ fn main() {
         ["rm", rest @ ..] => runtime::rm(rest),
         ["restart", n] => simple(Request::Restart(unit_name(n))),
         ["reload"] => simple(Request::Reload),
+        ["reload", n] => simple(Request::ReloadUnit(unit_name(n))),
+        ["try-restart", n] => simple(Request::TryRestart(unit_name(n))),
+        ["reload-or-restart", n] => simple(Request::ReloadOrRestart(unit_name(n))),
+        ["reload-or-try-restart", n] => simple(Request::ReloadOrTryRestart(unit_name(n))),
         ["reboot"] => simple(Request::Reboot),
         ["poweroff"] => simple(Request::PowerOff),
         ["config", rest @ ..] => config::run(rest),

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 /// /run (units for this boot only, e.g. cloud-config's `runtime: true`),
 /// which replaces one in /usr, as with systemd.
 pub const UNIT_DIRS: [&str; 3] = ["/usr/lib/systemd/system", "/run/systemd/system", "/etc/systemd/system"];
-const REQUEST_DIR: &str = "/run/basalt/supervisor/requests";
 const HEALTH_CONF: [&str; 2] = ["/etc/basalt/health.conf", "/usr/share/basalt/etc/basalt/health.conf"];
 const BOOT_STATE: &str = "/var/lib/basalt/boot-state";
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -37,6 +36,8 @@ enum Proc {
     Oneshot(usize),
     Post,
     Stop,
+    /// ExecReload= of a running service.
+    Reload,
 }
 
 #[derive(Debug, Clone)]
@@ -366,7 +367,7 @@ impl Supervisor {
         })()
         .map_err(|e| log::error(&format!("control socket {}: {e}", basalt_control::SOCKET)))
         .ok();
-        let _ = std::fs::create_dir_all(REQUEST_DIR);
+        let _ = std::fs::create_dir_all(basalt_control::REQUEST_DIR);
         Supervisor {
             services: BTreeMap::new(),
             enabled: BTreeSet::new(),
@@ -566,7 +567,7 @@ impl Supervisor {
             Err(e) => {
                 let reason = format!("cannot start {}: {e}", argv[0]);
                 self.logs.line(name, format!("{reason}\n").as_bytes(), true);
-                if p != Proc::Post && p != Proc::Stop {
+                if !matches!(p, Proc::Post | Proc::Stop | Proc::Reload) {
                     self.failed(name, reason);
                 }
                 None
@@ -729,6 +730,11 @@ impl Supervisor {
                 }
             }
             Proc::Post => {}
+            Proc::Reload => {
+                if !u.clean(ending) {
+                    log::info(&format!("{name}: ExecReload {} {how}", u.exec_reload[0].argv[0]));
+                }
+            }
         }
     }
 
@@ -765,7 +771,7 @@ impl Supervisor {
     }
 
     fn handle(&mut self, req: Request) -> Result<String, String> {
-        match req {
+        match req.clone() {
             Request::Status => Ok(self.status().encode()),
             Request::Start(n) => {
                 if !self.services.contains_key(&self.resolve(&n)) {
@@ -782,6 +788,27 @@ impl Supervisor {
                 self.load_units();
                 self.stop(&self.resolve(&n), true).map(|_| "ok\n".into())
             }
+            Request::ReloadUnit(n) => self.reload_unit(&self.resolve(&n)).map(|_| "ok\n".into()),
+            Request::TryRestart(n) => {
+                let name = self.resolve(&n);
+                if self.running(&name)? {
+                    self.load_units();
+                    self.stop(&name, true)?;
+                }
+                Ok("ok\n".into())
+            }
+            Request::ReloadOrRestart(n) | Request::ReloadOrTryRestart(n) => {
+                let name = self.resolve(&n);
+                let running = self.running(&name)?;
+                let reloadable = self.services[&name].unit.as_ref().is_some_and(|u| !u.exec_reload.is_empty());
+                if running && reloadable {
+                    self.reload_unit(&name)?;
+                } else if running || matches!(req, Request::ReloadOrRestart(_)) {
+                    self.load_units();
+                    self.stop(&name, true)?;
+                }
+                Ok("ok\n".into())
+            }
             Request::Reload => {
                 self.load_units();
                 self.start_enabled();
@@ -789,6 +816,32 @@ impl Supervisor {
             }
             Request::Reboot | Request::PowerOff => Ok("ok\n".into()),
         }
+    }
+
+    /// Whether unit `name` is up (active or starting), as try-restart asks.
+    fn running(&self, name: &str) -> Result<bool, String> {
+        let svc = self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?;
+        Ok(matches!(svc.state, State::Active { .. } | State::Activating { .. }))
+    }
+
+    /// `reload NAME`: runs ExecReload= beside the running service; its
+    /// output goes to the unit's log, and a failure is logged, not a failure
+    /// of the unit (the service keeps running). As systemctl, refused for a
+    /// unit that is not running or has no ExecReload=.
+    fn reload_unit(&mut self, name: &str) -> Result<(), String> {
+        let svc = self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?;
+        let u = svc.unit.clone().ok_or_else(|| format!("{name} is not loaded"))?;
+        if u.exec_reload.is_empty() {
+            return Err(format!("{name} cannot be reloaded: it has no ExecReload= (restart it instead)"));
+        }
+        if !matches!(svc.state, State::Active { .. }) {
+            return Err(format!("{name} is not active, so it cannot be reloaded"));
+        }
+        log::info(&format!("{name}: reloading"));
+        for c in &u.exec_reload {
+            self.spawn(name, &u, &c.argv, Proc::Reload);
+        }
+        Ok(())
     }
 
     fn status(&self) -> Status {
@@ -879,13 +932,10 @@ impl Supervisor {
         }
     }
 
-    /// Requests other programs (cloud-config) leave as files: `start NAME`, `reload`...
+    /// Requests cloud-config files (`basalt_control::file_request`): unit
+    /// commands and `reload`.
     fn file_requests(&mut self) {
-        let Ok(rd) = std::fs::read_dir(REQUEST_DIR) else { return };
-        let mut files: Vec<_> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "request")).collect();
-        files.sort();
-        for f in files {
-            let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for (f, text) in basalt_control::filed_requests(Path::new("/")) {
             let _ = std::fs::remove_file(&f);
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 match Request::parse(line.trim()) {

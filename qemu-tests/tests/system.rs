@@ -87,7 +87,7 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     // Restart=on-abnormal restarts after a kill by SIGKILL; a stop sends
     // KillSignal= (SIGINT here), and exit 7 in SuccessExitStatus= is clean.
     vm.run_ok(
-        "printf '[Service]\\nExecStart=/usr/bin/sh -c \"trap \\047echo got-INT; exit 7\\047 INT; echo gentle-up; while :; do sleep 1; done\"\\nKillSignal=SIGINT\\nSuccessExitStatus=7\\nRestart=on-abnormal\\n' > /etc/systemd/system/gentle.service && basaltctl start gentle",
+        "printf '[Service]\\nExecStart=/usr/bin/sh -c \"trap \\047echo got-INT; exit 7\\047 INT; echo gentle-up; while :; do sleep 1; done\"\\nExecReload=/usr/bin/echo reloaded\\nKillSignal=SIGINT\\nSuccessExitStatus=7\\nRestart=on-abnormal\\n' > /etc/systemd/system/gentle.service && basaltctl start gentle",
         CMD,
     )
     .unwrap();
@@ -108,11 +108,18 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     let first_pid = first.split_whitespace().nth(2).unwrap().to_string();
     vm.run_ok(&format!("kill -9 {first_pid}"), CMD).unwrap();
     let second = gentle(&|f| f.get(1) == Some(&"active") && f.get(2) != Some(&first_pid.as_str()));
+    // reload runs ExecReload= beside it (same PID); stop sends SIGINT.
+    vm.run_ok("basaltctl reload gentle && sleep 2", CMD).unwrap();
+    let reloaded = gentle(&|f| f.get(1) == Some(&"active"));
+    assert_eq!(reloaded.split_whitespace().nth(2), second.split_whitespace().nth(2), "reload kept the process: {second} / {reloaded}");
     vm.run_ok("basaltctl stop gentle", CMD).unwrap();
     let stopped = gentle(&|f| f.get(1) != Some(&"active") && f.get(1) != Some(&"stopping"));
     assert!(stopped.contains("inactive"), "after {second}: {stopped}");
     let logs = ssh(&key, port, "basaltctl logs gentle").1;
-    assert_eq!(logs, "gentle-up\ngentle-up\ngot-INT\n", "{logs}");
+    assert_eq!(logs, "gentle-up\ngentle-up\nreloaded\ngot-INT\n", "{logs}");
+    // try-restart leaves a stopped unit stopped; reload of it is refused.
+    let (ok, out) = ssh(&key, port, "basaltctl try-restart gentle && sleep 2 && basaltctl status | grep ^gentle; basaltctl reload gentle");
+    assert!(!ok && out.contains("inactive") && out.contains("gentle.service is not active, so it cannot be reloaded"), "{out}");
 
     // A service that runs is restarted on request: a new PID.
     let pid_of = |s: &str| s.lines().find(|l| l.starts_with("sshd.service")).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();

@@ -4,12 +4,22 @@
 //!
 //! Answers start with `ok` or `error <message>`; `status` answers with
 //! `key=value` header lines, then one `unit` line per unit.
+//!
+//! The same request lines can also be filed, one per file, in
+//! [`REQUEST_DIR`] ([`file_request`]): that is how cloud-config, which runs
+//! as init's child in early boot (and also against an image root that is not
+//! the running system), asks for unit commands; init takes them in name
+//! order and deletes each.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const SOCKET: &str = "/run/basalt/init.sock";
+/// Filed requests, absolute on the running system (see [`file_request`]).
+pub const REQUEST_DIR: &str = "/run/basalt/supervisor/requests";
 /// Where each service's output is kept (size-capped, one rotation).
 pub const LOG_DIR: &str = "/var/log/basalt";
 
@@ -19,6 +29,14 @@ pub enum Request {
     Start(String),
     Stop(String),
     Restart(String),
+    /// `reload NAME`: run the unit's ExecReload= (systemctl reload).
+    ReloadUnit(String),
+    /// Restart the unit only if it is running.
+    TryRestart(String),
+    /// Reload if the unit can, restart otherwise.
+    ReloadOrRestart(String),
+    /// Reload if the unit can, else restart, only if it is running.
+    ReloadOrTryRestart(String),
     /// Re-read unit files from disk and start newly enabled units.
     Reload,
     Reboot,
@@ -27,7 +45,7 @@ pub enum Request {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("bad request {0:?}: expected status, start|stop|restart NAME, reload, reboot or poweroff")]
+    #[error("bad request {0:?}: expected status, start|stop|restart|reload|try-restart|reload-or-restart|reload-or-try-restart NAME, reload, reboot or poweroff")]
     BadRequest(String),
     #[error("cannot reach init at {SOCKET}: {0} (is this a booted basalt machine?)")]
     Connect(std::io::Error),
@@ -48,6 +66,10 @@ impl Request {
             Request::Start(n) => format!("start {n}"),
             Request::Stop(n) => format!("stop {n}"),
             Request::Restart(n) => format!("restart {n}"),
+            Request::ReloadUnit(n) => format!("reload {n}"),
+            Request::TryRestart(n) => format!("try-restart {n}"),
+            Request::ReloadOrRestart(n) => format!("reload-or-restart {n}"),
+            Request::ReloadOrTryRestart(n) => format!("reload-or-try-restart {n}"),
             Request::Reload => "reload".into(),
             Request::Reboot => "reboot".into(),
             Request::PowerOff => "poweroff".into(),
@@ -62,6 +84,10 @@ impl Request {
             ["start", n] => Request::Start(unit(n)?),
             ["stop", n] => Request::Stop(unit(n)?),
             ["restart", n] => Request::Restart(unit(n)?),
+            ["reload", n] => Request::ReloadUnit(unit(n)?),
+            ["try-restart", n] => Request::TryRestart(unit(n)?),
+            ["reload-or-restart", n] => Request::ReloadOrRestart(unit(n)?),
+            ["reload-or-try-restart", n] => Request::ReloadOrTryRestart(unit(n)?),
             ["reload"] => Request::Reload,
             ["reboot"] => Request::Reboot,
             ["poweroff"] => Request::PowerOff,
@@ -161,6 +187,42 @@ pub fn call_at(socket: &str, req: &Request) -> Result<String, ControlError> {
     Ok(answer)
 }
 
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// Files `req` under `root` (`/` on the running system) in [`REQUEST_DIR`]:
+/// one line in a file named `<20-digit nanoseconds since the epoch>-<4-digit
+/// sequence>.request`, written as a hidden temporary, fsynced, renamed, and
+/// the directory fsynced, so init sees it whole or not at all. /run is a
+/// tmpfs: a request never outlives its boot. Only unit commands and
+/// `reload` can be filed.
+pub fn file_request(root: &Path, req: &Request) -> std::io::Result<PathBuf> {
+    if matches!(req, Request::Status | Request::Reboot | Request::PowerOff) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{:?} cannot be filed, only sent to {SOCKET}", req.encode())));
+    }
+    let dir = root.join(REQUEST_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&dir)?;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed) % 10_000;
+    let name = format!("{nanos:020}-{sequence:04}.request");
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(format!("{}\n", req.encode()).as_bytes())?;
+    file.sync_all()?;
+    let path = dir.join(name);
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// The requests filed under `root`, in the order init takes them: (file,
+/// its line). A file is complete once named `*.request`.
+pub fn filed_requests(root: &Path) -> Vec<(PathBuf, String)> {
+    let dir = root.join(REQUEST_DIR.trim_start_matches('/'));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "request")).collect()).unwrap_or_default();
+    files.sort();
+    files.into_iter().filter_map(|f| Some((f.clone(), std::fs::read_to_string(&f).ok()?.trim_end().to_string()))).collect()
+}
+
 /// Reads a request line from a connection (at most 4 KiB).
 pub fn read_request(stream: &mut UnixStream) -> Result<Request, ControlError> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -175,12 +237,34 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_bad_ones_are_refused() {
-        for r in [Request::Status, Request::Restart("web.service".into()), Request::Reload, Request::PowerOff] {
+        for r in [
+            Request::Status,
+            Request::Restart("web.service".into()),
+            Request::ReloadUnit("web.service".into()),
+            Request::TryRestart("web.service".into()),
+            Request::ReloadOrRestart("web.service".into()),
+            Request::ReloadOrTryRestart("echo@1.service".into()),
+            Request::Reload,
+            Request::PowerOff,
+        ] {
             assert_eq!(Request::parse(&r.encode()).unwrap(), r);
         }
         for bad in ["", "restart", "restart ../etc/passwd", "dance", "start a b"] {
             assert!(Request::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn filed_requests_are_read_back_whole_and_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        file_request(root.path(), &Request::Reload).unwrap();
+        file_request(root.path(), &Request::Start("etcd.service".into())).unwrap();
+        file_request(root.path(), &Request::TryRestart("web.service".into())).unwrap();
+        let lines: Vec<String> = filed_requests(root.path()).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(lines, ["reload", "start etcd.service", "try-restart web.service"]);
+        let dir = root.path().join(REQUEST_DIR.trim_start_matches('/'));
+        assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+        assert!(file_request(root.path(), &Request::Reboot).unwrap_err().to_string().contains("cannot be filed"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Unit files in the systemd format users already write, parsed into what
 //! basalt's supervisor runs. The subset: `[Unit]` Description, After, Before,
 //! Requires, Wants, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
-//! ExecStartPre, ExecStart, ExecStartPost, ExecStop, Restart= (every value
+//! ExecStartPre, ExecStart, ExecStartPost, ExecStop, ExecReload, Restart= (every value
 //! systemd has), RestartSec, SuccessExitStatus, KillSignal, Environment,
 //! EnvironmentFile, WorkingDirectory, User, Group, TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
 //! `%H`… see [`name`]) expand in every value; an instance of a template
@@ -149,6 +149,8 @@ pub struct Unit {
     pub exec_start: Vec<Command>,
     pub exec_start_post: Vec<Command>,
     pub exec_stop: Vec<Command>,
+    /// `ExecReload=`: run, while the service runs, for `reload NAME`.
+    pub exec_reload: Vec<Command>,
     pub restart: Restart,
     pub restart_sec: Duration,
     pub timeout_stop: Duration,
@@ -300,6 +302,7 @@ impl Unit {
             ("Service", "ExecStart") => extend_or_reset(&mut self.exec_start, value, vec![parse_command(value)?]),
             ("Service", "ExecStartPost") => extend_or_reset(&mut self.exec_start_post, value, vec![parse_command(value)?]),
             ("Service", "ExecStop") => extend_or_reset(&mut self.exec_stop, value, vec![parse_command(value)?]),
+            ("Service", "ExecReload") => extend_or_reset(&mut self.exec_reload, value, vec![parse_command(value)?]),
             ("Service", "Restart") => {
                 self.restart = match value {
                     "no" => Restart::No,

@@ -59,7 +59,7 @@ pub fn write_units(root: &Root, units: &[Unit], log: &mut Log) -> bool {
 /// Links the unit into each `WantedBy=`/`RequiredBy=` target of its
 /// `[Install]` section, as `systemctl enable` would.
 fn enable(root: &Root, unit: &Unit, log: &mut Log) -> bool {
-    let template = template_name(&unit.name);
+    let template = basalt_unit::name::template_of(&unit.name);
     let found = VENDOR_UNITS.iter().flat_map(|dir| [format!("{dir}/{}", unit.name)].into_iter().chain(template.clone().map(|t| format!("{dir}/{t}"))));
     let located = match &unit.content {
         Some(content) => Some((format!("{}/{}", if unit.runtime { RUN_UNITS } else { ETC_UNITS }, unit.name), content.clone())),
@@ -80,13 +80,6 @@ fn enable(root: &Root, unit: &Unit, log: &mut Log) -> bool {
         changed |= log.outcome(format!("enabled {} in {target}", unit.name), root.ensure_symlink(&link, &unit_path));
     }
     changed
-}
-
-/// `foo@bar.service` → `foo@.service`.
-fn template_name(name: &str) -> Option<String> {
-    let (stem, suffix) = name.rsplit_once('.')?;
-    let (prefix, instance) = stem.split_once('@')?;
-    (!instance.is_empty()).then(|| format!("{prefix}@.{suffix}"))
 }
 
 /// (`wants` or `requires`, target) pairs from a unit's `[Install]` section.
@@ -125,11 +118,5 @@ mod tests {
         let content = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target default.target\nRequiredBy=web.target\n";
         assert_eq!(install_targets(content), [("wants", "multi-user.target".to_string()), ("wants", "default.target".to_string()), ("requires", "web.target".to_string())]);
         assert!(install_targets("[Service]\nWantedBy=x.target\n").is_empty());
-    }
-
-    #[test]
-    fn template_names() {
-        assert_eq!(template_name("sinatra@1.service").as_deref(), Some("sinatra@.service"));
-        assert_eq!(template_name("etcd.service"), None);
     }
 }

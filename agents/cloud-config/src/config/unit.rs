@@ -54,7 +54,9 @@ pub struct Unit {
 
 const KNOWN: &[&str] = &["name", "content", "enable", "mask", "runtime", "command", "drop_ins"];
 
-const UNIT_SUFFIXES: &[&str] = &["service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope", "network", "netdev", "link"];
+/// Unit types systemd has that basalt's init does not run: refused by
+/// name, so a unit is never accepted here and then silently never loaded.
+const UNRUN_SUFFIXES: &[&str] = &["socket", "device", "mount", "automount", "swap", "path", "timer", "slice", "scope"];
 
 /// systemd-networkd files, which coreos-cloudinit also accepted under
 /// coreos.units (the usual way to give CoreOS a static address).
@@ -75,8 +77,22 @@ pub fn parse_unit(node: &Node, path: &str, report: &mut Report) -> Option<Unit> 
             return None;
         };
         let name = fields.string("name", report)?;
-        if !valid_unit_name(&name) {
-            report.error(fields.key_path("name"), Some(name_node.position), format!("{name:?} is not a unit name such as \"etcd.service\" (known suffixes: {})", UNIT_SUFFIXES.join(", ")));
+        let suffix = name.rsplit_once('.').map_or("", |(_, suffix)| suffix);
+        if basalt_unit::name::valid(&name) && UNRUN_SUFFIXES.contains(&suffix) {
+            report.error(
+                fields.key_path("name"),
+                Some(name_node.position),
+                format!("{name:?}: .{suffix} units are not run by basalt's init, which runs {} units", basalt_unit::name::SUPPORTED_SUFFIXES.map(|s| format!(".{s}")).join(" and ")),
+            );
+        } else if !valid_unit_name(&name) {
+            report.error(
+                fields.key_path("name"),
+                Some(name_node.position),
+                format!(
+                    "{name:?} is not a unit name such as \"etcd.service\" (suffixes: {})",
+                    basalt_unit::name::SUPPORTED_SUFFIXES.iter().chain(NETWORKD_SUFFIXES).copied().collect::<Vec<_>>().join(", ")
+                ),
+            );
         }
         let command = match fields.get("command") {
             None => None,
@@ -129,15 +145,11 @@ pub fn parse_unit(node: &Node, path: &str, report: &mut Report) -> Option<Unit> 
     })
 }
 
-/// `name.suffix` or `name@instance.suffix` with systemd's allowed characters.
+/// `name.suffix` or `name@instance.suffix` (lib/unit's rules) of a unit
+/// init runs or a networkd file.
 pub fn valid_unit_name(name: &str) -> bool {
-    let Some((stem, suffix)) = name.rsplit_once('.') else { return false };
-    !stem.is_empty()
-        && name.len() <= 255
-        && UNIT_SUFFIXES.contains(&suffix)
-        && stem.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@'))
-        && stem.matches('@').count() <= 1
-        && !stem.starts_with('@')
+    let suffix = name.rsplit_once('.').map_or("", |(_, suffix)| suffix);
+    basalt_unit::name::valid(name) && (basalt_unit::name::SUPPORTED_SUFFIXES.contains(&suffix) || NETWORKD_SUFFIXES.contains(&suffix))
 }
 
 #[cfg(test)]
@@ -175,5 +187,10 @@ mod tests {
         assert!(!valid_unit_name("etcd"));
         assert!(!valid_unit_name("../x.service"));
         assert!(!valid_unit_name("a.exe"));
+        assert!(!valid_unit_name("backup.timer"));
+        assert!(valid_unit_name("static.network"));
+        let (unit, report) = parse("name: backup.timer\ncontent: |\n  [Timer]\n  OnCalendar=daily\n");
+        assert!(unit.is_none());
+        assert!(report.to_string().contains("\"backup.timer\": .timer units are not run by basalt's init, which runs .service and .target units"), "{report}");
     }
 }
