@@ -430,7 +430,7 @@ impl Supervisor {
         for (name, mut parsed) in parsed {
             if let Ok(u) = &mut parsed {
                 // Dependencies on an alias are on the unit behind it.
-                for names in [&mut u.after, &mut u.before, &mut u.requires, &mut u.wants] {
+                for names in [&mut u.after, &mut u.before, &mut u.requires, &mut u.wants, &mut u.binds_to, &mut u.part_of, &mut u.conflicts, &mut u.requisite] {
                     for other in names.iter_mut() {
                         if let Some(target) = self.aliases.get(other) {
                             *other = target.clone();
@@ -481,9 +481,20 @@ impl Supervisor {
         if let Some(e) = &svc.load_error {
             return Err(format!("{name} cannot be loaded: {e}"));
         }
-        let deps: Vec<String> = svc.unit.as_ref().map(|u| u.requires.iter().chain(&u.wants).cloned().collect()).unwrap_or_default();
-        if matches!(svc.state, State::Inactive | State::Failed { .. } | State::Exited | State::AutoRestart { .. }) {
+        let deps: Vec<String> = svc.unit.as_ref().map(|u| u.requires.iter().chain(&u.wants).chain(&u.binds_to).cloned().collect()).unwrap_or_default();
+        let startable = matches!(svc.state, State::Inactive | State::Failed { .. } | State::Exited | State::AutoRestart { .. });
+        if startable {
             svc.state = State::Queued;
+            // Conflicts=, both ways: what this unit conflicts with, and what conflicts with it, stops.
+            let mine: Vec<String> = self.services[name].unit.as_ref().map(|u| u.conflicts.clone()).unwrap_or_default();
+            let theirs = self.services.iter().filter(|(_, s)| s.unit.as_ref().is_some_and(|u| u.conflicts.iter().any(|c| c == name))).map(|(n, _)| n.clone());
+            let conflicting: BTreeSet<String> = mine.into_iter().chain(theirs).filter(|c| c != name).collect();
+            for c in conflicting {
+                if self.services.get(&c).is_some_and(|s| !matches!(s.state, State::Inactive | State::Failed { .. } | State::Stopping { .. })) {
+                    log::info(&format!("{c}: stopping, it conflicts with {name}"));
+                    let _ = self.stop(&c, false);
+                }
+            }
         }
         for d in deps {
             if self.services.contains_key(&d) && !self.services[&d].up() && !matches!(self.services[&d].state, State::Queued) {
@@ -502,18 +513,25 @@ impl Supervisor {
                 return;
             }
             for name in ready {
-                let failed_dep = {
+                let (failed_dep, missing_requisite) = {
                     let u = self.services[&name].unit.as_ref().unwrap();
-                    u.requires
+                    let failed = u
+                        .requires
                         .iter()
+                        .chain(&u.binds_to)
                         .find(|r| match self.services.get(*r) {
                             None => true,
                             Some(s) => matches!(s.state, State::Failed { .. }),
                         })
-                        .cloned()
+                        .cloned();
+                    (failed, u.requisite.iter().find(|r| !self.services.get(*r).is_some_and(|s| s.up())).cloned())
                 };
                 if let Some(dep) = failed_dep {
                     self.services.get_mut(&name).unwrap().state = State::Failed { reason: format!("required unit {dep} failed or is missing") };
+                    continue;
+                }
+                if let Some(dep) = missing_requisite {
+                    self.services.get_mut(&name).unwrap().state = State::Failed { reason: format!("requisite unit {dep} is not active") };
                     continue;
                 }
                 self.begin(&name);
@@ -747,8 +765,42 @@ impl Supervisor {
         }
     }
 
+    /// Units that are up and bound (BindsTo=) to a unit that is down:
+    /// stopped, as systemd does.
+    fn stop_unbound(&mut self) {
+        let down = |s: &Service| matches!(s.state, State::Inactive | State::Failed { .. } | State::AutoRestart { .. } | State::Stopping { .. });
+        let unbound: Vec<(String, String)> = self
+            .services
+            .iter()
+            .filter(|(_, s)| matches!(s.state, State::Active { .. } | State::Activating { .. } | State::Exited))
+            .filter_map(|(n, s)| Some((n.clone(), s.unit.as_ref()?.binds_to.iter().find(|b| self.services.get(*b).is_none_or(down))?.clone())))
+            .collect();
+        for (name, bound) in unbound {
+            log::info(&format!("{name}: stopping, it is bound to {bound}, which is down"));
+            let _ = self.stop(&name, false);
+        }
+    }
+
+    /// Stops unit `name` (and starts it again after, for a restart). PartOf=:
+    /// a stop or restart of this unit is also one of the units that are part
+    /// of it and up; this unit is no longer up by then, so a cycle of PartOf=
+    /// ends.
     fn stop(&mut self, name: &str, restart_after: bool) -> Result<(), String> {
-        let svc = self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?;
+        let was_stopping = matches!(self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?.state, State::Stopping { .. });
+        self.stop_one(name, restart_after)?;
+        if !was_stopping {
+            let parts: Vec<String> =
+                self.services.iter().filter(|(n, s)| *n != name && s.up() && s.unit.as_ref().is_some_and(|u| u.part_of.iter().any(|p| p == name))).map(|(n, _)| n.clone()).collect();
+            for part in parts {
+                log::info(&format!("{part}: {}, it is part of {name}", if restart_after { "restarting" } else { "stopping" }));
+                let _ = self.stop(&part, restart_after);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_one(&mut self, name: &str, restart_after: bool) -> Result<(), String> {
+        let svc = &self.services[name];
         let u = svc.unit.clone();
         let timeout = u.as_ref().map(|u| u.timeout_stop).unwrap_or(Duration::from_secs(10));
         match svc.state.clone() {
@@ -1009,6 +1061,7 @@ impl Supervisor {
             if self.want_console_shell && self.console_shell.is_none() {
                 self.console_shell = crate::stage2::spawn_console_shell();
             }
+            self.stop_unbound();
             self.run_queue();
             self.check_health();
             let mut fds = vec![libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];

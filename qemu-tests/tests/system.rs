@@ -121,6 +121,39 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     let (ok, out) = ssh(&key, port, "basaltctl try-restart gentle && sleep 2 && basaltctl status | grep ^gentle; basaltctl reload gentle");
     assert!(!ok && out.contains("inactive") && out.contains("gentle.service is not active, so it cannot be reloaded"), "{out}");
 
+    // BindsTo=, PartOf=, Conflicts=, Requisite= between units, as systemd.
+    let units =
+        [("base", ""), ("side", "BindsTo=base.service\\nAfter=base.service\\n"), ("part", "PartOf=base.service\\n"), ("rival", "Conflicts=base.service\\n"), ("needy", "Requisite=rival.service\\n")];
+    let write: Vec<String> = units.iter().map(|(name, deps)| format!("printf '[Unit]\\n{deps}[Service]\\nExecStart=/usr/bin/sleep 100000\\n' > /etc/systemd/system/{name}.service")).collect();
+    vm.run_ok(&format!("{} && basaltctl start side && basaltctl start part", write.join(" && ")), CMD).unwrap();
+    let line_of = |name: &str, want: &dyn Fn(&[&str]) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = ssh(&key, port, "basaltctl status").1;
+            if let Some(line) = status.lines().find(|l| l.starts_with(&format!("{name}.service"))) {
+                if want(&line.split_whitespace().collect::<Vec<_>>()) {
+                    return line.to_string();
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}.service never got there:\n{status}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let active = |f: &[&str]| f.get(1) == Some(&"active");
+    line_of("base", &active); // pulled in by side's BindsTo=
+    line_of("side", &active);
+    let part_pid = line_of("part", &active).split_whitespace().nth(2).unwrap().to_string();
+    vm.run_ok("basaltctl restart base", CMD).unwrap();
+    line_of("part", &|f| active(f) && f.get(2) != Some(&part_pid.as_str())); // restarted with it
+    line_of("side", &|f| f.get(1) == Some(&"inactive")); // stopped: base went down
+    vm.run_ok("basaltctl start rival", CMD).unwrap();
+    line_of("rival", &active);
+    line_of("base", &|f| f.get(1) == Some(&"inactive")); // the conflict stopped it
+    line_of("part", &|f| f.get(1) == Some(&"inactive")); // and its part
+    vm.run_ok("basaltctl stop rival && basaltctl start needy", CMD).unwrap();
+    let needy = line_of("needy", &|f| f.get(1) == Some(&"failed"));
+    assert!(needy.contains("requisite unit rival.service is not active"), "{needy}");
+
     // A service that runs is restarted on request: a new PID.
     let pid_of = |s: &str| s.lines().find(|l| l.starts_with("sshd.service")).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();
     let before = pid_of(&ssh(&key, port, "basaltctl status").1);

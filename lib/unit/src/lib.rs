@@ -1,6 +1,6 @@
 //! Unit files in the systemd format users already write, parsed into what
 //! basalt's supervisor runs. The subset: `[Unit]` Description, After, Before,
-//! Requires, Wants, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
+//! Requires, Wants, BindsTo, PartOf, Conflicts, Requisite, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
 //! ExecStartPre, ExecStart, ExecStartPost, ExecStop, ExecReload, Restart= (every value
 //! systemd has), RestartSec, SuccessExitStatus, KillSignal, Environment,
 //! EnvironmentFile, WorkingDirectory, User, Group, TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
@@ -139,6 +139,17 @@ pub struct Unit {
     pub before: Vec<String>,
     pub requires: Vec<String>,
     pub wants: Vec<String>,
+    /// `BindsTo=`: as Requires=, and this unit stops whenever that one is
+    /// down (stopped, failed, restarting).
+    pub binds_to: Vec<String>,
+    /// `PartOf=`: a stop or restart of that unit is also one of this unit.
+    pub part_of: Vec<String>,
+    /// `Conflicts=`: starting this unit stops those, and starting one of
+    /// those stops this (the supervisor looks both ways).
+    pub conflicts: Vec<String>,
+    /// `Requisite=`: as Requires=, but the unit is not started: it must be
+    /// up already, or this unit fails.
+    pub requisite: Vec<String>,
     /// `DefaultDependencies=no`: an early unit, one that the supervisor
     /// starts before every unit that keeps the default (`yes`), as systemd
     /// orders its early-boot units before sysinit.target.
@@ -284,6 +295,10 @@ impl Unit {
             ("Unit", "Before") => extend_or_reset(&mut self.before, value, list(value)),
             ("Unit", "Requires") => extend_or_reset(&mut self.requires, value, list(value)),
             ("Unit", "Wants") => extend_or_reset(&mut self.wants, value, list(value)),
+            ("Unit", "BindsTo") => extend_or_reset(&mut self.binds_to, value, list(value)),
+            ("Unit", "PartOf") => extend_or_reset(&mut self.part_of, value, list(value)),
+            ("Unit", "Conflicts") => extend_or_reset(&mut self.conflicts, value, list(value)),
+            ("Unit", "Requisite") => extend_or_reset(&mut self.requisite, value, list(value)),
             ("Unit", "DefaultDependencies") => self.default_dependencies = parse_bool(value).ok_or_else(|| format!("DefaultDependencies={value}: expected yes or no"))?,
             ("Unit", "Documentation") => {}
             ("Service", "Type") => {
@@ -615,6 +630,8 @@ mod tests {
         let u = Unit::parse_on("apache-discovery@1.service", template, &[("apache-discovery@.service.d/x.conf", "[Unit]\nAfter=etcd-%m.service\n")], &machine).unwrap();
         assert_eq!(u.description, "Announce apache-discovery 1 on core-01");
         assert_eq!(u.after, ["apache@1.service", "etcd-0123.service"]);
+        assert_eq!(u.binds_to, ["apache@1.service"]);
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
         assert_eq!(u.exec_start[0].argv[2], "while true; do etcdctl set /services/website/apache-discovery@1 '{ \"host\": \"core-01\" }' --ttl 60; sleep 45; done");
         assert_eq!(u.environment, [("INSTANCE".to_string(), "1".to_string()), ("PCT".to_string(), "100%".to_string())]);
 
