@@ -2,6 +2,7 @@
 //! (modules, dm-verity /usr, ROOT, switch_root); exec'd from /usr with
 //! `--stage2` it is the booted system's PID 1.
 
+mod activation;
 mod bless;
 mod blockdev;
 mod cmdline;

@@ -7,11 +7,16 @@
 //! restart by their Restart= policy with a doubling back-off, their output
 //! is logged, orphans are reaped, and a health gate blesses the boot.
 //! A unit's `Alias=` names are other names for it (see `aliases_of`).
+//! `.socket` units listen and start their service on the first connection
+//! (or, with Accept=yes, an instance per connection), passing the sockets
+//! as sd_listen_fds(3) expects; `.timer` units start theirs when
+//! `basalt_unit::timer::next_elapse` says so.
 
 use crate::logs::Logs;
-use crate::{bless, log, sys};
+use crate::{activation, bless, log, sys};
 use basalt_control::{Request, Status, UnitStatus};
-use basalt_unit::{Ending, ServiceType, Unit};
+use basalt_unit::timer::{Moments, Stamp};
+use basalt_unit::{Ending, Input, Output, ServiceType, Unit};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -28,6 +33,14 @@ const BOOT_STATE: &str = "/var/lib/basalt/boot-state";
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A service that ran this long before exiting starts its back-off afresh.
 const STABLE_RUN: Duration = Duration::from_secs(10);
+/// When a timer with `Persistent=yes` last elapsed: one file per timer
+/// holding the wall-clock seconds.
+const TIMER_STAMPS: &str = "/var/lib/basalt/timers";
+/// systemd's TriggerLimitIntervalSec= and TriggerLimitBurst= defaults: a
+/// socket whose service is started more often than this fails.
+const TRIGGER_LIMIT: (Duration, usize) = (Duration::from_secs(2), 20);
+/// The targets whose `.wants/` links enable units for boot.
+const BOOT_TARGETS: [&str; 3] = ["multi-user.target", "sockets.target", "timers.target"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proc {
@@ -66,6 +79,8 @@ enum State {
         restart_after: bool,
         killed: bool,
     },
+    /// Active without a process: a socket listening, a timer waiting.
+    Armed,
 }
 
 struct Service {
@@ -74,15 +89,37 @@ struct Service {
     state: State,
     restarts: u32,
     failures_in_row: u32,
+    /// Since boot: when it last started, and last stopped running (what
+    /// OnUnitActiveSec= and OnUnitInactiveSec= count from).
+    active_at: Option<Duration>,
+    inactive_at: Option<Duration>,
+    running: bool,
 }
 
 impl Service {
+    fn new() -> Service {
+        Service { unit: None, load_error: None, state: State::Inactive, restarts: 0, failures_in_row: 0, active_at: None, inactive_at: None, running: false }
+    }
     fn settled(&self) -> bool {
         !matches!(self.state, State::Queued | State::Activating { .. })
     }
     fn up(&self) -> bool {
-        matches!(self.state, State::Active { .. } | State::Exited)
+        matches!(self.state, State::Active { .. } | State::Exited | State::Armed)
     }
+    /// Starting, running or stopping: a socket's service in this state
+    /// handles the socket itself.
+    fn busy(&self) -> bool {
+        matches!(self.state, State::Queued | State::Activating { .. } | State::Active { .. } | State::Stopping { .. } | State::AutoRestart { .. })
+    }
+}
+
+/// A started timer: when, its last elapse, and the fraction of
+/// RandomizedDelaySec= this elapse waits.
+struct TimerRun {
+    activated: Stamp,
+    last: Option<(Option<Duration>, i64)>,
+    fraction: f64,
+    next: Option<Duration>,
 }
 
 pub struct BootInfo {
@@ -119,10 +156,58 @@ pub struct Supervisor {
     aliases: BTreeMap<String, String>,
     /// Instances of templates started by name (`start echo@2.service`).
     asked: BTreeSet<String>,
+    /// Templates, from which instances are made (per connection too).
+    templates: UnitFiles,
+    /// The listening sockets of each socket unit that is up.
+    sockets: BTreeMap<String, Vec<OwnedFd>>,
+    /// Per-connection instances of Accept=yes sockets: their connection
+    /// and socket unit.
+    conns: BTreeMap<String, (OwnedFd, String)>,
+    accepted: u64,
+    /// When each socket last started its service (the trigger limit).
+    triggered: BTreeMap<String, Vec<Instant>>,
+    timer_runs: BTreeMap<String, TimerRun>,
+    /// Since boot, when the supervisor started (OnStartupSec=).
+    startup: Duration,
 }
 
 fn now() -> Instant {
     Instant::now()
+}
+
+/// Time since boot, suspend included (CLOCK_BOOTTIME, what OnBootSec= counts).
+fn mono_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn real_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn stamp_now() -> Stamp {
+    Stamp { mono: mono_now(), real: real_now() }
+}
+
+/// A number in [0, 1) from the kernel's random pool.
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most bytes.len() bytes into `bytes`.
+    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A persistent timer's last elapse, from an earlier boot.
+fn read_timer_stamp(name: &str) -> Option<i64> {
+    std::fs::read_to_string(Path::new(TIMER_STAMPS).join(name)).ok()?.trim().parse().ok()
+}
+
+fn write_timer_stamp(name: &str, real: i64) {
+    if let Err(e) = sys::write_durably(&Path::new(TIMER_STAMPS).join(name), format!("{real}\n").as_bytes()) {
+        log::error(&format!("{name}: recording its elapse: {e}"));
+    }
 }
 
 /// Unit files from both directories: (name → (main text, drop-ins)),
@@ -131,7 +216,7 @@ fn read_unit_files() -> UnitFiles {
     let mut found: UnitFiles = BTreeMap::new();
     for dir in UNIT_DIRS {
         let Ok(rd) = std::fs::read_dir(dir) else { continue };
-        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".service")).collect();
+        let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| runnable(n)).collect();
         names.sort();
         for n in names {
             let path = Path::new(dir).join(&n);
@@ -149,6 +234,12 @@ fn read_unit_files() -> UnitFiles {
         *drop_ins = read_drop_ins(name);
     }
     found
+}
+
+/// Unit files the supervisor loads: services, sockets and timers.
+fn runnable(name: &str) -> bool {
+    use basalt_unit::name::Kind;
+    matches!(Kind::of(name), Some(Kind::Service | Kind::Socket | Kind::Timer))
 }
 
 /// The drop-ins of `name` from both directories, sorted by file name; /etc's
@@ -281,18 +372,21 @@ fn waiting_for(name: &str, services: &BTreeMap<String, Service>) -> Option<Strin
     None
 }
 
-/// Units enabled for boot: links in multi-user.target.wants/, and built-in
-/// units that say WantedBy=multi-user.target (enabled by being shipped).
+/// Units enabled for boot: links in multi-user.target.wants/ (and
+/// sockets.target.wants/, timers.target.wants/), and built-in units that
+/// say WantedBy= one of those (enabled by being shipped).
 fn enabled_units(services: &BTreeMap<String, Service>) -> Vec<String> {
     let mut enabled = Vec::new();
     for dir in UNIT_DIRS {
-        if let Ok(rd) = std::fs::read_dir(Path::new(dir).join("multi-user.target.wants")) {
-            enabled.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+        for target in BOOT_TARGETS {
+            if let Ok(rd) = std::fs::read_dir(Path::new(dir).join(format!("{target}.wants"))) {
+                enabled.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+            }
         }
     }
     for (name, s) in services {
         let builtin = Path::new(UNIT_DIRS[0]).join(name).exists();
-        if builtin && s.unit.as_ref().is_some_and(|u| u.wanted_by.iter().any(|w| w == "multi-user.target")) {
+        if builtin && s.unit.as_ref().is_some_and(|u| u.wanted_by.iter().any(|w| BOOT_TARGETS.contains(&w.as_str()))) {
             enabled.push(name.clone());
         }
     }
@@ -382,6 +476,13 @@ impl Supervisor {
             want_console_shell,
             aliases: BTreeMap::new(),
             asked: BTreeSet::new(),
+            templates: BTreeMap::new(),
+            sockets: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            accepted: 0,
+            triggered: BTreeMap::new(),
+            timer_runs: BTreeMap::new(),
+            startup: mono_now(),
         }
     }
 
@@ -411,17 +512,31 @@ impl Supervisor {
                 if let Some(f) = instance_files(&name, &templates) {
                     let unit = parse(&name, &f);
                     if let Ok(u) = &unit {
-                        next.extend(u.requires.iter().chain(&u.wants).chain(&u.after).chain(&u.before).cloned());
+                        next.extend(u.requires.iter().chain(&u.wants).chain(&u.after).chain(&u.before).cloned().chain(u.triggers()));
                     }
                     parsed.insert(name, unit);
                 }
             }
             for u in parsed.values().flatten() {
-                next.extend(u.requires.iter().chain(&u.wants).filter(|n| !parsed.contains_key(*n)).cloned());
+                next.extend(u.requires.iter().chain(&u.wants).cloned().chain(u.triggers()).filter(|n| !parsed.contains_key(n)));
             }
             next.retain(|n| !parsed.contains_key(n) && basalt_unit::name::template_of(n).is_some_and(|t| templates.contains_key(&t)));
             wanted = next;
         }
+        // As systemd: a service started by a socket (Accept=no) wants it and
+        // starts after it, so starting the service by name also listens.
+        let socket_of: Vec<(String, String)> =
+            parsed.iter().filter_map(|(name, u)| u.as_ref().ok().filter(|u| u.socket.as_ref().is_some_and(|s| !s.accept)).and_then(|u| Some((u.triggers()?, name.clone())))).collect();
+        for (service, socket) in socket_of {
+            if let Some(Ok(u)) = parsed.get_mut(&service) {
+                for list in [&mut u.wants, &mut u.after] {
+                    if !list.contains(&socket) {
+                        list.push(socket.clone());
+                    }
+                }
+            }
+        }
+        self.templates = templates;
         let units: BTreeMap<String, Unit> = parsed.iter().filter_map(|(name, u)| Some((name.clone(), u.as_ref().ok()?.clone()))).collect();
         self.aliases = aliases_of(&units, local_unit_file);
         for alias in self.aliases.keys() {
@@ -439,7 +554,7 @@ impl Supervisor {
                 }
             }
             let name = &name;
-            let svc = self.services.entry(name.clone()).or_insert(Service { unit: None, load_error: None, state: State::Inactive, restarts: 0, failures_in_row: 0 });
+            let svc = self.services.entry(name.clone()).or_insert_with(Service::new);
             match parsed {
                 Ok(u) => {
                     for w in &u.warnings {
@@ -541,11 +656,193 @@ impl Supervisor {
 
     fn begin(&mut self, name: &str) {
         let u = self.services[name].unit.clone().unwrap();
+        self.services.get_mut(name).unwrap().active_at = Some(mono_now());
+        if u.socket.is_some() {
+            return self.start_socket(name, &u);
+        }
+        if u.timer.is_some() {
+            return self.start_timer(name, &u);
+        }
         if !u.exec_start_pre.is_empty() {
             self.step(name, &u, Proc::Pre(0));
         } else {
             self.start_main(name, &u);
         }
+    }
+
+    /// Binds a socket unit's sockets; it is up once all are listening. As
+    /// systemd, refused while the service it starts is not loaded.
+    fn start_socket(&mut self, name: &str, u: &Unit) {
+        let spec = u.socket.as_ref().unwrap();
+        let target = u.triggers().unwrap();
+        let loaded = if spec.accept { self.templates.contains_key(&target) } else { self.services.get(&target).is_some_and(|s| s.unit.is_some()) };
+        if !loaded {
+            return self.failed(name, format!("the service it starts, {target}, is not loaded"));
+        }
+        let mut fds = Vec::new();
+        for listen in &spec.listen {
+            match activation::bind(listen, spec) {
+                Ok(fd) => fds.push(fd),
+                Err(e) => return self.failed(name, format!("cannot listen on {e}")),
+            }
+        }
+        log::info(&format!("{name}: listening on {}", spec.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")));
+        self.sockets.insert(name.to_string(), fds);
+        self.services.get_mut(name).unwrap().state = State::Armed;
+    }
+
+    /// Starts a timer: it elapses by its settings from now on. A
+    /// persistent timer remembers its last elapse across boots; any timer
+    /// remembers it across a stop and start in the same boot.
+    fn start_timer(&mut self, name: &str, u: &Unit) {
+        let spec = u.timer.as_ref().unwrap();
+        let target = u.triggers().unwrap();
+        if self.services.get(&target).is_none_or(|s| s.unit.is_none()) {
+            return self.failed(name, format!("the unit it starts, {target}, is not loaded"));
+        }
+        let earlier = self.timer_runs.remove(name).and_then(|r| r.last);
+        let last = earlier.or_else(|| spec.persistent.then(|| read_timer_stamp(name)).flatten().map(|real| (None, real)));
+        self.timer_runs.insert(name.to_string(), TimerRun { activated: stamp_now(), last, fraction: random_fraction(), next: None });
+        self.services.get_mut(name).unwrap().state = State::Armed;
+    }
+
+    /// Timers that are due start their unit; those with nothing left to
+    /// elapse become `elapsed` (or inactive, with RemainAfterElapse=no).
+    fn elapse_timers(&mut self) {
+        let armed: Vec<String> = self.timer_runs.keys().filter(|n| self.services.get(*n).is_some_and(|s| matches!(s.state, State::Armed))).cloned().collect();
+        for name in armed {
+            let Some(u) = self.services[&name].unit.clone() else { continue };
+            let (Some(spec), Some(target)) = (u.timer.as_ref(), u.triggers()) else { continue };
+            let run = &self.timer_runs[&name];
+            let unit = self.services.get(&target);
+            let now = stamp_now();
+            let moments =
+                Moments { now, startup: self.startup, activated: run.activated, last_trigger: run.last, unit_active: unit.and_then(|s| s.active_at), unit_inactive: unit.and_then(|s| s.inactive_at) };
+            let next = basalt_unit::timer::next_elapse(spec, &moments).map(|at| at + spec.randomized_delay.mul_f64(run.fraction));
+            match next {
+                None => {
+                    log::info(&format!("{name}: elapsed; nothing left to elapse"));
+                    self.timer_runs.get_mut(&name).unwrap().next = None;
+                    self.services.get_mut(&name).unwrap().state = if spec.remain_after_elapse { State::Exited } else { State::Inactive };
+                }
+                Some(at) if at <= now.mono => {
+                    log::info(&format!("{name}: elapsed; starting {target}"));
+                    let run = self.timer_runs.get_mut(&name).unwrap();
+                    run.last = Some((Some(now.mono), now.real));
+                    run.fraction = random_fraction();
+                    run.next = None;
+                    if spec.persistent {
+                        write_timer_stamp(&name, now.real);
+                    }
+                    if let Err(e) = self.queue_start(&target) {
+                        log::error(&format!("{name}: {e}"));
+                    }
+                }
+                Some(at) => self.timer_runs.get_mut(&name).unwrap().next = Some(at),
+            }
+        }
+    }
+
+    /// A listening socket has a connection or datagram waiting. Accept=no:
+    /// its service starts and gets the sockets. Accept=yes: each
+    /// connection gets an instance of the template, the connection its
+    /// socket. A socket whose service is started too often fails.
+    fn socket_ready(&mut self, name: &str, fd: i32) {
+        let Some(u) = self.services.get(name).and_then(|s| s.unit.clone()) else { return };
+        let (Some(spec), Some(target)) = (u.socket.as_ref(), u.triggers()) else { return };
+        let recent = self.triggered.entry(name.to_string()).or_default();
+        recent.retain(|at| at.elapsed() < TRIGGER_LIMIT.0);
+        if recent.len() >= TRIGGER_LIMIT.1 {
+            log::info(&format!("{name}: failed: its service was started {} times in {} s (trigger limit)", TRIGGER_LIMIT.1, TRIGGER_LIMIT.0.as_secs()));
+            self.sockets.remove(name);
+            self.services.get_mut(name).unwrap().state = State::Failed { reason: "trigger limit hit".into() };
+            return;
+        }
+        recent.push(now());
+        if !spec.accept {
+            if let Err(e) = self.queue_start(&target) {
+                log::error(&format!("{name}: {e}"));
+            }
+            return;
+        }
+        let Some(listener) = self.sockets.get(name).and_then(|fds| fds.iter().find(|f| f.as_raw_fd() == fd)) else { return };
+        self.accepted += 1;
+        let conn = match activation::accept(listener, self.accepted) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => return,
+            Err(e) => return log::error(&format!("{name}: accept: {e}")),
+        };
+        let (conn, suffix) = conn;
+        if self.conns.values().filter(|(_, s)| s == name).count() >= spec.max_connections as usize {
+            log::info(&format!("{name}: {} connections already; refusing one more (MaxConnections=)", spec.max_connections));
+            return;
+        }
+        let Some(instance) = basalt_unit::name::instance_name(&target, &suffix) else { return };
+        let Some((text, drop_ins)) = instance_files(&instance, &self.templates) else {
+            return log::error(&format!("{name}: {target} is not loaded; connection closed"));
+        };
+        let ins: Vec<(&str, &str)> = drop_ins.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        match Unit::parse_on(&instance, &text, &ins, &basalt_unit::Machine::current()) {
+            Ok(unit) => {
+                self.services.insert(instance.clone(), Service { unit: Some(unit), ..Service::new() });
+                self.conns.insert(instance.clone(), (conn, name.to_string()));
+                let _ = self.queue_start(&instance);
+            }
+            Err(e) => log::error(&format!("{name}: unit {e}; connection closed")),
+        }
+    }
+
+    /// Notes when units stop running (OnUnitInactiveSec=), and forgets
+    /// per-connection instances that ended, closing their connection.
+    fn observe(&mut self) {
+        let at = mono_now();
+        for s in self.services.values_mut() {
+            let running = matches!(s.state, State::Activating { .. } | State::Active { .. } | State::Stopping { .. });
+            if s.running && !running {
+                s.inactive_at = Some(at);
+            }
+            s.running = running;
+        }
+        let ended: Vec<String> = self.conns.keys().filter(|n| self.services.get(*n).is_none_or(|s| matches!(s.state, State::Inactive | State::Failed { .. } | State::Exited))).cloned().collect();
+        for name in ended {
+            if let Some(Service { state: State::Failed { reason }, .. }) = self.services.remove(&name) {
+                log::info(&format!("{name}: failed: {reason}"));
+            }
+            self.conns.remove(&name);
+        }
+    }
+
+    /// The sockets to poll: those of sockets that are up, unless (Accept=no)
+    /// their service is running and handles them itself.
+    fn listening_fds(&self) -> Vec<(i32, String)> {
+        let mut fds = Vec::new();
+        for (name, list) in &self.sockets {
+            let Some(u) = self.services.get(name).filter(|s| matches!(s.state, State::Armed)).and_then(|s| s.unit.as_ref()) else { continue };
+            let accept = u.socket.as_ref().is_some_and(|s| s.accept);
+            if accept || !u.triggers().and_then(|t| self.services.get(&t)).is_some_and(|s| s.busy()) {
+                fds.extend(list.iter().map(|fd| (fd.as_raw_fd(), name.clone())));
+            }
+        }
+        fds
+    }
+
+    /// The sockets a service's ExecStart= gets, with their names: its
+    /// connection (an Accept=yes instance), or the listening sockets of
+    /// every Accept=no socket unit that starts it.
+    fn passed_fds(&self, name: &str) -> Vec<(i32, String)> {
+        if let Some((conn, _)) = self.conns.get(name) {
+            return vec![(conn.as_raw_fd(), "connection".into())];
+        }
+        let mut fds = Vec::new();
+        for (socket, list) in &self.sockets {
+            let Some(u) = self.services.get(socket).and_then(|s| s.unit.as_ref()) else { continue };
+            let Some(spec) = u.socket.as_ref().filter(|s| !s.accept) else { continue };
+            if u.triggers().as_deref() == Some(name) {
+                let fd_name = spec.fd_name.clone().unwrap_or_else(|| socket.clone());
+                fds.extend(list.iter().map(|fd| (fd.as_raw_fd(), fd_name.clone())));
+            }
+        }
+        fds
     }
 
     fn start_main(&mut self, name: &str, u: &Unit) {
@@ -576,7 +873,9 @@ impl Supervisor {
     /// Forks a process of the unit with its environment, user and directory,
     /// stdout and stderr into a log pipe. On failure the unit fails.
     fn spawn(&mut self, name: &str, u: &Unit, argv: &[String], p: Proc) -> Option<i32> {
-        match self.try_spawn(u, argv) {
+        // Sockets go to ExecStart=, as systemd passes them.
+        let passed = if matches!(p, Proc::Main | Proc::Oneshot(_)) { self.passed_fds(name) } else { Vec::new() };
+        match self.try_spawn(u, argv, &passed) {
             Ok((pid, read_end)) => {
                 self.children.insert(pid, (name.to_string(), p));
                 self.pipes.insert(read_end.as_raw_fd(), (read_end, name.to_string()));
@@ -593,7 +892,7 @@ impl Supervisor {
         }
     }
 
-    fn try_spawn(&self, u: &Unit, argv: &[String]) -> Result<(i32, OwnedFd), String> {
+    fn try_spawn(&self, u: &Unit, argv: &[String], passed: &[(i32, String)]) -> Result<(i32, OwnedFd), String> {
         let mut fds = [0i32; 2];
         // SAFETY: pipe2 writes two descriptors into `fds`, which has two.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -642,16 +941,60 @@ impl Supervisor {
         if let Some(dir) = &u.working_directory {
             cmd.current_dir(if dir == "~" { home.as_str() } else { dir.trim_start_matches('-') });
         }
-        cmd.stdin(std::process::Stdio::null());
-        cmd.stdout(std::process::Stdio::from(write_end.try_clone().map_err(|e| e.to_string())?));
-        cmd.stderr(std::process::Stdio::from(write_end));
+        // StandardInput=socket: the connection, or the one listening socket.
+        let socket = match u.standard_input {
+            Input::Socket if passed.len() == 1 => {
+                // SAFETY: the descriptor is open (owned by self.conns or self.sockets) for this borrow.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(passed[0].0) };
+                Some(fd.try_clone_to_owned().map_err(|e| e.to_string())?)
+            }
+            Input::Socket => return Err(format!("StandardInput=socket needs exactly one socket, and {} are passed", passed.len())),
+            Input::Null => None,
+        };
+        let output = match u.standard_output {
+            Output::Inherit if socket.is_some() => Output::Socket,
+            Output::Inherit | Output::Socket if socket.is_none() => Output::Log,
+            other => other,
+        };
+        let error = match u.standard_error {
+            Output::Inherit => output,
+            Output::Socket if socket.is_none() => Output::Log,
+            other => other,
+        };
+        let stdio = |o: Output| -> Result<std::process::Stdio, String> {
+            Ok(match (o, &socket) {
+                (Output::Null, _) => std::process::Stdio::null(),
+                (Output::Socket, Some(s)) => s.try_clone().map_err(|e| e.to_string())?.into(),
+                _ => write_end.try_clone().map_err(|e| e.to_string())?.into(),
+            })
+        };
+        cmd.stdout(stdio(output)?);
+        cmd.stderr(stdio(error)?);
+        drop(write_end);
+        cmd.stdin(match &socket {
+            Some(s) => s.try_clone().map_err(|e| e.to_string())?.into(),
+            None => std::process::Stdio::null(),
+        });
+        let mut exec = if passed.is_empty() {
+            None
+        } else {
+            let env: Vec<(String, String)> = env.into_iter().collect();
+            let (fds, names): (Vec<i32>, Vec<String>) = passed.iter().cloned().unzip();
+            Some(activation::ExecWithFds::new(&argv, &env, fds, &names).map_err(|e| e.to_string())?)
+        };
+        // What the spawn opens must land above the fds the sockets go to.
+        let _held = if exec.is_some() { activation::occupy_below(3 + passed.len() as i32) } else { Vec::new() };
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe calls (sigprocmask, setsid); no allocation, no locks.
+        // makes async-signal-safe calls (sigprocmask, setsid, and for
+        // sockets fcntl, dup2, getpid, execve); no allocation, no locks.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 sys::unblock_all_signals();
                 // Its own session and process group: stopping a service signals all of it.
                 libc::setsid();
+                if let Some(exec) = exec.as_mut() {
+                    return Err(exec.exec());
+                }
                 Ok(())
             });
         }
@@ -772,7 +1115,7 @@ impl Supervisor {
         let unbound: Vec<(String, String)> = self
             .services
             .iter()
-            .filter(|(_, s)| matches!(s.state, State::Active { .. } | State::Activating { .. } | State::Exited))
+            .filter(|(_, s)| matches!(s.state, State::Active { .. } | State::Activating { .. } | State::Exited | State::Armed))
             .filter_map(|(n, s)| Some((n.clone(), s.unit.as_ref()?.binds_to.iter().find(|b| self.services.get(*b).is_none_or(down))?.clone())))
             .collect();
         for (name, bound) in unbound {
@@ -817,9 +1160,28 @@ impl Supervisor {
                 self.services.get_mut(name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + timeout, restart_after, killed: false };
             }
             State::Stopping { .. } => {}
+            State::Armed => {
+                self.close_sockets(name);
+                self.stopped(name, restart_after);
+            }
             _ => self.stopped(name, restart_after),
         }
         Ok(())
+    }
+
+    /// Closes a socket unit's sockets (RemoveOnStop=: and removes their files).
+    fn close_sockets(&mut self, name: &str) {
+        if self.sockets.remove(name).is_none() {
+            return;
+        }
+        let Some(spec) = self.services.get(name).and_then(|s| s.unit.as_ref()).and_then(|u| u.socket.clone()) else { return };
+        if spec.remove_on_stop {
+            for listen in &spec.listen {
+                if let basalt_unit::socket::Address::Path(p) = &listen.address {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
     }
 
     fn handle(&mut self, req: Request) -> Result<String, String> {
@@ -873,7 +1235,7 @@ impl Supervisor {
     /// Whether unit `name` is up (active or starting), as try-restart asks.
     fn running(&self, name: &str) -> Result<bool, String> {
         let svc = self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?;
-        Ok(matches!(svc.state, State::Active { .. } | State::Activating { .. }))
+        Ok(matches!(svc.state, State::Active { .. } | State::Activating { .. } | State::Armed))
     }
 
     /// `reload NAME`: runs ExecReload= beside the running service; its
@@ -906,7 +1268,9 @@ impl Supervisor {
                     State::Queued => ("queued", None, String::new()),
                     State::Activating { pid } => ("activating", Some(*pid), String::new()),
                     State::Active { pid, since } => ("active", Some(*pid), format!("running {} s", since.elapsed().as_secs())),
+                    State::Exited if s.unit.as_ref().is_some_and(|u| u.timer.is_some()) => ("active", None, "elapsed; nothing left to elapse".into()),
                     State::Exited => ("exited", None, "finished successfully".into()),
+                    State::Armed => ("active", None, self.armed_detail(name, s)),
                     State::Failed { reason } => ("failed", None, reason.clone()),
                     State::AutoRestart { at, reason } => ("auto-restart", None, format!("{reason}; restart in {:.1} s", at.saturating_duration_since(now()).as_secs_f64())),
                     State::Stopping { pid, .. } => ("stopping", *pid, String::new()),
@@ -915,6 +1279,17 @@ impl Supervisor {
             })
             .collect();
         Status { version: self.boot.version.clone(), slot: self.boot.slot.clone(), tries_left: self.health.tries_left, blessed: self.health.blessed, health: self.health.detail.clone(), units }
+    }
+
+    fn armed_detail(&self, name: &str, s: &Service) -> String {
+        let Some(u) = &s.unit else { return String::new() };
+        if let Some(spec) = &u.socket {
+            return format!("listening on {}", spec.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "));
+        }
+        match self.timer_runs.get(name).and_then(|r| r.next) {
+            Some(at) => format!("waiting; elapses in {} s", at.saturating_sub(mono_now()).as_secs()),
+            None => "waiting".into(),
+        }
     }
 
     /// The health gate: every required unit up, continuously, for the settle time.
@@ -960,6 +1335,12 @@ impl Supervisor {
                 _ => continue,
             };
             d = d.min(at.saturating_duration_since(now()));
+        }
+        let mono = mono_now();
+        for run in self.timer_runs.values() {
+            if let Some(at) = run.next {
+                d = d.min(at.saturating_sub(mono));
+            }
         }
         d
     }
@@ -1063,11 +1444,17 @@ impl Supervisor {
             }
             self.stop_unbound();
             self.run_queue();
+            self.observe();
+            self.elapse_timers();
+            self.run_queue();
             self.check_health();
             let mut fds = vec![libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
             if let Some(l) = &self.listener {
                 fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
+            let listening = self.listening_fds();
+            let socket_start = fds.len();
+            fds.extend(listening.iter().map(|(fd, _)| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }));
             let pipe_start = fds.len();
             fds.extend(self.pipes.keys().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
             let timeout = self.next_deadline().as_millis().min(1000) as i32;
@@ -1076,6 +1463,11 @@ impl Supervisor {
             for p in &fds[pipe_start..] {
                 if p.revents != 0 {
                     self.drain_pipe(p.fd);
+                }
+            }
+            for (p, (fd, socket)) in fds[socket_start..pipe_start].iter().zip(&listening) {
+                if p.revents != 0 {
+                    self.socket_ready(socket, *fd);
                 }
             }
             if fds[0].revents != 0 {
@@ -1091,7 +1483,7 @@ impl Supervisor {
                     }
                 }
             }
-            if fds.len() > 1 && pipe_start == 2 && fds[1].revents != 0 {
+            if self.listener.is_some() && fds[1].revents != 0 {
                 if let Some(h) = self.accept() {
                     return h;
                 }
@@ -1133,7 +1525,7 @@ mod tests {
     fn service(name: &str, unit_section: &str, state: State) -> (String, Service) {
         let text = format!("[Unit]\n{unit_section}\n[Service]\nExecStart=/bin/true\n");
         let unit = Unit::parse(name, &text, &[]).unwrap();
-        (name.to_string(), Service { unit: Some(unit), load_error: None, state, restarts: 0, failures_in_row: 0 })
+        (name.to_string(), Service { unit: Some(unit), state, ..Service::new() })
     }
 
     #[test]

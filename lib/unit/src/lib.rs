@@ -3,7 +3,10 @@
 //! Requires, Wants, BindsTo, PartOf, Conflicts, Requisite, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
 //! ExecStartPre, ExecStart, ExecStartPost, ExecStop, ExecReload, Restart= (every value
 //! systemd has), RestartSec, SuccessExitStatus, KillSignal, Environment,
-//! EnvironmentFile, WorkingDirectory, User, Group, TimeoutStopSec; `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
+//! EnvironmentFile, WorkingDirectory, User, Group, TimeoutStopSec,
+//! StandardInput=null|socket, StandardOutput=/StandardError=; `[Socket]` of
+//! `.socket` units (see [`socket`]); `[Timer]` of `.timer` units (see
+//! [`timer`]); `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
 //! `%H`… see [`name`]) expand in every value; an instance of a template
 //! (`echo@1.service` of `echo@.service`) is parsed from the template's text
 //! under its own name. Anything else is a warning
@@ -12,6 +15,8 @@
 
 pub mod calendar;
 pub mod name;
+pub mod socket;
+pub mod timer;
 
 pub use name::Machine;
 
@@ -123,6 +128,30 @@ pub fn signal_name(n: i32) -> String {
     SIGNALS.iter().find(|(_, m)| *m == n).map(|(name, _)| format!("SIG{name}")).unwrap_or_else(|| format!("signal {n}"))
 }
 
+/// Where a service's standard input comes from (`StandardInput=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Input {
+    #[default]
+    Null,
+    /// The connection of an `Accept=yes` socket.
+    Socket,
+}
+
+/// Where a service's standard output or error goes (`StandardOutput=`,
+/// `StandardError=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// The unit's log (journal, syslog, kmsg and their `+console` forms).
+    #[default]
+    Log,
+    Null,
+    /// The connection of an `Accept=yes` socket.
+    Socket,
+    /// Output: the same as the input when that is a socket, else the log;
+    /// error: the same as the output.
+    Inherit,
+}
+
 /// One command line of an Exec*= directive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -174,6 +203,13 @@ pub struct Unit {
     pub working_directory: Option<String>,
     pub user: Option<String>,
     pub group: Option<String>,
+    pub standard_input: Input,
+    pub standard_output: Output,
+    pub standard_error: Output,
+    /// `[Socket]` of a `.socket` unit.
+    pub socket: Option<socket::SocketSpec>,
+    /// `[Timer]` of a `.timer` unit.
+    pub timer: Option<timer::TimerSpec>,
     pub wanted_by: Vec<String>,
     pub required_by: Vec<String>,
     /// `Alias=`: more names the unit answers to (`etcd2.service` for
@@ -196,10 +232,24 @@ impl Unit {
     /// instance (`echo@1.service`) is parsed from its template's text under
     /// its own name, so `%i` is `1`; a template itself cannot be run.
     pub fn parse_on(name: &str, main: &str, drop_ins: &[(&str, &str)], machine: &Machine) -> Result<Unit, UnitError> {
-        let mut u = Unit { name: name.to_string(), default_dependencies: true, restart_sec: Duration::from_millis(100), timeout_stop: Duration::from_secs(10), kill_signal: 15, ..Default::default() };
+        let mut u = Unit {
+            name: name.to_string(),
+            default_dependencies: true,
+            restart_sec: Duration::from_millis(100),
+            timeout_stop: Duration::from_secs(10),
+            kill_signal: 15,
+            standard_error: Output::Inherit,
+            standard_output: Output::Inherit,
+            ..Default::default()
+        };
         let refuse = |message: String| Err(UnitError { unit: name.into(), line: 0, message });
-        if name::Kind::of(name).is_none() {
-            return refuse("only .service and .target units are supported".into());
+        let Some(kind) = name::Kind::of(name) else {
+            return refuse(format!("only {} units are supported", name::SUPPORTED_SUFFIXES.map(|s| format!(".{s}")).join(", ")));
+        };
+        match kind {
+            name::Kind::Socket => u.socket = Some(socket::SocketSpec::default()),
+            name::Kind::Timer => u.timer = Some(timer::TimerSpec { remain_after_elapse: true, ..Default::default() }),
+            _ => {}
         }
         if !name::valid(name) {
             return refuse("not a unit name (PREFIX[@INSTANCE].SUFFIX of letters, digits and :-_.\\)".into());
@@ -214,6 +264,22 @@ impl Unit {
         if name.ends_with(".service") && u.exec_start.is_empty() {
             return Err(UnitError { unit: name.into(), line: 0, message: "no ExecStart=".into() });
         }
+        if let Some(sock) = &u.socket {
+            if sock.listen.is_empty() {
+                return refuse("no ListenStream=, ListenDatagram= or ListenSequentialPacket=: the socket would listen on nothing".into());
+            }
+            if sock.accept && sock.service.is_some() {
+                return refuse("Service= cannot be used with Accept=yes, which starts an instance of the PREFIX@.service template per connection".into());
+            }
+            if sock.accept && sock.listen.iter().any(|l| l.transport != socket::Transport::Stream) {
+                return refuse("Accept=yes needs stream sockets (ListenStream=); datagram and seqpacket sockets have no connections".into());
+            }
+        }
+        if let Some(t) = &u.timer {
+            if t.is_empty() {
+                return refuse("no OnCalendar=, OnActiveSec=, OnBootSec=, OnStartupSec=, OnUnitActiveSec= or OnUnitInactiveSec=: the timer would never elapse".into());
+            }
+        }
         if u.service_type == ServiceType::Simple && u.exec_start.len() > 1 {
             return Err(UnitError { unit: name.into(), line: 0, message: "more than one ExecStart= needs Type=oneshot".into() });
         }
@@ -222,6 +288,7 @@ impl Unit {
 
     fn apply(&mut self, file: &str, text: &str, machine: &Machine) -> Result<(), UnitError> {
         let mut section = String::new();
+        let mut ignored = false;
         for (lineno, line) in logical_lines(text) {
             let err = |message: String| UnitError { unit: file.to_string(), line: lineno, message };
             let t = line.trim();
@@ -233,7 +300,16 @@ impl Unit {
                     return Err(err(format!("bad section header {t:?}")));
                 }
                 section = t[1..t.len() - 1].to_string();
-                if !matches!(section.as_str(), "Unit" | "Service" | "Install") {
+                let own = match name::Kind::of(&self.name) {
+                    Some(name::Kind::Service) => "Service",
+                    Some(name::Kind::Socket) => "Socket",
+                    Some(name::Kind::Timer) => "Timer",
+                    _ => "Unit",
+                };
+                ignored = !matches!(section.as_str(), "Unit" | "Install") && section != own;
+                if ignored && matches!(section.as_str(), "Service" | "Socket" | "Timer") {
+                    self.warn(lineno, format!("section [{section}] does not belong in a {} unit; its directives are ignored", self.name.rsplit_once('.').map_or("", |(_, s)| s)));
+                } else if ignored {
                     self.warn(lineno, format!("section [{section}] is not supported; its directives are ignored"));
                 }
                 continue;
@@ -244,6 +320,9 @@ impl Unit {
             let (key, value) = (key.trim(), value.trim());
             if section.is_empty() {
                 return Err(err(format!("{key}= outside of any section")));
+            }
+            if ignored {
+                continue;
             }
             let value = name::expand_specifiers(value, &self.name.clone(), machine).map_err(|e| err(format!("{key}=: {e}")))?;
             self.directive(&section, key, &value, lineno).map_err(err)?;
@@ -368,6 +447,29 @@ impl Unit {
             ("Service", "WorkingDirectory") => self.working_directory = Some(value.to_string()).filter(|v| !v.is_empty()),
             ("Service", "User") => self.user = Some(value.to_string()).filter(|v| !v.is_empty()),
             ("Service", "Group") => self.group = Some(value.to_string()).filter(|v| !v.is_empty()),
+            ("Service", "StandardInput") => {
+                self.standard_input = match value {
+                    "null" => Input::Null,
+                    "socket" => Input::Socket,
+                    _ => return Err(format!("StandardInput={value}: expected null or socket")),
+                }
+            }
+            ("Service", "StandardOutput" | "StandardError") => {
+                let output = match value {
+                    "journal" | "syslog" | "kmsg" | "journal+console" | "syslog+console" | "kmsg+console" => Output::Log,
+                    "null" => Output::Null,
+                    "socket" => Output::Socket,
+                    "inherit" => Output::Inherit,
+                    _ => return Err(format!("{key}={value}: expected journal, inherit, null or socket")),
+                };
+                if key == "StandardOutput" {
+                    self.standard_output = output;
+                } else {
+                    self.standard_error = output;
+                }
+            }
+            ("Socket", _) => self.socket_directive(key, value, line)?,
+            ("Timer", _) => self.timer_directive(key, value, line)?,
             ("Install", "WantedBy") => extend_or_reset(&mut self.wanted_by, value, list(value)),
             ("Install", "RequiredBy") => extend_or_reset(&mut self.required_by, value, list(value)),
             ("Install", "Alias") => {
@@ -382,6 +484,130 @@ impl Unit {
             _ => {}
         }
         Ok(())
+    }
+
+    fn socket_directive(&mut self, key: &str, value: &str, line: usize) -> Result<(), String> {
+        use socket::{Ipv6Only, Listen, Transport};
+        let bool_of = |v: &str| parse_bool(v).ok_or_else(|| format!("{key}={v}: expected yes or no"));
+        let mut unknown = false;
+        let s = self.socket.as_mut().expect("a .socket unit has a [Socket] spec");
+        match key {
+            "ListenStream" | "ListenDatagram" | "ListenSequentialPacket" => {
+                if value.is_empty() {
+                    s.listen.clear();
+                } else {
+                    let transport = match key {
+                        "ListenStream" => Transport::Stream,
+                        "ListenDatagram" => Transport::Datagram,
+                        _ => Transport::SequentialPacket,
+                    };
+                    let address = socket::parse_address(value).map_err(|e| format!("{key}={e}"))?;
+                    if transport == Transport::SequentialPacket && !matches!(address, socket::Address::Path(_) | socket::Address::Abstract(_)) {
+                        return Err(format!("{key}={value}: sequential-packet sockets are Unix sockets (a path or @name)"));
+                    }
+                    s.listen.push(Listen { transport, address });
+                }
+            }
+            "Accept" => s.accept = bool_of(value)?,
+            "Service" => {
+                if name::Kind::of(value) != Some(name::Kind::Service) || !name::valid(value) || name::is_template(value) {
+                    return Err(format!("Service={value}: expected the name of a service, such as app.service"));
+                }
+                s.service = Some(value.to_string());
+            }
+            "SocketMode" => s.socket_mode = socket::parse_mode(value).ok_or_else(|| format!("SocketMode={value}: expected an octal mode such as 0660"))?,
+            "DirectoryMode" => s.directory_mode = socket::parse_mode(value).ok_or_else(|| format!("DirectoryMode={value}: expected an octal mode such as 0755"))?,
+            "BindIPv6Only" => {
+                s.ipv6_only = match value {
+                    "default" => Ipv6Only::Default,
+                    "both" => Ipv6Only::Both,
+                    "ipv6-only" => Ipv6Only::Ipv6Only,
+                    _ => return Err(format!("BindIPv6Only={value}: expected default, both or ipv6-only")),
+                }
+            }
+            "Backlog" => s.backlog = value.parse().ok().filter(|b| *b > 0).ok_or_else(|| format!("Backlog={value}: expected a positive number"))?,
+            "MaxConnections" => s.max_connections = value.parse().ok().filter(|b| *b > 0).ok_or_else(|| format!("MaxConnections={value}: expected a positive number"))?,
+            "ReusePort" => s.reuse_port = bool_of(value)?,
+            "FreeBind" => s.free_bind = bool_of(value)?,
+            "RemoveOnStop" => s.remove_on_stop = bool_of(value)?,
+            "FileDescriptorName" => {
+                if value.is_empty() || value.len() > 255 || value.contains(':') || !value.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err(format!("FileDescriptorName={value:?}: expected 1 to 255 printable characters without ':'"));
+                }
+                s.fd_name = Some(value.to_string());
+            }
+            _ => unknown = true,
+        }
+        if unknown {
+            self.warn(line, format!("unknown directive {key}= in [Socket] ignored"));
+        }
+        Ok(())
+    }
+
+    fn timer_directive(&mut self, key: &str, value: &str, line: usize) -> Result<(), String> {
+        let span = |v: &str| parse_duration(v).ok_or_else(|| format!("{key}={v}: expected a time span such as 30, 5min or 1h 30min"));
+        let mut unknown = false;
+        let t = self.timer.as_mut().expect("a .timer unit has a [Timer] spec");
+        let spans = match key {
+            "OnActiveSec" => Some(&mut t.on_active),
+            "OnBootSec" => Some(&mut t.on_boot),
+            "OnStartupSec" => Some(&mut t.on_startup),
+            "OnUnitActiveSec" => Some(&mut t.on_unit_active),
+            "OnUnitInactiveSec" => Some(&mut t.on_unit_inactive),
+            _ => None,
+        };
+        if let Some(list) = spans {
+            if value.is_empty() {
+                list.clear();
+            } else {
+                list.push(span(value)?);
+            }
+            return Ok(());
+        }
+        match key {
+            "OnCalendar" => {
+                if value.is_empty() {
+                    t.on_calendar.clear();
+                } else {
+                    t.on_calendar.push(calendar::CalendarSpec::parse(value)?);
+                }
+            }
+            "Persistent" => t.persistent = parse_bool(value).ok_or_else(|| format!("Persistent={value}: expected yes or no"))?,
+            "RemainAfterElapse" => t.remain_after_elapse = parse_bool(value).ok_or_else(|| format!("RemainAfterElapse={value}: expected yes or no"))?,
+            "RandomizedDelaySec" => t.randomized_delay = span(value)?,
+            // The window within which systemd may coalesce elapses; basalt
+            // elapses on time, which the setting allows.
+            "AccuracySec" => {
+                span(value)?;
+            }
+            "Unit" => {
+                if !name::valid(value) || name::is_template(value) || matches!(name::Kind::of(value), None | Some(name::Kind::Timer)) {
+                    return Err(format!("Unit={value}: expected the name of the unit to start, such as backup.service"));
+                }
+                t.unit = Some(value.to_string());
+            }
+            _ => unknown = true,
+        }
+        if unknown {
+            self.warn(line, format!("unknown directive {key}= in [Timer] ignored"));
+        }
+        Ok(())
+    }
+
+    /// The unit a socket (Accept=no) or timer starts: `Service=`/`Unit=`,
+    /// or the service of its own name (`app.socket` → `app.service`). For
+    /// an `Accept=yes` socket, the template (`app@.service`) of the
+    /// per-connection instances. None for other units.
+    pub fn triggers(&self) -> Option<String> {
+        let stem = self.name.rsplit_once('.')?.0;
+        if let Some(s) = &self.socket {
+            if s.accept {
+                return Some(format!("{stem}@.service"));
+            }
+            return Some(s.service.clone().unwrap_or_else(|| format!("{stem}.service")));
+        }
+        let t = self.timer.as_ref()?;
+        Some(t.unit.clone().unwrap_or_else(|| format!("{stem}.service")))
     }
 }
 
@@ -664,5 +890,58 @@ mod tests {
             [mk("a.service", &["c.service"], &["c.service"]), mk("b.service", &["a.service"], &[]), mk("c.service", &[], &[]), mk("unused.service", &[], &[])].into_iter().collect();
         let order: Vec<_> = start_order(&units, &["b.service".into(), "a.service".into()]).iter().map(|u| u.name.clone()).collect();
         assert_eq!(order, ["c.service", "a.service", "b.service"]);
+    }
+
+    #[test]
+    fn socket_units() {
+        let text = "[Unit]\nDescription=Docker Socket for the API\n\n[Socket]\nListenStream=2375\nBindIPv6Only=both\nService=docker.service\n\n[Install]\nWantedBy=sockets.target\n";
+        let u = Unit::parse("docker-tcp.socket", text, &[]).unwrap();
+        let s = u.socket.as_ref().unwrap();
+        assert_eq!(s.listen, [socket::Listen { transport: socket::Transport::Stream, address: socket::Address::Port(2375) }]);
+        assert_eq!(s.ipv6_only, socket::Ipv6Only::Both);
+        assert_eq!(u.triggers().as_deref(), Some("docker.service"));
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
+        // Accept=yes: an instance of PREFIX@.service per connection.
+        let u = Unit::parse("sshd.socket", "[Socket]\nListenStream=22\nAccept=yes\nMaxConnections=8\n", &[]).unwrap();
+        assert_eq!((u.triggers().as_deref(), u.socket.as_ref().unwrap().max_connections), (Some("sshd@.service"), 8));
+        let u = Unit::parse("app.socket", "[Socket]\nListenStream=/run/app.sock\nListenDatagram=@app\nSocketMode=0660\nFileDescriptorName=api\n[Service]\nExecStart=/bin/x\n", &[]).unwrap();
+        assert_eq!((u.socket.as_ref().unwrap().socket_mode, u.triggers().as_deref()), (0o660, Some("app.service")));
+        assert_eq!(u.warnings[0].message, "section [Service] does not belong in a socket unit; its directives are ignored");
+        assert!(u.exec_start.is_empty());
+        let err = |text: &str| Unit::parse("x.socket", text, &[]).unwrap_err().to_string();
+        assert_eq!(err("[Socket]\nAccept=yes\n"), "x.socket:0: no ListenStream=, ListenDatagram= or ListenSequentialPacket=: the socket would listen on nothing");
+        assert_eq!(err("[Socket]\nListenStream=0\n"), "x.socket:2: ListenStream=0: a port is 1 to 65535");
+        assert!(err("[Socket]\nListenStream=80\nAccept=yes\nService=a.service\n").contains("Service= cannot be used with Accept=yes"));
+        assert!(err("[Socket]\nListenDatagram=53\nAccept=yes\n").contains("Accept=yes needs stream sockets"));
+        assert!(err("[Socket]\nListenStream=80\nService=a.timer\n").contains("Service=a.timer: expected the name of a service"));
+        assert!(err("[Socket]\nListenSequentialPacket=80\n").contains("sequential-packet sockets are Unix sockets"));
+    }
+
+    #[test]
+    fn timer_units() {
+        let text = "[Timer]\nOnBootSec=15min\nOnUnitActiveSec=1h\nOnCalendar=Mon *-*-* 03:00\nPersistent=true\nRandomizedDelaySec=30\nAccuracySec=1min\n[Install]\nWantedBy=timers.target\n";
+        let u = Unit::parse("backup.timer", text, &[]).unwrap();
+        let t = u.timer.as_ref().unwrap();
+        assert_eq!((t.on_boot.as_slice(), t.on_unit_active.as_slice()), (&[Duration::from_secs(900)][..], &[Duration::from_secs(3600)][..]));
+        assert_eq!((t.on_calendar.len(), t.persistent, t.randomized_delay, t.remain_after_elapse), (1, true, Duration::from_secs(30), true));
+        assert_eq!(u.triggers().as_deref(), Some("backup.service"));
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
+        let u = Unit::parse("x.timer", "[Timer]\nOnActiveSec=5\nUnit=other.service\nWakeSystem=yes\n", &[]).unwrap();
+        assert_eq!(u.triggers().as_deref(), Some("other.service"));
+        assert_eq!(u.warnings[0].message, "unknown directive WakeSystem= in [Timer] ignored");
+        let err = |text: &str| Unit::parse("x.timer", text, &[]).unwrap_err().to_string();
+        assert!(err("[Timer]\nPersistent=yes\n").contains("the timer would never elapse"));
+        assert_eq!(err("[Timer]\nOnCalendar=Mon 25:00\n"), "x.timer:2: OnCalendar=Mon 25:00: hour 25 is out of range 0..23");
+        assert!(err("[Timer]\nOnBootSec=soon\n").contains("OnBootSec=soon: expected a time span"));
+        assert!(err("[Timer]\nOnBootSec=1\nUnit=y.timer\n").contains("Unit=y.timer: expected the name of the unit to start"));
+    }
+
+    #[test]
+    fn standard_input_and_output() {
+        let u = Unit::parse("echo@1.service", "[Service]\nExecStart=/bin/cat\nStandardInput=socket\n", &[]).unwrap();
+        assert_eq!((u.standard_input, u.standard_output, u.standard_error), (Input::Socket, Output::Inherit, Output::Inherit));
+        let u = Unit::parse("a.service", "[Service]\nExecStart=/bin/cat\nStandardOutput=journal+console\nStandardError=null\n", &[]).unwrap();
+        assert_eq!((u.standard_input, u.standard_output, u.standard_error), (Input::Null, Output::Log, Output::Null));
+        assert!(Unit::parse("a.service", "[Service]\nExecStart=/bin/cat\nStandardInput=tty\n", &[]).unwrap_err().message.contains("StandardInput=tty: expected null or socket"));
     }
 }

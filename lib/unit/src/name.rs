@@ -8,16 +8,22 @@
 pub enum Kind {
     Service,
     Target,
+    /// Listening sockets that start a service on the first connection.
+    Socket,
+    /// Elapses on a schedule and starts a unit.
+    Timer,
 }
 
 /// The suffixes of the unit kinds the supervisor runs; any other is refused.
-pub const SUPPORTED_SUFFIXES: [&str; 2] = ["service", "target"];
+pub const SUPPORTED_SUFFIXES: [&str; 4] = ["service", "target", "socket", "timer"];
 
 impl Kind {
     pub fn of(name: &str) -> Option<Kind> {
         Some(match name.rsplit_once('.')?.1 {
             "service" => Kind::Service,
             "target" => Kind::Target,
+            "socket" => Kind::Socket,
+            "timer" => Kind::Timer,
             _ => return None,
         })
     }
@@ -25,6 +31,8 @@ impl Kind {
         match self {
             Kind::Service => "service",
             Kind::Target => "target",
+            Kind::Socket => "socket",
+            Kind::Timer => "timer",
         }
     }
 }

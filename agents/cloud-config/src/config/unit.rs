@@ -56,7 +56,7 @@ const KNOWN: &[&str] = &["name", "content", "enable", "mask", "runtime", "comman
 
 /// Unit types systemd has that basalt's init does not run: refused by
 /// name, so a unit is never accepted here and then silently never loaded.
-const UNRUN_SUFFIXES: &[&str] = &["socket", "device", "mount", "automount", "swap", "path", "timer", "slice", "scope"];
+const UNRUN_SUFFIXES: &[&str] = &["device", "mount", "automount", "swap", "path", "slice", "scope"];
 
 /// systemd-networkd files, which coreos-cloudinit also accepted under
 /// coreos.units (the usual way to give CoreOS a static address).
@@ -82,7 +82,7 @@ pub fn parse_unit(node: &Node, path: &str, report: &mut Report) -> Option<Unit> 
             report.error(
                 fields.key_path("name"),
                 Some(name_node.position),
-                format!("{name:?}: .{suffix} units are not run by basalt's init, which runs {} units", basalt_unit::name::SUPPORTED_SUFFIXES.map(|s| format!(".{s}")).join(" and ")),
+                format!("{name:?}: .{suffix} units are not run by basalt's init, which runs {} units", basalt_unit::name::SUPPORTED_SUFFIXES.map(|s| format!(".{s}")).join(", ")),
             );
         } else if !valid_unit_name(&name) {
             report.error(
@@ -187,10 +187,12 @@ mod tests {
         assert!(!valid_unit_name("etcd"));
         assert!(!valid_unit_name("../x.service"));
         assert!(!valid_unit_name("a.exe"));
-        assert!(!valid_unit_name("backup.timer"));
+        assert!(valid_unit_name("backup.timer"));
+        assert!(valid_unit_name("docker-tcp.socket"));
+        assert!(!valid_unit_name("data.mount"));
         assert!(valid_unit_name("static.network"));
-        let (unit, report) = parse("name: backup.timer\ncontent: |\n  [Timer]\n  OnCalendar=daily\n");
+        let (unit, report) = parse("name: data.mount\ncontent: |\n  [Mount]\n  What=/dev/vdb\n");
         assert!(unit.is_none());
-        assert!(report.to_string().contains("\"backup.timer\": .timer units are not run by basalt's init, which runs .service and .target units"), "{report}");
+        assert!(report.to_string().contains("\"data.mount\": .mount units are not run by basalt's init, which runs .service, .target, .socket, .timer units"), "{report}");
     }
 }
