@@ -130,12 +130,14 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let status = ssh(&key, port, "basaltctl status").1;
-            if let Some(line) = status.lines().find(|l| l.starts_with(&format!("{name}.service"))) {
+            // A bare name is a service's.
+            let unit = if name.contains('.') { format!("{name} ") } else { format!("{name}.service ") };
+            if let Some(line) = status.lines().find(|l| l.starts_with(&unit)) {
                 if want(&line.split_whitespace().collect::<Vec<_>>()) {
                     return line.to_string();
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "{name}.service never got there:\n{status}");
+            assert!(std::time::Instant::now() < deadline, "{name} never got there:\n{status}");
             std::thread::sleep(Duration::from_millis(500));
         }
     };
@@ -154,6 +156,76 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     let needy = line_of("needy", &|f| f.get(1) == Some(&"failed"));
     assert!(needy.contains("requisite unit rival.service is not active"), "{needy}");
 
+    // Socket activation, Accept=no: the service starts on the first
+    // connection and finds the socket at fd 3, with LISTEN_FDS,
+    // LISTEN_FDNAMES and a LISTEN_PID that is its own (sd_listen_fds(3)).
+    vm.run_ok(
+        "printf '%s\\n' 'echo fds=$LISTEN_FDS names=$LISTEN_FDNAMES' '[ \"$LISTEN_PID\" = \"$$\" ] && echo pid-ok' 'readlink /proc/$$/fd/3 | sed s/[0-9]//g' 'exec sleep 100000' > /etc/greet.sh \
+         && printf '[Socket]\\nListenStream=127.0.0.1:7001\\n' > /etc/systemd/system/greet.socket \
+         && printf '[Service]\\nExecStart=/usr/bin/sh /etc/greet.sh\\n' > /etc/systemd/system/greet.service && basaltctl start greet.socket",
+        CMD,
+    )
+    .unwrap();
+    let socket = line_of("greet.socket", &active);
+    assert!(socket.contains("listening on 127.0.0.1:7001 (stream)"), "{socket}");
+    line_of("greet", &|f| f.get(1) == Some(&"inactive")); // not before a connection
+                                                          // The service never accepts: the client is let go after a while.
+    let knock = "nc 127.0.0.1 7001 </dev/null >/dev/null 2>&1 & P=$!; sleep 2; kill $P; true";
+    vm.run_ok(knock, CMD).unwrap();
+    line_of("greet", &active);
+    let logs = ssh(&key, port, "sleep 1; basaltctl logs greet").1;
+    assert_eq!(logs, "fds=1 names=greet.socket\npid-ok\nsocket:[]\n", "{logs}");
+    // Stopping the service leaves the socket listening; the next connection starts it again.
+    vm.run_ok(&format!("basaltctl stop greet && sleep 1 && {knock}"), CMD).unwrap();
+    line_of("greet", &active);
+    line_of("greet.socket", &active);
+
+    // Accept=yes: an instance of the template per connection, the
+    // connection its standard input and output.
+    vm.run_ok(
+        "printf '[Socket]\\nListenStream=7002\\nAccept=yes\\n' > /etc/systemd/system/echo-conn.socket \
+         && printf '[Service]\\nExecStart=/usr/bin/sh -c \"read line; echo got:$${line}:%%i\"\\nStandardInput=socket\\n' > /etc/systemd/system/echo-conn@.service \
+         && basaltctl start echo-conn.socket",
+        CMD,
+    )
+    .unwrap();
+    line_of("echo-conn.socket", &active);
+    let first = vm.run_ok("echo hello | nc -w 5 127.0.0.1 7002", CMD).unwrap();
+    let second = vm.run_ok("echo again | nc -w 5 127.0.0.1 7002", CMD).unwrap();
+    assert!(first.trim().starts_with("got:hello:1-") && first.contains("7002"), "{first}");
+    assert!(second.trim().starts_with("got:again:2-"), "{second}");
+
+    // Timers: OnActiveSec= then OnUnitActiveSec= again and again.
+    vm.run_ok(
+        "printf '[Service]\\nType=oneshot\\nExecStart=/usr/bin/echo tick\\n' > /etc/systemd/system/tick.service \
+         && printf '[Timer]\\nOnActiveSec=1\\nOnUnitActiveSec=2\\n' > /etc/systemd/system/tick.timer && basaltctl start tick.timer",
+        CMD,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let logs = ssh(&key, port, "basaltctl logs tick").1;
+        if logs.matches("tick\n").count() >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "tick.timer elapsed too rarely: {logs:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let timer = line_of("tick.timer", &active);
+    assert!(timer.contains("waiting"), "{timer}");
+    vm.run_ok("basaltctl stop tick.timer", CMD).unwrap();
+    line_of("tick.timer", &|f| f.get(1) == Some(&"inactive"));
+    // A persistent calendar timer, enabled for boot, that last elapsed long
+    // ago: it catches up at the next boot (checked after the reboot below).
+    vm.run_ok(
+        "printf '[Service]\\nType=oneshot\\nExecStart=/usr/bin/echo caught-up\\n' > /etc/systemd/system/nightly.service \
+         && printf '[Timer]\\nOnCalendar=daily\\nPersistent=true\\n[Install]\\nWantedBy=timers.target\\n' > /etc/systemd/system/nightly.timer \
+         && mkdir -p /etc/systemd/system/timers.target.wants /var/lib/basalt/timers && ln -sf /etc/systemd/system/nightly.timer /etc/systemd/system/timers.target.wants/ \
+         && echo 1000000000 > /var/lib/basalt/timers/nightly.timer",
+        CMD,
+    )
+    .unwrap();
+
     // A service that runs is restarted on request: a new PID.
     let pid_of = |s: &str| s.lines().find(|l| l.starts_with("sshd.service")).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();
     let before = pid_of(&ssh(&key, port, "basaltctl status").1);
@@ -169,6 +241,9 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     vm.wait_for("rebooting", CMD).unwrap();
     vm.wait_ready(BOOT).unwrap();
     assert_eq!(vm.run_ok("cat /var/survivor", CMD).unwrap().trim(), "kept");
+    let nightly = ssh_until_up(&key, port, "sleep 2; basaltctl logs nightly; cat /var/lib/basalt/timers/nightly.timer");
+    let stamp: i64 = nightly.lines().last().unwrap().trim().parse().unwrap_or_else(|_| panic!("{nightly}"));
+    assert!(nightly.starts_with("caught-up\n") && stamp > 1_700_000_000, "the missed elapse was not caught up at boot: {nightly}");
     let machine_id = vm.run_ok("cat /etc/machine-id", CMD).unwrap();
     assert_eq!(machine_id.trim().len(), 32);
     ssh_until_up(&key, port, "true");
