@@ -20,14 +20,24 @@ const USAGE: &str = "usage: basaltctl <command>
   try-restart|reload-or-restart|reload-or-try-restart NAME
   reload              re-read unit files, start newly enabled units
   reboot | poweroff
+  notify [--ready] [--status=TEXT] [--pid=PID] [KEY=VALUE...]
+                      tell init about this service (sd_notify(3)); also
+                      installed as systemd-notify
   config validate FILE check user data: line and column of each problem
   config show [--json] what cloud-config found, rejected and applied this boot
   store ...           the node's key/value store:";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    // Called as systemd-notify: `basaltctl notify`.
+    let called = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    args.remove(0);
+    if called == "systemd-notify" {
+        args.insert(0, "notify".into());
+    }
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {
+        ["notify", rest @ ..] => notify(rest),
         ["status"] => status(),
         ["logs", name] if runtime::is_container(name) => follow(runtime::log_paths(name), name, false),
         ["logs", name, "-f"] | ["logs", "-f", name] if runtime::is_container(name) => follow(runtime::log_paths(name), name, true),
@@ -67,6 +77,36 @@ fn main() {
         eprintln!("basaltctl: {e}");
         std::process::exit(1);
     }
+}
+
+/// `notify --ready --status=TEXT KEY=VALUE…`, as systemd-notify(1) takes
+/// them, sent to $NOTIFY_SOCKET as one message.
+fn notify(args: &[&str]) -> Result<(), String> {
+    let mut lines = Vec::new();
+    for a in args {
+        match *a {
+            "--ready" => lines.push("READY=1".to_string()),
+            "--reloading" => lines.push("RELOADING=1".into()),
+            "--stopping" => lines.push("STOPPING=1".into()),
+            "--booted" => return if std::path::Path::new(basalt_control::SOCKET).exists() { Ok(()) } else { Err("not booted by basalt's init".into()) },
+            _ if a.starts_with("--status=") => lines.push(format!("STATUS={}", &a["--status=".len()..])),
+            _ if a.starts_with("--pid=") => {
+                let pid = &a["--pid=".len()..];
+                let pid = if pid == "parent" { std::os::unix::process::parent_id().to_string() } else { pid.to_string() };
+                if pid.parse::<u32>().is_err() {
+                    return Err(format!("--pid={pid}: expected a PID or parent"));
+                }
+                lines.push(format!("MAINPID={pid}"));
+            }
+            _ if a.starts_with("--") => return Err(format!("notify: unknown option {a}")),
+            _ if a.contains('=') && !a.contains('\n') => lines.push(a.to_string()),
+            _ => return Err(format!("notify: {a:?} is not KEY=VALUE")),
+        }
+    }
+    if lines.is_empty() {
+        return Err("notify: nothing to send (--ready, --status=TEXT or KEY=VALUE)".into());
+    }
+    basalt_control::notify(&lines.join("\n"))
 }
 
 /// `sshd` means `sshd.service`, as with systemctl.

@@ -13,14 +13,13 @@
 //! `basalt_unit::timer::next_elapse` says so.
 
 use crate::logs::Logs;
-use crate::{activation, bless, log, sys};
+use crate::{activation, bless, log, notify, spawn, sys};
 use basalt_control::{Request, Status, UnitStatus};
 use basalt_unit::timer::{Moments, Stamp};
-use basalt_unit::{Ending, Input, Output, ServiceType, Unit};
+use basalt_unit::{Ending, KillMode, NotifyAccess, ServiceType, Unit};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -51,6 +50,81 @@ enum Proc {
     Stop,
     /// ExecReload= of a running service.
     Reload,
+    /// ExecStart= of a Type=forking service, which leaves the main process behind.
+    Fork,
+    /// The n-th ExecStopPost=.
+    StopPost(usize),
+}
+
+/// Why a service failed: the message, systemd's `$SERVICE_RESULT` word for
+/// it, and how its process ended, where one did.
+#[derive(Debug, Clone)]
+struct Why {
+    reason: String,
+    result: &'static str,
+    ending: Option<Ending>,
+}
+
+impl Why {
+    fn new(reason: String, result: &'static str, ending: Option<Ending>) -> Why {
+        Why { reason, result, ending }
+    }
+
+    /// A process that ended this way: `exit-code`, `signal` or `timeout`.
+    fn ended(reason: String, ending: Ending) -> Why {
+        let result = match ending {
+            Ending::Exited(_) => "exit-code",
+            Ending::Signaled(_) => "signal",
+            Ending::Timeout => "timeout",
+        };
+        Why::new(reason, result, Some(ending))
+    }
+}
+
+/// How a service ends once its processes are gone and ExecStopPost= ran.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// A stop asked for (and a start after it, for a restart); how the
+    /// main process ended, once it has.
+    Stopped {
+        restart_after: bool,
+        ending: Option<Ending>,
+    },
+    /// The main process ended cleanly and is not restarted.
+    Done(Option<Ending>),
+    Failed(Why),
+    /// Failed, and restarted by Restart= after the back-off.
+    Restart(Why),
+}
+
+impl Outcome {
+    /// What ExecStopPost= is told, as systemd.exec(5) names it:
+    /// $SERVICE_RESULT, $EXIT_CODE and $EXIT_STATUS.
+    fn environment(&self) -> Vec<(String, String)> {
+        let (result, ending) = match self {
+            Outcome::Stopped { ending, .. } => ("success", *ending),
+            Outcome::Done(ending) => ("success", *ending),
+            Outcome::Failed(why) | Outcome::Restart(why) => (why.result, why.ending),
+        };
+        let mut env = vec![("SERVICE_RESULT".to_string(), result.to_string())];
+        match ending {
+            Some(Ending::Exited(code)) => env.extend([("EXIT_CODE".into(), "exited".into()), ("EXIT_STATUS".into(), code.to_string())]),
+            Some(Ending::Signaled(sig)) => {
+                let name = basalt_unit::signal_name(sig);
+                env.extend([("EXIT_CODE".into(), "killed".into()), ("EXIT_STATUS".into(), name.trim_start_matches("SIG").to_string())]);
+            }
+            _ => {}
+        }
+        env
+    }
+
+    /// A clean outcome made a failure by a failed ExecStopPost=.
+    fn worsened(self, why: Why) -> Outcome {
+        match self {
+            Outcome::Stopped { .. } | Outcome::Done(_) => Outcome::Failed(why),
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,11 +147,20 @@ enum State {
         at: Instant,
         reason: String,
     },
+    /// Its processes are being stopped: the main one (`pid`) or, once it
+    /// is gone, what is left in its cgroup.
     Stopping {
         pid: Option<i32>,
         deadline: Instant,
-        restart_after: bool,
+        outcome: Outcome,
         killed: bool,
+    },
+    /// ExecStopPost= number `step` runs.
+    StopPost {
+        pid: i32,
+        step: usize,
+        deadline: Instant,
+        outcome: Outcome,
     },
     /// Active without a process: a socket listening, a timer waiting.
     Armed,
@@ -94,11 +177,29 @@ struct Service {
     active_at: Option<Duration>,
     inactive_at: Option<Duration>,
     running: bool,
+    /// Its cgroup, `system.slice/NAME`, from its first start on.
+    cgroup: Option<basalt_cgroup::Cgroup>,
+    /// When a start that has not finished times out (TimeoutStartSec=).
+    start_deadline: Option<Instant>,
+    /// The last `STATUS=` it sent over $NOTIFY_SOCKET.
+    status_text: Option<String>,
 }
 
 impl Service {
     fn new() -> Service {
-        Service { unit: None, load_error: None, state: State::Inactive, restarts: 0, failures_in_row: 0, active_at: None, inactive_at: None, running: false }
+        Service {
+            unit: None,
+            load_error: None,
+            state: State::Inactive,
+            restarts: 0,
+            failures_in_row: 0,
+            active_at: None,
+            inactive_at: None,
+            running: false,
+            cgroup: None,
+            start_deadline: None,
+            status_text: None,
+        }
     }
     fn settled(&self) -> bool {
         !matches!(self.state, State::Queued | State::Activating { .. })
@@ -109,7 +210,11 @@ impl Service {
     /// Starting, running or stopping: a socket's service in this state
     /// handles the socket itself.
     fn busy(&self) -> bool {
-        matches!(self.state, State::Queued | State::Activating { .. } | State::Active { .. } | State::Stopping { .. } | State::AutoRestart { .. })
+        matches!(self.state, State::Queued | State::Activating { .. } | State::Active { .. } | State::Stopping { .. } | State::StopPost { .. } | State::AutoRestart { .. })
+    }
+    /// On its way down: stopping its processes or running ExecStopPost=.
+    fn winding_down(&self) -> bool {
+        matches!(self.state, State::Stopping { .. } | State::StopPost { .. })
     }
 }
 
@@ -120,6 +225,23 @@ struct TimerRun {
     last: Option<(Option<Duration>, i64)>,
     fraction: f64,
     next: Option<Duration>,
+}
+
+/// How long a control connection may take to send its request line, and
+/// to take its answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A control connection: what it sent so far and the answer still to
+/// write, all without blocking the supervisor.
+struct Client {
+    stream: UnixStream,
+    received: Vec<u8>,
+    answer: Option<Vec<u8>>,
+    written: usize,
+    since: Instant,
+    /// The reboot or power-off it asked for, once its answer is out.
+    halt: Option<sys::Halt>,
 }
 
 pub struct BootInfo {
@@ -147,6 +269,10 @@ pub struct Supervisor {
     pipes: HashMap<i32, (OwnedFd, String)>,
     logs: Logs,
     listener: Option<UnixListener>,
+    /// Control connections being read from or answered.
+    clients: Vec<Client>,
+    /// $NOTIFY_SOCKET of the services (sd_notify(3)).
+    notify: Option<UnixDatagram>,
     signals: OwnedFd,
     health: Health,
     boot: BootInfo,
@@ -395,6 +521,17 @@ fn enabled_units(services: &BTreeMap<String, Service>) -> Vec<String> {
     enabled
 }
 
+/// The machine's memory in bytes and its task limit, what `MemoryMax=50%`
+/// and `TasksMax=10%` are shares of (systemd's: the smaller of pid_max and
+/// threads-max).
+fn machine_size() -> (u64, u64) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let number = |path: &str| std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let tasks = number("/proc/sys/kernel/pid_max").into_iter().chain(number("/proc/sys/kernel/threads-max")).min().unwrap_or(4_194_304);
+    (kib * 1024, tasks)
+}
+
 fn read_health_conf() -> (Vec<String>, Duration) {
     for p in HEALTH_CONF {
         if let Ok(text) = std::fs::read_to_string(p) {
@@ -414,26 +551,6 @@ fn signalfd(set: &libc::sigset_t) -> OwnedFd {
     assert!(fd >= 0, "signalfd");
     // SAFETY: `fd` is the new descriptor just checked, owned by nothing else.
     unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-struct Account {
-    uid: u32,
-    gid: u32,
-    home: String,
-}
-
-fn lookup_user(name: &str) -> Option<Account> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 7 && f[0] == name)
-        .and_then(|f| Some(Account { uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5].to_string() }))
-}
-
-fn lookup_group(name: &str) -> Option<u32> {
-    let group = std::fs::read_to_string("/etc/group").ok()?;
-    group.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 3 && f[0] == name).and_then(|f| f[2].parse().ok())
 }
 
 impl Supervisor {
@@ -456,7 +573,7 @@ impl Supervisor {
             l.set_nonblocking(true)?;
             // Root and the wheel group (core is in it, as CoreOS's admin user).
             std::fs::set_permissions(basalt_control::SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o660))?;
-            let _ = std::os::unix::fs::chown(basalt_control::SOCKET, Some(0), lookup_group("wheel"));
+            let _ = std::os::unix::fs::chown(basalt_control::SOCKET, Some(0), spawn::lookup_group("wheel"));
             Ok::<_, std::io::Error>(l)
         })()
         .map_err(|e| log::error(&format!("control socket {}: {e}", basalt_control::SOCKET)))
@@ -469,6 +586,8 @@ impl Supervisor {
             pipes: HashMap::new(),
             logs: Logs::default(),
             listener,
+            clients: Vec::new(),
+            notify: notify::bind(basalt_control::NOTIFY_SOCKET).map_err(|e| log::error(&format!("notify socket {}: {e}", basalt_control::NOTIFY_SOCKET))).ok(),
             signals: signalfd(signals),
             health,
             boot,
@@ -605,7 +724,7 @@ impl Supervisor {
             let theirs = self.services.iter().filter(|(_, s)| s.unit.as_ref().is_some_and(|u| u.conflicts.iter().any(|c| c == name))).map(|(n, _)| n.clone());
             let conflicting: BTreeSet<String> = mine.into_iter().chain(theirs).filter(|c| c != name).collect();
             for c in conflicting {
-                if self.services.get(&c).is_some_and(|s| !matches!(s.state, State::Inactive | State::Failed { .. } | State::Stopping { .. })) {
+                if self.services.get(&c).is_some_and(|s| !matches!(s.state, State::Inactive | State::Failed { .. }) && !s.winding_down()) {
                     log::info(&format!("{c}: stopping, it conflicts with {name}"));
                     let _ = self.stop(&c, false);
                 }
@@ -663,6 +782,12 @@ impl Supervisor {
         if u.timer.is_some() {
             return self.start_timer(name, &u);
         }
+        let svc = self.services.get_mut(name).unwrap();
+        svc.start_deadline = u.start_limit().map(|limit| now() + limit);
+        svc.status_text = None;
+        if let Err(e) = self.prepare_cgroup(name, &u) {
+            return self.failed(name, Why::new(e, "resources", None));
+        }
         if !u.exec_start_pre.is_empty() {
             self.step(name, &u, Proc::Pre(0));
         } else {
@@ -677,13 +802,13 @@ impl Supervisor {
         let target = u.triggers().unwrap();
         let loaded = if spec.accept { self.templates.contains_key(&target) } else { self.services.get(&target).is_some_and(|s| s.unit.is_some()) };
         if !loaded {
-            return self.failed(name, format!("the service it starts, {target}, is not loaded"));
+            return self.failed(name, Why::new(format!("the service it starts, {target}, is not loaded"), "resources", None));
         }
         let mut fds = Vec::new();
         for listen in &spec.listen {
             match activation::bind(listen, spec) {
                 Ok(fd) => fds.push(fd),
-                Err(e) => return self.failed(name, format!("cannot listen on {e}")),
+                Err(e) => return self.failed(name, Why::new(format!("cannot listen on {e}"), "resources", None)),
             }
         }
         log::info(&format!("{name}: listening on {}", spec.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")));
@@ -698,7 +823,7 @@ impl Supervisor {
         let spec = u.timer.as_ref().unwrap();
         let target = u.triggers().unwrap();
         if self.services.get(&target).is_none_or(|s| s.unit.is_none()) {
-            return self.failed(name, format!("the unit it starts, {target}, is not loaded"));
+            return self.failed(name, Why::new(format!("the unit it starts, {target}, is not loaded"), "resources", None));
         }
         let earlier = self.timer_runs.remove(name).and_then(|r| r.last);
         let last = earlier.or_else(|| spec.persistent.then(|| read_timer_stamp(name)).flatten().map(|real| (None, real)));
@@ -797,7 +922,7 @@ impl Supervisor {
     fn observe(&mut self) {
         let at = mono_now();
         for s in self.services.values_mut() {
-            let running = matches!(s.state, State::Activating { .. } | State::Active { .. } | State::Stopping { .. });
+            let running = matches!(s.state, State::Activating { .. } | State::Active { .. }) || s.winding_down();
             if s.running && !running {
                 s.inactive_at = Some(at);
             }
@@ -848,14 +973,32 @@ impl Supervisor {
     fn start_main(&mut self, name: &str, u: &Unit) {
         match u.service_type {
             ServiceType::Simple => {
-                if let Some(pid) = self.spawn(name, u, &u.exec_start[0].argv, Proc::Main) {
+                if let Some(pid) = self.spawn(name, u, &u.exec_start[0].argv, Proc::Main, &[]) {
                     self.services.get_mut(name).unwrap().state = State::Active { pid, since: now() };
-                    for c in &u.exec_start_post {
-                        self.spawn(name, u, &c.argv, Proc::Post);
-                    }
+                    self.start_post(name, u);
+                }
+            }
+            // Activating until READY=1 arrives over $NOTIFY_SOCKET.
+            ServiceType::Notify => {
+                if let Some(pid) = self.spawn(name, u, &u.exec_start[0].argv, Proc::Main, &[]) {
+                    self.services.get_mut(name).unwrap().state = State::Activating { pid };
+                }
+            }
+            ServiceType::Forking => {
+                if let Some(pid) = self.spawn(name, u, &u.exec_start[0].argv, Proc::Fork, &[]) {
+                    self.services.get_mut(name).unwrap().state = State::Activating { pid };
                 }
             }
             ServiceType::Oneshot => self.step(name, u, Proc::Oneshot(0)),
+        }
+    }
+
+    /// The service is up: ExecStartPost= runs beside it, and its start no
+    /// longer times out.
+    fn start_post(&mut self, name: &str, u: &Unit) {
+        self.services.get_mut(name).unwrap().start_deadline = None;
+        for c in &u.exec_start_post {
+            self.spawn(name, u, &c.argv, Proc::Post, &[]);
         }
     }
 
@@ -865,17 +1008,18 @@ impl Supervisor {
             Proc::Oneshot(i) => &u.exec_start[i],
             _ => unreachable!(),
         };
-        if let Some(pid) = self.spawn(name, u, &cmd.argv, p) {
+        if let Some(pid) = self.spawn(name, u, &cmd.argv, p, &[]) {
             self.services.get_mut(name).unwrap().state = State::Activating { pid };
         }
     }
 
-    /// Forks a process of the unit with its environment, user and directory,
-    /// stdout and stderr into a log pipe. On failure the unit fails.
-    fn spawn(&mut self, name: &str, u: &Unit, argv: &[String], p: Proc) -> Option<i32> {
+    /// Starts a process of the unit (see `spawn::spawn`) in its cgroup. On
+    /// failure a start step fails the unit; others are logged.
+    fn spawn(&mut self, name: &str, u: &Unit, argv: &[String], p: Proc, extra_env: &[(String, String)]) -> Option<i32> {
         // Sockets go to ExecStart=, as systemd passes them.
-        let passed = if matches!(p, Proc::Main | Proc::Oneshot(_)) { self.passed_fds(name) } else { Vec::new() };
-        match self.try_spawn(u, argv, &passed) {
+        let passed = if matches!(p, Proc::Main | Proc::Oneshot(_) | Proc::Fork) { self.passed_fds(name) } else { Vec::new() };
+        let cgroup = self.services.get(name).and_then(|s| s.cgroup.as_ref());
+        match spawn::spawn(u, argv, &passed, extra_env, cgroup) {
             Ok((pid, read_end)) => {
                 self.children.insert(pid, (name.to_string(), p));
                 self.pipes.insert(read_end.as_raw_fd(), (read_end, name.to_string()));
@@ -884,134 +1028,42 @@ impl Supervisor {
             Err(e) => {
                 let reason = format!("cannot start {}: {e}", argv[0]);
                 self.logs.line(name, format!("{reason}\n").as_bytes(), true);
-                if !matches!(p, Proc::Post | Proc::Stop | Proc::Reload) {
-                    self.failed(name, reason);
+                if !matches!(p, Proc::Post | Proc::Stop | Proc::Reload | Proc::StopPost(_)) {
+                    self.failed(name, Why::new(reason, "resources", None));
                 }
                 None
             }
         }
     }
 
-    fn try_spawn(&self, u: &Unit, argv: &[String], passed: &[(i32, String)]) -> Result<(i32, OwnedFd), String> {
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two descriptors into `fds`, which has two.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-            return Err(std::io::Error::last_os_error().to_string());
-        }
-        // SAFETY: the pipe's two new descriptors, each owned by nothing else.
-        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: F_SETFL on an open descriptor takes an int flag argument.
-        unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("PATH".into(), "/usr/bin:/usr/sbin".into());
-        env.insert("LANG".into(), "C.UTF-8".into());
-        let mut ids = (None, None);
-        let mut home = "/root".to_string();
-        if let Some(user) = &u.user {
-            let acct = lookup_user(user).ok_or_else(|| format!("User={user} does not exist"))?;
-            ids = (Some(acct.uid), Some(acct.gid));
-            home = acct.home;
-            env.insert("USER".into(), user.clone());
-            env.insert("LOGNAME".into(), user.clone());
-        }
-        if let Some(g) = &u.group {
-            ids.1 = Some(lookup_group(g).ok_or_else(|| format!("Group={g} does not exist"))?);
-        }
-        env.insert("HOME".into(), home.clone());
-        // As systemd.exec(5): EnvironmentFile= overrides Environment=.
-        env.extend(u.environment.iter().cloned());
-        for (path, optional) in &u.environment_files {
-            match std::fs::read_to_string(path) {
-                Ok(text) => env.extend(basalt_unit::parse_env_file(&text)),
-                Err(_) if *optional => {}
-                Err(e) => return Err(format!("EnvironmentFile={path}: {e}")),
+    /// Gives a service its cgroup, `system.slice/NAME`, with its resource
+    /// limits written. Without cgroup v2 a service that asks for no limits
+    /// runs in init's group.
+    fn prepare_cgroup(&mut self, name: &str, u: &Unit) -> Result<(), String> {
+        let mut controllers: Vec<&str> = u.cgroup_limits.iter().map(|l| basalt_unit::limits::controller(l.file)).collect();
+        controllers.dedup();
+        let cgroup = match basalt_cgroup::Cgroup::create(&format!("system.slice/{name}"), &controllers) {
+            Ok(c) => c,
+            Err(e) if u.cgroup_limits.is_empty() => {
+                log::info(&format!("{name}: no cgroup of its own ({e}); stopping it signals its process group"));
+                return Ok(());
             }
-        }
-        // $VAR and ${VAR} in the arguments, from the service's environment.
-        let argv = basalt_unit::name::expand_env(argv, |k| env.get(k).cloned());
-        let mut cmd = std::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..]).arg0(&argv[0]);
-        cmd.env_clear().envs(&env);
-        if let Some(uid) = ids.0 {
-            cmd.uid(uid);
-        }
-        if let Some(gid) = ids.1 {
-            cmd.gid(gid);
-        }
-        if let Some(dir) = &u.working_directory {
-            cmd.current_dir(if dir == "~" { home.as_str() } else { dir.trim_start_matches('-') });
-        }
-        // StandardInput=socket: the connection, or the one listening socket.
-        let socket = match u.standard_input {
-            Input::Socket if passed.len() == 1 => {
-                // SAFETY: the descriptor is open (owned by self.conns or self.sockets) for this borrow.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(passed[0].0) };
-                Some(fd.try_clone_to_owned().map_err(|e| e.to_string())?)
-            }
-            Input::Socket => return Err(format!("StandardInput=socket needs exactly one socket, and {} are passed", passed.len())),
-            Input::Null => None,
+            Err(e) => return Err(format!("its cgroup: {e}")),
         };
-        let output = match u.standard_output {
-            Output::Inherit if socket.is_some() => Output::Socket,
-            Output::Inherit | Output::Socket if socket.is_none() => Output::Log,
-            other => other,
-        };
-        let error = match u.standard_error {
-            Output::Inherit => output,
-            Output::Socket if socket.is_none() => Output::Log,
-            other => other,
-        };
-        let stdio = |o: Output| -> Result<std::process::Stdio, String> {
-            Ok(match (o, &socket) {
-                (Output::Null, _) => std::process::Stdio::null(),
-                (Output::Socket, Some(s)) => s.try_clone().map_err(|e| e.to_string())?.into(),
-                _ => write_end.try_clone().map_err(|e| e.to_string())?.into(),
-            })
-        };
-        cmd.stdout(stdio(output)?);
-        cmd.stderr(stdio(error)?);
-        drop(write_end);
-        cmd.stdin(match &socket {
-            Some(s) => s.try_clone().map_err(|e| e.to_string())?.into(),
-            None => std::process::Stdio::null(),
-        });
-        let mut exec = if passed.is_empty() {
-            None
-        } else {
-            let env: Vec<(String, String)> = env.into_iter().collect();
-            let (fds, names): (Vec<i32>, Vec<String>) = passed.iter().cloned().unzip();
-            Some(activation::ExecWithFds::new(&argv, &env, fds, &names).map_err(|e| e.to_string())?)
-        };
-        // What the spawn opens must land above the fds the sockets go to.
-        let _held = if exec.is_some() { activation::occupy_below(3 + passed.len() as i32) } else { Vec::new() };
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe calls (sigprocmask, setsid, and for
-        // sockets fcntl, dup2, getpid, execve); no allocation, no locks.
-        unsafe {
-            cmd.pre_exec(move || {
-                sys::unblock_all_signals();
-                // Its own session and process group: stopping a service signals all of it.
-                libc::setsid();
-                if let Some(exec) = exec.as_mut() {
-                    return Err(exec.exec());
-                }
-                Ok(())
-            });
+        let (memory, tasks) = machine_size();
+        for l in &u.cgroup_limits {
+            cgroup.set(l.file, &l.value(memory, tasks)).map_err(|e| format!("{}=: {e}", l.directive))?;
         }
-        let child = cmd.spawn().map_err(|e| e.to_string())?;
-        Ok((child.id() as i32, read_end))
+        self.services.get_mut(name).unwrap().cgroup = Some(cgroup);
+        Ok(())
     }
 
-    fn failed(&mut self, name: &str, reason: String) {
-        let svc = self.services.get_mut(name).unwrap();
-        let u = svc.unit.as_ref().unwrap();
-        // A start step that failed or could not run is a failed exit.
-        if u.restarts_after(Ending::Exited(1)) {
-            self.schedule_restart(name, reason);
-        } else {
-            log::info(&format!("{name}: failed: {reason}"));
-            svc.state = State::Failed { reason };
-        }
+    /// A start step failed or could not run: the unit fails, or restarts
+    /// if Restart= says so for a failed exit.
+    fn failed(&mut self, name: &str, why: Why) {
+        let u = self.services[name].unit.as_ref().unwrap();
+        let outcome = if u.restarts_after(why.ending.unwrap_or(Ending::Exited(1))) { Outcome::Restart(why) } else { Outcome::Failed(why) };
+        self.wind_down(name, outcome);
     }
 
     fn schedule_restart(&mut self, name: &str, reason: String) {
@@ -1022,6 +1074,17 @@ impl Supervisor {
         let delay = u.restart_sec.max(Duration::from_millis(100)).saturating_mul(1 << exp).min(MAX_BACKOFF);
         log::info(&format!("{name}: {reason}; restarting in {:.1} s", delay.as_secs_f64()));
         svc.state = State::AutoRestart { at: now() + delay, reason };
+    }
+
+    /// Whether anything of the unit still runs: in its cgroup, or a
+    /// process the supervisor started for it.
+    fn has_processes(&self, name: &str) -> bool {
+        self.services[name].cgroup.as_ref().is_some_and(|c| c.populated()) || self.children.values().any(|(n, _)| n == name)
+    }
+
+    /// The process of the unit that counts as its main one.
+    fn main_pid(&self, name: &str) -> Option<i32> {
+        self.children.iter().find(|(_, (n, p))| n == name && *p == Proc::Main).map(|(pid, _)| *pid)
     }
 
     fn child_exited(&mut self, pid: i32, status: i32) {
@@ -1040,15 +1103,15 @@ impl Supervisor {
         let ok = u.clean(ending);
         let state = self.services[&name].state.clone();
         match p {
+            Proc::Pre(_) | Proc::Oneshot(_) | Proc::Fork if matches!(state, State::Stopping { .. }) => {
+                let State::Stopping { outcome, .. } = state else { unreachable!() };
+                self.wind_down(&name, outcome);
+            }
             Proc::Pre(i) | Proc::Oneshot(i) => {
-                if let State::Stopping { restart_after, .. } = state {
-                    self.stopped(&name, restart_after);
-                    return;
-                }
                 let cmd = if let Proc::Pre(_) = p { &u.exec_start_pre[i] } else { &u.exec_start[i] };
                 if !ok && !cmd.ignore_failure {
                     let what = if let Proc::Pre(_) = p { "ExecStartPre" } else { "ExecStart" };
-                    self.failed(&name, format!("{what} {} {how}", cmd.argv[0]));
+                    self.failed(&name, Why::ended(format!("{what} {} {how}", cmd.argv[0]), ending));
                 } else if let Proc::Pre(i) = p {
                     if i + 1 < u.exec_start_pre.len() {
                         self.step(&name, &u, Proc::Pre(i + 1));
@@ -1058,44 +1121,154 @@ impl Supervisor {
                 } else if i + 1 < u.exec_start.len() {
                     self.step(&name, &u, Proc::Oneshot(i + 1));
                 } else {
-                    for c in &u.exec_start_post {
-                        self.spawn(&name, &u, &c.argv, Proc::Post);
-                    }
+                    self.start_post(&name, &u);
                     let svc = self.services.get_mut(&name).unwrap();
                     svc.failures_in_row = 0;
                     svc.state = State::Exited;
                 }
             }
+            Proc::Fork => {
+                if !ok {
+                    return self.failed(&name, Why::ended(format!("ExecStart {} {how}", u.exec_start[0].argv[0]), ending));
+                }
+                match self.forked_main(&name, &u) {
+                    Ok(main) => {
+                        log::info(&format!("{name}: started; main process {main}"));
+                        self.children.insert(main, (name.clone(), Proc::Main));
+                        self.services.get_mut(&name).unwrap().state = State::Active { pid: main, since: now() };
+                        self.start_post(&name, &u);
+                    }
+                    Err(e) => self.failed(&name, Why::new(e, "protocol", None)),
+                }
+            }
             Proc::Main => match state {
-                State::Stopping { restart_after, .. } => self.stopped(&name, restart_after),
+                State::Stopping { outcome: Outcome::Stopped { restart_after, .. }, .. } => self.wind_down(&name, Outcome::Stopped { restart_after, ending: Some(ending) }),
+                State::Stopping { outcome, .. } => self.wind_down(&name, outcome),
                 State::Active { since, .. } => {
                     let svc = self.services.get_mut(&name).unwrap();
                     if since.elapsed() >= STABLE_RUN {
                         svc.failures_in_row = 0;
                     }
-                    if u.restarts_after(ending) {
-                        self.schedule_restart(&name, format!("main process {how}"));
+                    let outcome = if u.restarts_after(ending) {
+                        Outcome::Restart(Why::ended(format!("main process {how}"), ending))
                     } else if ok {
-                        svc.state = State::Inactive;
+                        Outcome::Done(Some(ending))
                     } else {
-                        log::info(&format!("{name}: failed: main process {how}"));
-                        svc.state = State::Failed { reason: format!("main process {how}") };
-                    }
+                        Outcome::Failed(Why::ended(format!("main process {how}"), ending))
+                    };
+                    self.wind_down(&name, outcome);
                 }
+                // Type=notify: gone before READY=1.
+                State::Activating { .. } => self.failed(&name, Why::ended(format!("main process {how} before it was ready (READY=1)"), if ok { Ending::Exited(1) } else { ending })),
                 _ => {}
             },
-            Proc::Stop => {
-                if let State::Stopping { pid: Some(main), .. } = state {
-                    // SAFETY: kill takes no pointers; -main is the service's process group.
-                    unsafe { libc::kill(-main, u.kill_signal) };
-                }
-            }
+            Proc::Stop => match state {
+                State::Stopping { pid: Some(main), .. } => self.signal(&name, Some(main), u.kill_signal, false),
+                // A oneshot's ExecStop=: nothing else runs.
+                State::Stopping { pid: None, outcome, .. } => self.wind_down(&name, outcome),
+                _ => {}
+            },
             Proc::Post => {}
             Proc::Reload => {
                 if !u.clean(ending) {
                     log::info(&format!("{name}: ExecReload {} {how}", u.exec_reload[0].argv[0]));
                 }
             }
+            Proc::StopPost(i) => {
+                let State::StopPost { step, outcome, .. } = state else { return };
+                if step != i {
+                    return;
+                }
+                let cmd = &u.exec_stop_post[i];
+                let outcome = if !ok && !cmd.ignore_failure {
+                    log::info(&format!("{name}: ExecStopPost {} {how}", cmd.argv[0]));
+                    outcome.worsened(Why::ended(format!("ExecStopPost {} {how}", cmd.argv[0]), ending))
+                } else {
+                    outcome
+                };
+                self.post_stop(&name, outcome, i + 1);
+            }
+        }
+    }
+
+    /// The main process a Type=forking ExecStart= left behind: the PID in
+    /// PIDFile=, or else the one process in the service's cgroup.
+    fn forked_main(&self, name: &str, u: &Unit) -> Result<i32, String> {
+        let pid = match &u.pid_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file).map_err(|e| format!("PIDFile={file}: {e}"))?;
+                text.trim().parse::<i32>().ok().filter(|p| *p > 1).ok_or_else(|| format!("PIDFile={file} holds {:?}, not a PID", text.trim()))?
+            }
+            None => {
+                let procs = self.services[name].cgroup.as_ref().map(|c| c.procs()).unwrap_or_default();
+                match procs.as_slice() {
+                    [one] => *one,
+                    [] => return Err("ExecStart= exited and left no process behind (Type=forking)".into()),
+                    more => return Err(format!("{} processes are left in its cgroup and none is known as the main one: set PIDFile=", more.len())),
+                }
+            }
+        };
+        // Orphans are init's children: one that is gone was reaped already.
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(format!("its main process {pid} is not running"));
+        }
+        Ok(pid)
+    }
+
+    /// The service's main process (and start steps) are gone: what is left
+    /// of it in its cgroup goes as KillMode= says, then ExecStopPost= runs,
+    /// then it ends by `outcome`.
+    fn wind_down(&mut self, name: &str, outcome: Outcome) {
+        let svc = &self.services[name];
+        let Some(u) = svc.unit.clone() else { return self.finish(name, outcome) };
+        let populated = svc.cgroup.as_ref().is_some_and(|c| c.populated());
+        if populated && matches!(u.kill_mode, KillMode::ControlGroup | KillMode::Mixed) {
+            let (deadline, killed) = match svc.state {
+                State::Stopping { deadline, killed, .. } => (deadline, killed),
+                _ => (now() + u.timeout_stop, false),
+            };
+            let cgroup = svc.cgroup.as_ref().unwrap();
+            if u.kill_mode == KillMode::Mixed {
+                cgroup.kill();
+            } else if !killed {
+                cgroup.signal(u.kill_signal);
+                cgroup.signal(libc::SIGCONT);
+            }
+            self.services.get_mut(name).unwrap().state = State::Stopping { pid: None, deadline, outcome, killed: killed || u.kill_mode == KillMode::Mixed };
+            return;
+        }
+        self.post_stop(name, outcome, 0);
+    }
+
+    /// Runs ExecStopPost= from number `from` on, then ends the unit.
+    fn post_stop(&mut self, name: &str, outcome: Outcome, from: usize) {
+        let Some(u) = self.services[name].unit.clone() else { return self.finish(name, outcome) };
+        for step in from..u.exec_stop_post.len() {
+            if let Some(pid) = self.spawn(name, &u, &u.exec_stop_post[step].argv, Proc::StopPost(step), &outcome.environment()) {
+                self.services.get_mut(name).unwrap().state = State::StopPost { pid, step, deadline: now() + u.timeout_stop, outcome };
+                return;
+            }
+        }
+        self.finish(name, outcome);
+    }
+
+    /// The unit is down: inactive, failed, or waiting to restart.
+    fn finish(&mut self, name: &str, outcome: Outcome) {
+        let svc = self.services.get_mut(name).unwrap();
+        svc.start_deadline = None;
+        if let Some(c) = svc.cgroup.as_ref().filter(|c| !c.populated()) {
+            // Made again on the next start; gone meanwhile.
+            let _ = std::fs::remove_dir(&c.path);
+            svc.cgroup = None;
+        }
+        match outcome {
+            Outcome::Stopped { restart_after, .. } => self.stopped(name, restart_after),
+            Outcome::Done(_) => svc.state = State::Inactive,
+            Outcome::Failed(why) => {
+                log::info(&format!("{name}: failed: {}", why.reason));
+                svc.state = State::Failed { reason: why.reason };
+            }
+            Outcome::Restart(why) => self.schedule_restart(name, why.reason),
         }
     }
 
@@ -1108,10 +1281,42 @@ impl Supervisor {
         }
     }
 
+    /// Sends `signal` to the service's processes as KillMode= says;
+    /// `last` is the SIGKILL after the stop timeout.
+    fn signal(&self, name: &str, main: Option<i32>, signal: i32, last: bool) {
+        let svc = &self.services[name];
+        let mode = svc.unit.as_ref().map_or(KillMode::ControlGroup, |u| u.kill_mode);
+        let signal = if last { libc::SIGKILL } else { signal };
+        let kill = |pid: i32, sig: i32| {
+            // SAFETY: kill takes no pointers.
+            unsafe { libc::kill(pid, sig) };
+        };
+        match (mode, svc.cgroup.as_ref()) {
+            (KillMode::ControlGroup, Some(c)) | (KillMode::Mixed, Some(c)) if last => c.kill(),
+            (KillMode::ControlGroup, Some(c)) => {
+                c.signal(signal);
+                c.signal(libc::SIGCONT);
+            }
+            // Without a cgroup: the process group the service started in.
+            (KillMode::ControlGroup | KillMode::Mixed, None) => {
+                if let Some(m) = main {
+                    kill(-m, signal);
+                    kill(m, signal);
+                }
+            }
+            (KillMode::Mixed | KillMode::Process, _) => {
+                if let Some(m) = main {
+                    kill(m, signal);
+                }
+            }
+            (KillMode::None, _) => {}
+        }
+    }
+
     /// Units that are up and bound (BindsTo=) to a unit that is down:
     /// stopped, as systemd does.
     fn stop_unbound(&mut self) {
-        let down = |s: &Service| matches!(s.state, State::Inactive | State::Failed { .. } | State::AutoRestart { .. } | State::Stopping { .. });
+        let down = |s: &Service| matches!(s.state, State::Inactive | State::Failed { .. } | State::AutoRestart { .. }) || s.winding_down();
         let unbound: Vec<(String, String)> = self
             .services
             .iter()
@@ -1129,8 +1334,8 @@ impl Supervisor {
     /// of it and up; this unit is no longer up by then, so a cycle of PartOf=
     /// ends.
     fn stop(&mut self, name: &str, restart_after: bool) -> Result<(), String> {
-        let was_stopping = matches!(self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?.state, State::Stopping { .. });
-        self.stop_one(name, restart_after)?;
+        let was_stopping = self.services.get(name).ok_or_else(|| format!("no such unit {name}"))?.winding_down();
+        self.halt(name, Outcome::Stopped { restart_after, ending: None });
         if !was_stopping {
             let parts: Vec<String> =
                 self.services.iter().filter(|(n, s)| *n != name && s.up() && s.unit.as_ref().is_some_and(|u| u.part_of.iter().any(|p| p == name))).map(|(n, _)| n.clone()).collect();
@@ -1142,31 +1347,40 @@ impl Supervisor {
         Ok(())
     }
 
-    fn stop_one(&mut self, name: &str, restart_after: bool) -> Result<(), String> {
+    /// Takes unit `name` down, to end by `outcome`: ExecStop= or KillSignal=
+    /// for a running one, then what `wind_down` does.
+    fn halt(&mut self, name: &str, outcome: Outcome) {
         let svc = &self.services[name];
         let u = svc.unit.clone();
         let timeout = u.as_ref().map(|u| u.timeout_stop).unwrap_or(Duration::from_secs(10));
+        let stopping = |pid, outcome| State::Stopping { pid, deadline: now() + timeout, outcome, killed: false };
         match svc.state.clone() {
             State::Active { pid, .. } | State::Activating { pid } => {
-                let has_stop = u.as_ref().is_some_and(|u| !u.exec_stop.is_empty());
-                if has_stop {
-                    let u = u.unwrap();
-                    self.spawn(name, &u, &u.exec_stop[0].argv, Proc::Stop);
+                let u = u.unwrap();
+                let main = self.main_pid(name).or(Some(pid));
+                if matches!(svc.state, State::Active { .. }) && !u.exec_stop.is_empty() {
+                    self.spawn(name, &u, &u.exec_stop[0].argv, Proc::Stop, &[]);
                 } else {
-                    let signal = u.as_ref().map_or(libc::SIGTERM, |u| u.kill_signal);
-                    // SAFETY: kill takes no pointers; -pid is the service's process group.
-                    unsafe { libc::kill(-pid, signal) };
+                    self.signal(name, main, u.kill_signal, false);
                 }
-                self.services.get_mut(name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + timeout, restart_after, killed: false };
+                self.services.get_mut(name).unwrap().state = stopping(Some(pid), outcome);
             }
-            State::Stopping { .. } => {}
+            State::Stopping { .. } | State::StopPost { .. } => {}
             State::Armed => {
                 self.close_sockets(name);
-                self.stopped(name, restart_after);
+                self.finish(name, outcome);
             }
-            _ => self.stopped(name, restart_after),
+            // A oneshot that remains after exit: ExecStop=, ExecStopPost=.
+            State::Exited if u.as_ref().is_some_and(|u| u.remain_after_exit && u.socket.is_none() && u.timer.is_none()) => {
+                let u = u.unwrap();
+                if !u.exec_stop.is_empty() && self.spawn(name, &u, &u.exec_stop[0].argv, Proc::Stop, &[]).is_some() {
+                    self.services.get_mut(name).unwrap().state = stopping(None, outcome);
+                } else {
+                    self.wind_down(name, outcome);
+                }
+            }
+            _ => self.finish(name, outcome),
         }
-        Ok(())
     }
 
     /// Closes a socket unit's sockets (RemoveOnStop=: and removes their files).
@@ -1253,7 +1467,7 @@ impl Supervisor {
         }
         log::info(&format!("{name}: reloading"));
         for c in &u.exec_reload {
-            self.spawn(name, &u, &c.argv, Proc::Reload);
+            self.spawn(name, &u, &c.argv, Proc::Reload, &[]);
         }
         Ok(())
     }
@@ -1266,14 +1480,18 @@ impl Supervisor {
                 let (state, pid, detail) = match &s.state {
                     State::Inactive => ("inactive", None, String::new()),
                     State::Queued => ("queued", None, String::new()),
-                    State::Activating { pid } => ("activating", Some(*pid), String::new()),
-                    State::Active { pid, since } => ("active", Some(*pid), format!("running {} s", since.elapsed().as_secs())),
+                    State::Activating { pid } => ("activating", Some(*pid), s.status_text.clone().unwrap_or_default()),
+                    State::Active { pid, since } => {
+                        let running = format!("running {} s", since.elapsed().as_secs());
+                        ("active", Some(*pid), s.status_text.as_ref().map_or(running.clone(), |t| format!("{running}; {t}")))
+                    }
                     State::Exited if s.unit.as_ref().is_some_and(|u| u.timer.is_some()) => ("active", None, "elapsed; nothing left to elapse".into()),
                     State::Exited => ("exited", None, "finished successfully".into()),
                     State::Armed => ("active", None, self.armed_detail(name, s)),
                     State::Failed { reason } => ("failed", None, reason.clone()),
                     State::AutoRestart { at, reason } => ("auto-restart", None, format!("{reason}; restart in {:.1} s", at.saturating_duration_since(now()).as_secs_f64())),
-                    State::Stopping { pid, .. } => ("stopping", *pid, String::new()),
+                    State::Stopping { pid, .. } => ("stopping", *pid, if pid.is_none() { "waiting for what is left in its cgroup".into() } else { String::new() }),
+                    State::StopPost { pid, step, .. } => ("stopping", Some(*pid), format!("ExecStopPost {}", step + 1)),
                 };
                 UnitStatus { name: name.clone(), state: state.into(), pid, restarts: s.restarts, detail }
             })
@@ -1331,7 +1549,13 @@ impl Supervisor {
         for s in self.services.values() {
             let at = match s.state {
                 State::AutoRestart { at, .. } => at,
-                State::Stopping { deadline, .. } => deadline,
+                // What is left in the cgroup may go at any moment.
+                State::Stopping { pid: None, .. } => now() + Duration::from_millis(100),
+                State::Stopping { deadline, .. } | State::StopPost { deadline, .. } => deadline,
+                State::Activating { .. } => match s.start_deadline {
+                    Some(at) => at,
+                    None => continue,
+                },
                 _ => continue,
             };
             d = d.min(at.saturating_duration_since(now()));
@@ -1345,20 +1569,44 @@ impl Supervisor {
         d
     }
 
+    /// What is due: restarts after their back-off, stops and starts that
+    /// ran out of time, and stops waiting for an empty cgroup.
     fn timers(&mut self) {
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
-            match self.services[&name].state.clone() {
+            let svc = &self.services[&name];
+            let Some(u) = svc.unit.clone() else { continue };
+            match svc.state.clone() {
                 State::AutoRestart { at, .. } if at <= now() => {
                     let svc = self.services.get_mut(&name).unwrap();
                     svc.restarts += 1;
                     svc.state = State::Queued;
                 }
-                State::Stopping { pid: Some(pid), deadline, restart_after, killed: false } if deadline <= now() => {
-                    log::info(&format!("{name}: did not stop in time; killing it"));
-                    // SAFETY: kill takes no pointers; -pid is the service's process group.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
-                    self.services.get_mut(&name).unwrap().state = State::Stopping { pid: Some(pid), deadline: now() + Duration::from_secs(5), restart_after, killed: true };
+                State::Activating { .. } if svc.start_deadline.is_some_and(|at| at <= now()) => {
+                    let limit = u.start_limit().unwrap_or_default().as_secs_f64();
+                    log::info(&format!("{name}: did not start within {limit:.0} s (TimeoutStartSec=); stopping it"));
+                    let why = Why::ended(format!("start timed out after {limit:.0} s"), Ending::Timeout);
+                    let outcome = if u.restarts_after(Ending::Timeout) { Outcome::Restart(why) } else { Outcome::Failed(why) };
+                    self.services.get_mut(&name).unwrap().start_deadline = None;
+                    self.halt(&name, outcome);
+                }
+                State::Stopping { pid: None, outcome, .. } if !self.has_processes(&name) => self.post_stop(&name, outcome, 0),
+                State::Stopping { pid, deadline, outcome, killed: false } if deadline <= now() => {
+                    log::info(&format!("{name}: did not stop within {} s; killing it", u.timeout_stop.as_secs()));
+                    self.signal(&name, pid, libc::SIGKILL, true);
+                    self.services.get_mut(&name).unwrap().state = State::Stopping { pid, deadline: now() + Duration::from_secs(5), outcome, killed: true };
+                }
+                State::Stopping { pid: None, deadline, outcome, killed: true } if deadline <= now() => {
+                    log::error(&format!("{name}: processes are left in its cgroup after SIGKILL; going on without them"));
+                    self.post_stop(&name, outcome, 0);
+                }
+                State::StopPost { pid, step, deadline, outcome } if deadline <= now() => {
+                    log::info(&format!("{name}: ExecStopPost {} did not finish within {} s; killing it", step + 1, u.timeout_stop.as_secs()));
+                    // SAFETY: kill takes no pointers.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    self.children.remove(&pid);
+                    let why = Why::ended(format!("ExecStopPost {} timed out", u.exec_stop_post[step].argv[0]), Ending::Timeout);
+                    self.post_stop(&name, outcome.worsened(why), step + 1);
                 }
                 _ => {}
             }
@@ -1383,26 +1631,130 @@ impl Supervisor {
         }
     }
 
-    fn accept(&mut self) -> Option<sys::Halt> {
-        let Some(listener) = &self.listener else { return None };
-        let Ok((mut stream, _)) = listener.accept() else { return None };
-        let _ = stream.set_nonblocking(false);
-        use std::io::Write;
-        let req = match basalt_control::read_request(&mut stream) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = writeln!(stream, "error {e}");
-                return None;
+    /// Takes the connections waiting on the control socket.
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else { return };
+        while let Ok((stream, _)) = listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                self.clients.push(Client { stream, received: Vec::new(), answer: None, written: 0, since: now(), halt: None });
             }
-        };
-        let halt = match req {
-            Request::Reboot => Some(sys::Halt::Reboot),
-            Request::PowerOff => Some(sys::Halt::PowerOff),
-            _ => None,
-        };
-        let answer = self.handle(req).unwrap_or_else(|e| format!("error {e}\n"));
-        let _ = stream.write_all(answer.as_bytes());
+        }
+    }
+
+    /// Reads what control connections sent, answers whole requests, writes
+    /// what the socket takes, and drops connections that are done or too
+    /// slow. Returns a reboot or power-off whose answer is out.
+    fn serve_clients(&mut self) -> Option<sys::Halt> {
+        use std::io::{Read, Write};
+        let mut halt = None;
+        let mut clients = std::mem::take(&mut self.clients);
+        clients.retain_mut(|c| {
+            if c.answer.is_none() {
+                let mut ended = false;
+                let mut buf = [0u8; 1024];
+                loop {
+                    match c.stream.read(&mut buf) {
+                        Ok(0) => {
+                            ended = true;
+                            break;
+                        }
+                        Ok(n) if c.received.len() < basalt_control::MAX_REQUEST => c.received.extend_from_slice(&buf[..n]),
+                        Ok(_) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => return false,
+                    }
+                }
+                let answer = match basalt_control::request_in(&c.received, ended) {
+                    None if c.since.elapsed() < CLIENT_TIMEOUT && !ended => return true,
+                    None => format!("error no request line within {} s\n", CLIENT_TIMEOUT.as_secs()),
+                    Some(Err(e)) => format!("error {e}\n"),
+                    Some(Ok(req)) => {
+                        c.halt = match req {
+                            Request::Reboot => Some(sys::Halt::Reboot),
+                            Request::PowerOff => Some(sys::Halt::PowerOff),
+                            _ => None,
+                        };
+                        self.handle(req).unwrap_or_else(|e| format!("error {e}\n"))
+                    }
+                };
+                c.answer = Some(answer.into_bytes());
+                c.since = now();
+            }
+            let answer = c.answer.as_ref().unwrap();
+            while c.written < answer.len() {
+                match c.stream.write(&answer[c.written..]) {
+                    Ok(n) => c.written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && c.since.elapsed() < ANSWER_TIMEOUT => return true,
+                    Err(_) => break,
+                }
+            }
+            halt = halt.or(c.halt);
+            false
+        });
+        self.clients.append(&mut clients);
         halt
+    }
+
+    /// sd_notify(3) messages from services: READY=1 finishes a Type=notify
+    /// start, STATUS= shows in `status`, MAINPID= names another main
+    /// process. Whose messages count is the unit's NotifyAccess=.
+    fn notifications(&mut self) {
+        while let Some((pid, message)) = self.notify.as_ref().and_then(notify::receive) {
+            let Some(name) = self.sender(pid) else {
+                log::info(&format!("notify: a message from PID {pid}, which is no service's, ignored"));
+                continue;
+            };
+            let Some(u) = self.services[&name].unit.clone() else { continue };
+            let main = self.main_pid(&name);
+            let allowed = match u.notify() {
+                NotifyAccess::None => false,
+                NotifyAccess::Main => main == Some(pid),
+                NotifyAccess::Exec => self.children.get(&pid).is_some_and(|(n, _)| *n == name),
+                NotifyAccess::All => true,
+            };
+            if !allowed {
+                log::info(&format!("{name}: a notification from PID {pid} ignored (NotifyAccess={:?}, main process {main:?})", u.notify()));
+                continue;
+            }
+            for (key, value) in notify::assignments(&message) {
+                match key {
+                    "READY" if value == "1" => {
+                        if let (State::Activating { .. }, Some(main)) = (&self.services[&name].state, main) {
+                            if u.service_type == ServiceType::Notify {
+                                log::info(&format!("{name}: ready"));
+                                self.services.get_mut(&name).unwrap().state = State::Active { pid: main, since: now() };
+                                self.start_post(&name, &u);
+                            }
+                        }
+                    }
+                    "STATUS" => self.services.get_mut(&name).unwrap().status_text = Some(value.to_string()).filter(|v| !v.is_empty()),
+                    "MAINPID" => match value.parse::<i32>() {
+                        Ok(new) if new > 1 && basalt_cgroup::of_process(new).is_some_and(|g| g == format!("/system.slice/{name}")) => {
+                            if let Some(old) = main {
+                                self.children.remove(&old);
+                            }
+                            self.children.insert(new, (name.clone(), Proc::Main));
+                            if let State::Active { pid, .. } | State::Activating { pid } = &mut self.services.get_mut(&name).unwrap().state {
+                                *pid = new;
+                            }
+                        }
+                        _ => log::info(&format!("{name}: MAINPID={value} ignored: not a process of the service")),
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The unit a process belongs to: one the supervisor started, or one
+    /// in a service's cgroup.
+    fn sender(&self, pid: i32) -> Option<String> {
+        if let Some((name, _)) = self.children.get(&pid) {
+            return Some(name.clone());
+        }
+        let group = basalt_cgroup::of_process(pid)?;
+        let name = group.strip_prefix("/system.slice/")?.split('/').next()?;
+        self.services.contains_key(name).then(|| name.to_string())
     }
 
     fn drain_pipe(&mut self, fd: i32) {
@@ -1449,15 +1801,19 @@ impl Supervisor {
             self.run_queue();
             self.check_health();
             let mut fds = vec![libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-            if let Some(l) = &self.listener {
-                fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            for fd in [self.listener.as_ref().map(|l| l.as_raw_fd()), self.notify.as_ref().map(|n| n.as_raw_fd())].into_iter().flatten() {
+                fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
             }
+            fds.extend(self.clients.iter().map(|c| libc::pollfd { fd: c.stream.as_raw_fd(), events: if c.answer.is_some() { libc::POLLOUT } else { libc::POLLIN }, revents: 0 }));
             let listening = self.listening_fds();
             let socket_start = fds.len();
             fds.extend(listening.iter().map(|(fd, _)| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }));
             let pipe_start = fds.len();
             fds.extend(self.pipes.keys().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
-            let timeout = self.next_deadline().as_millis().min(1000) as i32;
+            let mut timeout = self.next_deadline().as_millis().min(1000) as i32;
+            if !self.clients.is_empty() {
+                timeout = timeout.min(200);
+            }
             // SAFETY: `fds` holds fds.len() live pollfd entries for the kernel to update.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, timeout) };
             for p in &fds[pipe_start..] {
@@ -1483,10 +1839,10 @@ impl Supervisor {
                     }
                 }
             }
-            if self.listener.is_some() && fds[1].revents != 0 {
-                if let Some(h) = self.accept() {
-                    return h;
-                }
+            self.notifications();
+            self.accept();
+            if let Some(h) = self.serve_clients() {
+                return h;
             }
             self.timers();
             self.file_requests();
@@ -1500,7 +1856,7 @@ impl Supervisor {
             let _ = self.stop(n, false);
         }
         let deadline = now() + Duration::from_secs(15);
-        while self.services.values().any(|s| matches!(s.state, State::Stopping { .. })) && now() < deadline {
+        while self.services.values().any(Service::winding_down) && now() < deadline {
             let mut fds = [libc::pollfd { fd: self.signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
             // SAFETY: `fds` is one live pollfd.
             unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
@@ -1526,6 +1882,27 @@ mod tests {
         let text = format!("[Unit]\n{unit_section}\n[Service]\nExecStart=/bin/true\n");
         let unit = Unit::parse(name, &text, &[]).unwrap();
         (name.to_string(), Service { unit: Some(unit), state, ..Service::new() })
+    }
+
+    #[test]
+    fn exec_stop_post_is_told_how_the_service_ended() {
+        let env = |o: Outcome| o.environment().into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        assert_eq!(env(Outcome::Stopped { restart_after: false, ending: Some(Ending::Signaled(15)) }), "SERVICE_RESULT=success EXIT_CODE=killed EXIT_STATUS=TERM");
+        assert_eq!(env(Outcome::Stopped { restart_after: true, ending: None }), "SERVICE_RESULT=success");
+        assert_eq!(env(Outcome::Done(Some(Ending::Exited(0)))), "SERVICE_RESULT=success EXIT_CODE=exited EXIT_STATUS=0");
+        assert_eq!(env(Outcome::Failed(Why::ended("x".into(), Ending::Exited(3)))), "SERVICE_RESULT=exit-code EXIT_CODE=exited EXIT_STATUS=3");
+        assert_eq!(env(Outcome::Restart(Why::ended("x".into(), Ending::Signaled(9)))), "SERVICE_RESULT=signal EXIT_CODE=killed EXIT_STATUS=KILL");
+        assert_eq!(env(Outcome::Failed(Why::ended("x".into(), Ending::Timeout))), "SERVICE_RESULT=timeout");
+        assert_eq!(env(Outcome::Failed(Why::new("no user".into(), "resources", None))), "SERVICE_RESULT=resources");
+    }
+
+    #[test]
+    fn a_failed_exec_stop_post_fails_a_clean_end_only() {
+        let why = || Why::ended("ExecStopPost /bin/false exited with status 1".into(), Ending::Exited(1));
+        assert!(matches!(Outcome::Done(None).worsened(why()), Outcome::Failed(w) if w.reason.starts_with("ExecStopPost")));
+        assert!(matches!(Outcome::Stopped { restart_after: true, ending: None }.worsened(why()), Outcome::Failed(_)));
+        let kept = Outcome::Restart(Why::ended("main process exited with status 2".into(), Ending::Exited(2))).worsened(why());
+        assert!(matches!(kept, Outcome::Restart(w) if w.reason.starts_with("main process")));
     }
 
     #[test]

@@ -29,6 +29,22 @@ fn dev_image(dir: &Path) -> (PathBuf, PathBuf) {
     (img, key)
 }
 
+/// A shell command that writes `text` to `path`: one printf line, so that
+/// it goes through the serial console whole.
+fn put(path: &str, text: &str) -> String {
+    let mut format = String::new();
+    for c in text.chars() {
+        match c {
+            '\\' => format.push_str("\\\\"),
+            '%' => format.push_str("%%"),
+            '\'' => format.push_str("\\047"),
+            '\n' => format.push_str("\\n"),
+            c => format.push(c),
+        }
+    }
+    format!("printf '{format}' > {path}")
+}
+
 fn ssh(key: &Path, port: u16, command: &str) -> (bool, String) {
     let out = Command::new("ssh")
         .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i"])
@@ -225,6 +241,76 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
         CMD,
     )
     .unwrap();
+
+    // ExecStopPost= runs after the service ends, told how
+    // ($SERVICE_RESULT…); KillMode=control-group (the default) stops
+    // what the service left running, KillMode=process only the main one.
+    let spawner = "sleep 100000 &\necho $! > /run/$1.child\nexec sleep 100000\n";
+    let post = "ExecStopPost=/usr/bin/sh -c 'echo post:$SERVICE_RESULT:$EXIT_CODE:$EXIT_STATUS'\n";
+    for cmd in [
+        put("/etc/spawner.sh", spawner),
+        put("/etc/systemd/system/whole.service", &format!("[Service]\nExecStart=/usr/bin/sh /etc/spawner.sh whole\n{post}")),
+        put("/etc/systemd/system/lone.service", "[Service]\nExecStart=/usr/bin/sh /etc/spawner.sh lone\nKillMode=process\n"),
+        put("/etc/systemd/system/fails.service", &format!("[Service]\nExecStart=/usr/bin/sh -c 'exit 3'\n{post}")),
+    ] {
+        vm.run_ok(&cmd, CMD).unwrap();
+    }
+    vm.run_ok("basaltctl start whole && basaltctl start lone && basaltctl start fails", CMD).unwrap();
+    line_of("whole", &active);
+    line_of("lone", &active);
+    line_of("fails", &|f| f.get(1) == Some(&"failed"));
+    vm.run_ok("sleep 1; basaltctl stop whole && basaltctl stop lone", CMD).unwrap();
+    line_of("whole", &|f| f.get(1) == Some(&"inactive"));
+    line_of("lone", &|f| f.get(1) == Some(&"inactive"));
+    let left = vm.run_ok("sleep 1; for u in whole lone; do kill -0 $(cat /run/$u.child) 2>/dev/null && echo $u-left || echo $u-gone; done; kill $(cat /run/lone.child)", CMD).unwrap();
+    assert_eq!(left.trim(), "whole-gone\nlone-left", "{left}");
+    assert_eq!(ssh(&key, port, "basaltctl logs whole").1, "post:success:killed:TERM\n");
+    assert_eq!(ssh(&key, port, "basaltctl logs fails").1, "post:exit-code:exited:3\n");
+
+    // Type=notify: activating until READY=1 (from systemd-notify, with
+    // NotifyAccess=all), then active with its STATUS=, then ExecStartPost=.
+    // One that never says so fails after TimeoutStartSec=.
+    for cmd in [
+        put("/etc/ready.sh", "sleep 4\nsystemd-notify --ready --status=warmed-up\nexec sleep 100000\n"),
+        put("/etc/systemd/system/ready.service", "[Service]\nType=notify\nNotifyAccess=all\nExecStart=/usr/bin/sh /etc/ready.sh\nExecStartPost=/usr/bin/echo post-ready\n"),
+        put("/etc/systemd/system/mute.service", "[Service]\nType=notify\nExecStart=/usr/bin/sleep 100000\nTimeoutStartSec=2\n"),
+    ] {
+        vm.run_ok(&cmd, CMD).unwrap();
+    }
+    vm.run_ok("basaltctl start ready && basaltctl start mute", CMD).unwrap();
+    line_of("ready", &|f| f.get(1) == Some(&"activating"));
+    let ready = line_of("ready", &active);
+    assert!(ready.contains("warmed-up"), "{ready}");
+    assert_eq!(ssh(&key, port, "sleep 1; basaltctl logs ready").1, "post-ready\n");
+    let mute = line_of("mute", &|f| f.get(1) == Some(&"failed"));
+    assert!(mute.contains("start timed out after 2 s"), "{mute}");
+
+    // Type=forking: up once ExecStart= exits, the main process from PIDFile=.
+    for cmd in [
+        put("/etc/daemon.sh", "sleep 100000 &\necho $! > /run/daemon.pid\n"),
+        put("/etc/systemd/system/daemon.service", "[Service]\nType=forking\nPIDFile=/run/daemon.pid\nExecStart=/usr/bin/sh /etc/daemon.sh\n"),
+    ] {
+        vm.run_ok(&cmd, CMD).unwrap();
+    }
+    vm.run_ok("basaltctl start daemon", CMD).unwrap();
+    let daemon = line_of("daemon", &active);
+    let pid = vm.run_ok("cat /run/daemon.pid", CMD).unwrap();
+    assert_eq!(daemon.split_whitespace().nth(2), Some(pid.trim()), "{daemon}");
+    vm.run_ok("basaltctl stop daemon", CMD).unwrap();
+    line_of("daemon", &|f| f.get(1) == Some(&"inactive"));
+
+    // Limits: Limit*= on the process (raised before User= drops root), the
+    // resource directives in the service's own cgroup.
+    vm.run_ok(&put("/etc/systemd/system/limited.service", "[Service]\nExecStart=/usr/bin/sleep 100000\nUser=core\nLimitNOFILE=123:8192\nMemoryMax=64M\nTasksMax=16\nCPUQuota=20%\n"), CMD).unwrap();
+    vm.run_ok("basaltctl start limited", CMD).unwrap();
+    let limited = line_of("limited", &active);
+    let pid = limited.split_whitespace().nth(2).unwrap();
+    let seen = vm
+        .run_ok(&format!("grep 'Max open files' /proc/{pid}/limits | tr -s ' '; cat /proc/{pid}/cgroup; cd /sys/fs/cgroup/system.slice/limited.service && cat memory.max pids.max cpu.max"), CMD)
+        .unwrap();
+    let seen: Vec<&str> = seen.lines().map(str::trim).collect();
+    assert_eq!(seen, ["Max open files 123 8192 files", "0::/system.slice/limited.service", "67108864", "16", "20000 100000"]);
+    vm.run_ok("basaltctl stop limited", CMD).unwrap();
 
     // A service that runs is restarted on request: a new PID.
     let pid_of = |s: &str| s.lines().find(|l| l.starts_with("sshd.service")).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();

@@ -11,7 +11,7 @@
 //! the running system), asks for unit commands; init takes them in name
 //! order and deletes each.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -223,17 +223,58 @@ pub fn filed_requests(root: &Path) -> Vec<(PathBuf, String)> {
     files.into_iter().filter_map(|f| Some((f.clone(), std::fs::read_to_string(&f).ok()?.trim_end().to_string()))).collect()
 }
 
-/// Reads a request line from a connection (at most 4 KiB).
-pub fn read_request(stream: &mut UnixStream) -> Result<Request, ControlError> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new(stream.take(4096)).read_line(&mut line)?;
-    Request::parse(line.trim())
+/// The longest request line init reads.
+pub const MAX_REQUEST: usize = 4096;
+
+/// The request in what a connection has sent so far (`ended`: the client
+/// closed its side): None while the line is not complete yet. A line
+/// longer than [`MAX_REQUEST`] is refused rather than waited for.
+pub fn request_in(received: &[u8], ended: bool) -> Option<Result<Request, ControlError>> {
+    let line = match received.iter().position(|b| *b == b'\n') {
+        Some(end) => &received[..end],
+        None if ended => received,
+        None if received.len() >= MAX_REQUEST => return Some(Err(ControlError::BadRequest(format!("a request line longer than {MAX_REQUEST} bytes")))),
+        None => return None,
+    };
+    Some(match std::str::from_utf8(line) {
+        Ok(text) => Request::parse(text.trim()),
+        Err(_) => Err(ControlError::BadRequest("a request that is not UTF-8".into())),
+    })
+}
+
+/// Where init takes sd_notify(3) messages (`READY=1`, `STATUS=…`) from
+/// services: their $NOTIFY_SOCKET.
+pub const NOTIFY_SOCKET: &str = "/run/basalt/notify";
+
+/// Sends `message` (newline-separated `KEY=VALUE` assignments) to the
+/// supervisor as sd_notify(3) does: one datagram to $NOTIFY_SOCKET
+/// (a path, or `@name` for an abstract socket).
+pub fn notify(message: &str) -> Result<(), String> {
+    let target = std::env::var("NOTIFY_SOCKET").map_err(|_| "NOTIFY_SOCKET is not set: this is not run by a service with Type=notify or NotifyAccess=".to_string())?;
+    let socket = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
+    let sent = if let Some(name) = target.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
+        socket.send_to_addr(message.as_bytes(), &addr)
+    } else {
+        socket.send_to(message.as_bytes(), &target)
+    };
+    sent.map(|_| ()).map_err(|e| format!("sending to NOTIFY_SOCKET={target}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_taken_once_its_line_is_whole() {
+        assert!(request_in(b"sta", false).is_none());
+        assert_eq!(request_in(b"status\n", false).unwrap().unwrap(), Request::Status);
+        assert_eq!(request_in(b"stop web.service", true).unwrap().unwrap(), Request::Stop("web.service".into()));
+        assert!(request_in(&[b'x'; MAX_REQUEST], false).unwrap().unwrap_err().to_string().contains("longer than 4096"));
+        assert!(request_in(b"\xff\n", false).unwrap().unwrap_err().to_string().contains("not UTF-8"));
+        assert!(request_in(b"dance\n", false).unwrap().is_err());
+    }
 
     #[test]
     fn requests_round_trip_and_bad_ones_are_refused() {

@@ -1,9 +1,11 @@
 //! Unit files in the systemd format users already write, parsed into what
 //! basalt's supervisor runs. The subset: `[Unit]` Description, After, Before,
-//! Requires, Wants, BindsTo, PartOf, Conflicts, Requisite, DefaultDependencies; `[Service]` Type=simple|oneshot, RemainAfterExit,
-//! ExecStartPre, ExecStart, ExecStartPost, ExecStop, ExecReload, Restart= (every value
-//! systemd has), RestartSec, SuccessExitStatus, KillSignal, Environment,
-//! EnvironmentFile, WorkingDirectory, User, Group, TimeoutStopSec,
+//! Requires, Wants, BindsTo, PartOf, Conflicts, Requisite, DefaultDependencies; `[Service]`
+//! Type=simple|exec|oneshot|notify|forking, RemainAfterExit, PIDFile, NotifyAccess,
+//! ExecStartPre, ExecStart, ExecStartPost, ExecStop, ExecStopPost, ExecReload, Restart= (every value
+//! systemd has), RestartSec, SuccessExitStatus, KillSignal, KillMode, Environment,
+//! EnvironmentFile, WorkingDirectory, User, Group, TimeoutStartSec, TimeoutStopSec, TimeoutSec,
+//! `Limit*=` and the cgroup limits MemoryMax= and friends (see [`limits`]),
 //! StandardInput=null|socket, StandardOutput=/StandardError=; `[Socket]` of
 //! `.socket` units (see [`socket`]); `[Timer]` of `.timer` units (see
 //! [`timer`]); `[Install]` WantedBy, RequiredBy, Alias. Specifiers (`%i`, `%n`,
@@ -14,6 +16,7 @@
 //! cannot be understood at all is an error for that unit only.
 
 pub mod calendar;
+pub mod limits;
 pub mod name;
 pub mod socket;
 pub mod timer;
@@ -42,7 +45,54 @@ pub enum ServiceType {
     #[default]
     Simple,
     Oneshot,
+    /// Up when the main process says `READY=1` over $NOTIFY_SOCKET.
+    Notify,
+    /// Up when ExecStart='s process exits cleanly; the main process is the
+    /// one it left behind (PIDFile=, or the only one in the service's cgroup).
+    Forking,
 }
+
+/// `KillMode=`: which of the service's processes a stop signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KillMode {
+    /// Every process in the service's cgroup.
+    #[default]
+    ControlGroup,
+    /// KillSignal= to the main process, SIGKILL to the rest of the cgroup.
+    Mixed,
+    /// The main process only; the rest are left running.
+    Process,
+    /// No process: only ExecStop= runs.
+    None,
+}
+
+/// `NotifyAccess=`: whose sd_notify(3) messages count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyAccess {
+    /// None (the default for types other than notify).
+    #[default]
+    None,
+    /// The main process (the default for Type=notify).
+    Main,
+    /// The main process and the Exec*= commands.
+    Exec,
+    /// Any process in the service's cgroup.
+    All,
+}
+
+/// `TimeoutStartSec=`: how long a start may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartTimeout {
+    /// systemd's: 90 s, but no limit for Type=oneshot.
+    #[default]
+    Default,
+    Limit(Duration),
+    /// `0` or `infinity`.
+    Never,
+}
+
+/// systemd's DefaultTimeoutStartSec=.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `Restart=`, with systemd.service(5)'s meaning of each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -191,6 +241,20 @@ pub struct Unit {
     pub exec_stop: Vec<Command>,
     /// `ExecReload=`: run, while the service runs, for `reload NAME`.
     pub exec_reload: Vec<Command>,
+    /// `ExecStopPost=`: run, in order, once the service has stopped,
+    /// however it stopped (even a start that failed).
+    pub exec_stop_post: Vec<Command>,
+    pub timeout_start: StartTimeout,
+    pub kill_mode: KillMode,
+    /// `NotifyAccess=`; for Type=notify, unset means `main`.
+    pub notify_access: Option<NotifyAccess>,
+    /// `PIDFile=` of a Type=forking service (relative paths are below /run).
+    pub pid_file: Option<String>,
+    /// `Limit*=`, applied with setrlimit(2) before exec.
+    pub rlimits: Vec<limits::Rlimit>,
+    /// `MemoryMax=`, `CPUQuota=`, `TasksMax=`…: written into the service's
+    /// cgroup before it starts; a later one for the same file wins.
+    pub cgroup_limits: Vec<limits::CgroupLimit>,
     pub restart: Restart,
     pub restart_sec: Duration,
     pub timeout_stop: Duration,
@@ -280,8 +344,11 @@ impl Unit {
                 return refuse("no OnCalendar=, OnActiveSec=, OnBootSec=, OnStartupSec=, OnUnitActiveSec= or OnUnitInactiveSec=: the timer would never elapse".into());
             }
         }
-        if u.service_type == ServiceType::Simple && u.exec_start.len() > 1 {
+        if u.service_type != ServiceType::Oneshot && u.exec_start.len() > 1 {
             return Err(UnitError { unit: name.into(), line: 0, message: "more than one ExecStart= needs Type=oneshot".into() });
+        }
+        if u.pid_file.is_some() && u.service_type != ServiceType::Forking {
+            u.warn(0, "PIDFile= is only read for Type=forking".into());
         }
         Ok(u)
     }
@@ -324,10 +391,27 @@ impl Unit {
             if ignored {
                 continue;
             }
-            let value = name::expand_specifiers(value, &self.name.clone(), machine).map_err(|e| err(format!("{key}=: {e}")))?;
+            // As in systemd, the resource-control directives take no
+            // specifiers: their `%` is a percentage.
+            let value = if limits::is_cgroup_limit(key) { value.to_string() } else { name::expand_specifiers(value, &self.name.clone(), machine).map_err(|e| err(format!("{key}=: {e}")))? };
             self.directive(&section, key, &value, lineno).map_err(err)?;
         }
         Ok(())
+    }
+
+    /// How long a start may take, None for no limit.
+    pub fn start_limit(&self) -> Option<Duration> {
+        match self.timeout_start {
+            StartTimeout::Default if self.service_type == ServiceType::Oneshot => None,
+            StartTimeout::Default => Some(DEFAULT_START_TIMEOUT),
+            StartTimeout::Limit(d) => Some(d),
+            StartTimeout::Never => None,
+        }
+    }
+
+    /// Whose sd_notify(3) messages count, with Type=notify's default.
+    pub fn notify(&self) -> NotifyAccess {
+        self.notify_access.unwrap_or(if self.service_type == ServiceType::Notify { NotifyAccess::Main } else { NotifyAccess::None })
     }
 
     /// Whether `ending` is a clean end: status 0, SIGHUP, SIGINT, SIGTERM or
@@ -382,13 +466,15 @@ impl Unit {
             ("Unit", "Documentation") => {}
             ("Service", "Type") => {
                 self.service_type = match value {
-                    "simple" | "exec" => ServiceType::Simple,
+                    "simple" | "exec" | "idle" => ServiceType::Simple,
                     "oneshot" => ServiceType::Oneshot,
-                    "notify" | "forking" | "dbus" | "idle" => {
-                        self.warn(line, format!("Type={value} is run as Type=simple"));
+                    "notify" | "notify-reload" => ServiceType::Notify,
+                    "forking" => ServiceType::Forking,
+                    "dbus" => {
+                        self.warn(line, "Type=dbus is run as Type=simple: basalt has no D-Bus".into());
                         ServiceType::Simple
                     }
-                    _ => return Err(format!("Type={value}: expected simple or oneshot")),
+                    _ => return Err(format!("Type={value}: expected simple, exec, oneshot, notify or forking")),
                 }
             }
             ("Service", "RemainAfterExit") => self.remain_after_exit = parse_bool(value).ok_or_else(|| format!("RemainAfterExit={value}: expected yes or no"))?,
@@ -397,6 +483,50 @@ impl Unit {
             ("Service", "ExecStartPost") => extend_or_reset(&mut self.exec_start_post, value, vec![parse_command(value)?]),
             ("Service", "ExecStop") => extend_or_reset(&mut self.exec_stop, value, vec![parse_command(value)?]),
             ("Service", "ExecReload") => extend_or_reset(&mut self.exec_reload, value, vec![parse_command(value)?]),
+            ("Service", "ExecStopPost") => extend_or_reset(&mut self.exec_stop_post, value, vec![parse_command(value)?]),
+            ("Service", "TimeoutStartSec" | "TimeoutSec") => {
+                let span = parse_duration(value).ok_or_else(|| format!("{key}={value}: expected a time span, 0 or infinity"))?;
+                self.timeout_start = if span.is_zero() || value == "infinity" { StartTimeout::Never } else { StartTimeout::Limit(span) };
+                if key == "TimeoutSec" {
+                    self.timeout_stop = span;
+                }
+            }
+            ("Service", "KillMode") => {
+                self.kill_mode = match value {
+                    "control-group" => KillMode::ControlGroup,
+                    "mixed" => KillMode::Mixed,
+                    "process" => KillMode::Process,
+                    "none" => KillMode::None,
+                    _ => return Err(format!("KillMode={value}: expected control-group, mixed, process or none")),
+                }
+            }
+            ("Service", "NotifyAccess") => {
+                self.notify_access = Some(match value {
+                    "none" => NotifyAccess::None,
+                    "main" => NotifyAccess::Main,
+                    "exec" => NotifyAccess::Exec,
+                    "all" => NotifyAccess::All,
+                    _ => return Err(format!("NotifyAccess={value}: expected none, main, exec or all")),
+                })
+            }
+            ("Service", "PIDFile") => {
+                self.pid_file = match value {
+                    "" => None,
+                    v if v.split('/').any(|c| c == "..") => return Err(format!("PIDFile={v}: a path without ..")),
+                    v if v.starts_with('/') => Some(v.to_string()),
+                    v => Some(format!("/run/{v}")),
+                }
+            }
+            ("Service", k) if limits::is_rlimit(k) => {
+                let limit = limits::parse_rlimit(k, value)?;
+                self.rlimits.retain(|l| l.resource != limit.resource);
+                self.rlimits.push(limit);
+            }
+            ("Service", k) if limits::is_cgroup_limit(k) => {
+                let limit = limits::parse_cgroup_limit(k, value)?;
+                self.cgroup_limits.retain(|l| l.file != limit.file);
+                self.cgroup_limits.push(limit);
+            }
             ("Service", "Restart") => {
                 self.restart = match value {
                     "no" => Restart::No,
@@ -943,5 +1073,47 @@ mod tests {
         let u = Unit::parse("a.service", "[Service]\nExecStart=/bin/cat\nStandardOutput=journal+console\nStandardError=null\n", &[]).unwrap();
         assert_eq!((u.standard_input, u.standard_output, u.standard_error), (Input::Null, Output::Log, Output::Null));
         assert!(Unit::parse("a.service", "[Service]\nExecStart=/bin/cat\nStandardInput=tty\n", &[]).unwrap_err().message.contains("StandardInput=tty: expected null or socket"));
+    }
+
+    #[test]
+    fn service_types_timeouts_and_kill_modes() {
+        let u =
+            Unit::parse("n.service", "[Service]\nType=notify\nExecStart=/bin/app\nExecStopPost=/bin/clean $SERVICE_RESULT\nExecStopPost=-/bin/more\nTimeoutStartSec=5\nKillMode=mixed\n", &[]).unwrap();
+        assert_eq!((u.service_type, u.kill_mode, u.notify(), u.start_limit()), (ServiceType::Notify, KillMode::Mixed, NotifyAccess::Main, Some(Duration::from_secs(5))));
+        assert_eq!(u.exec_stop_post.len(), 2);
+        assert!(u.exec_stop_post[1].ignore_failure);
+        // systemd's defaults: 90 s for a start, none for a oneshot.
+        let u = Unit::parse("s.service", "[Service]\nExecStart=/bin/app\n", &[]).unwrap();
+        assert_eq!((u.start_limit(), u.notify(), u.kill_mode), (Some(DEFAULT_START_TIMEOUT), NotifyAccess::None, KillMode::ControlGroup));
+        let u = Unit::parse("o.service", "[Service]\nType=oneshot\nExecStart=/bin/app\n", &[]).unwrap();
+        assert_eq!(u.start_limit(), None);
+        for never in ["0", "infinity"] {
+            let u = Unit::parse("s.service", &format!("[Service]\nExecStart=/bin/app\nTimeoutStartSec={never}\n"), &[]).unwrap();
+            assert_eq!(u.start_limit(), None, "{never}");
+        }
+        let u = Unit::parse("s.service", "[Service]\nExecStart=/bin/app\nTimeoutSec=7\nNotifyAccess=all\n", &[]).unwrap();
+        assert_eq!((u.start_limit(), u.timeout_stop, u.notify()), (Some(Duration::from_secs(7)), Duration::from_secs(7), NotifyAccess::All));
+        let u = Unit::parse("f.service", "[Service]\nType=forking\nPIDFile=app.pid\nExecStart=/bin/app\n", &[]).unwrap();
+        assert_eq!((u.service_type, u.pid_file.as_deref()), (ServiceType::Forking, Some("/run/app.pid")));
+        let err = |text: &str| Unit::parse("x.service", text, &[]).unwrap_err().to_string();
+        assert_eq!(err("[Service]\nExecStart=/bin/a\nKillMode=all\n"), "x.service:3: KillMode=all: expected control-group, mixed, process or none");
+        assert!(err("[Service]\nExecStart=/bin/a\nTimeoutStartSec=soon\n").contains("TimeoutStartSec=soon: expected a time span"));
+        assert!(err("[Service]\nType=forking\nExecStart=/bin/a\nExecStart=/bin/b\n").contains("more than one ExecStart= needs Type=oneshot"));
+        assert!(err("[Service]\nType=forking\nPIDFile=../etc/x\nExecStart=/bin/a\n").contains("without .."));
+        assert!(err("[Service]\nType=bus\nExecStart=/bin/a\n").contains("Type=bus: expected simple"));
+        let u = Unit::parse("s.service", "[Service]\nExecStart=/bin/app\nPIDFile=/run/x.pid\n", &[]).unwrap();
+        assert!(u.warnings[0].message.contains("PIDFile= is only read for Type=forking"));
+    }
+
+    #[test]
+    fn limits_are_parsed_and_the_last_one_wins() {
+        let text = "[Service]\nExecStart=/bin/app\nLimitNOFILE=1024\nMemoryMax=64M\nTasksMax=16\nCPUQuota=20%\n";
+        let u = Unit::parse("l.service", text, &[("l.service.d/more.conf", "[Service]\nLimitNOFILE=2048:4096\nMemoryMax=128M\n")]).unwrap();
+        assert_eq!(u.rlimits, vec![limits::Rlimit { resource: 7, soft: 2048, hard: 4096 }]);
+        let files: Vec<(&str, String)> = u.cgroup_limits.iter().map(|l| (l.file, l.value(1 << 30, 1000))).collect();
+        assert_eq!(files, vec![("pids.max", "16".to_string()), ("cpu.max", "20000 100000".into()), ("memory.max", (128u64 << 20).to_string())]);
+        assert!(u.warnings.is_empty(), "{:?}", u.warnings);
+        let err = Unit::parse("l.service", "[Service]\nExecStart=/bin/app\nMemoryMax=big\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("l.service:3: MemoryMax=big: expected a size"), "{err}");
     }
 }

@@ -82,7 +82,7 @@ fn run_to_end(bundle: &Path, id: &str, oom_kills: &mut u64) -> Result<i32, Strin
     let mut devices = config.linux.resources.as_ref().map(|r| r.devices.clone()).unwrap_or_default();
     devices.extend(super::devices::default_rules());
     let cgroups_path = config.linux.cgroups_path.clone().unwrap_or_else(|| format!("/basalt/{id}"));
-    let cgroup = Cgroup::create(&cgroups_path, resources, &devices)?;
+    let cgroup = super::cgroup::create(&cgroups_path, resources, &devices)?;
     let result = start_and_wait(&config, &root, Some(&cgroup));
     *oom_kills = cgroup.oom_kills();
     if *oom_kills > 0 {
