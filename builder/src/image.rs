@@ -138,6 +138,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     tree.file("/usr/bin/basaltctl", 0o755, read_bin(&opts.bin_dir, "basaltctl")?)?;
     // sd_notify(3) for shell scripts, as on systemd machines.
     tree.symlink("/usr/bin/systemd-notify", "basaltctl")?;
+    // The verbs systemd users type (see basaltctl's systemctl.rs).
+    tree.symlink("/usr/bin/systemctl", "basaltctl")?;
     tree.file("/usr/lib/basalt/basalt-network", 0o755, read_bin(&opts.bin_dir, "basalt-network")?)?;
     tree.file("/usr/lib/basalt/basalt-store", 0o755, read_bin(&opts.bin_dir, "basalt-store")?)?;
     tree.file("/usr/lib/basalt/basalt-cloud-config", 0o755, read_bin(&opts.bin_dir, "basalt-cloud-config")?)?;

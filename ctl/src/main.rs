@@ -5,6 +5,7 @@
 mod config;
 mod runtime;
 mod store;
+mod systemctl;
 mod update;
 
 use basalt_control::{call, Request, Status, LOG_DIR};
@@ -36,6 +37,9 @@ fn main() {
         args.insert(0, "notify".into());
     }
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    if called == "systemctl" {
+        std::process::exit(systemctl::run(&words));
+    }
     let result = match words.as_slice() {
         ["notify", rest @ ..] => notify(rest),
         ["status"] => status(),
@@ -65,7 +69,7 @@ fn main() {
         ["store", rest @ ..] => store::run(rest),
         ["update", rest @ ..] => update::run(rest),
         ["-h" | "--help" | "help"] => {
-            println!("{USAGE}\n{}\n{}\n{}", store::USAGE, runtime::USAGE, update::USAGE);
+            println!("{USAGE}\n{}\n{}\n{}\n{}", store::USAGE, runtime::USAGE, update::USAGE, systemctl::USAGE);
             Ok(())
         }
         _ => {
@@ -106,7 +110,12 @@ fn notify(args: &[&str]) -> Result<(), String> {
     if lines.is_empty() {
         return Err("notify: nothing to send (--ready, --status=TEXT or KEY=VALUE)".into());
     }
-    basalt_control::notify(&lines.join("\n"))
+    basalt_control::notify(&lines.join("\n"))?;
+    // init tells whose message this is from the sender's cgroup, which it
+    // can only read while the sender lives: stay a moment (systemd-notify
+    // waits on a BARRIER=1 for the same reason).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Ok(())
 }
 
 /// `sshd` means `sshd.service`, as with systemctl.

@@ -23,10 +23,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Lowest priority first: a unit in /etc replaces one of the same name in
-/// /run (units for this boot only, e.g. cloud-config's `runtime: true`),
-/// which replaces one in /usr, as with systemd.
-pub const UNIT_DIRS: [&str; 3] = ["/usr/lib/systemd/system", "/run/systemd/system", "/etc/systemd/system"];
+use basalt_unit::install::UNIT_DIRS;
 const HEALTH_CONF: [&str; 2] = ["/etc/basalt/health.conf", "/usr/share/basalt/etc/basalt/health.conf"];
 const BOOT_STATE: &str = "/var/lib/basalt/boot-state";
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -1076,6 +1073,11 @@ impl Supervisor {
         svc.state = State::AutoRestart { at: now() + delay, reason };
     }
 
+    /// Stops tracking the unit's processes (KillMode=none leaves them running).
+    fn forget(&mut self, name: &str) {
+        self.children.retain(|_, (n, _)| n != name);
+    }
+
     /// Whether anything of the unit still runs: in its cgroup, or a
     /// process the supervisor started for it.
     fn has_processes(&self, name: &str) -> bool {
@@ -1163,6 +1165,11 @@ impl Supervisor {
                 _ => {}
             },
             Proc::Stop => match state {
+                // KillMode=none: the stop is done once ExecStop= is.
+                State::Stopping { outcome, .. } if u.kill_mode == KillMode::None => {
+                    self.forget(&name);
+                    self.wind_down(&name, outcome);
+                }
                 State::Stopping { pid: Some(main), .. } => self.signal(&name, Some(main), u.kill_signal, false),
                 // A oneshot's ExecStop=: nothing else runs.
                 State::Stopping { pid: None, outcome, .. } => self.wind_down(&name, outcome),
@@ -1360,6 +1367,10 @@ impl Supervisor {
                 let main = self.main_pid(name).or(Some(pid));
                 if matches!(svc.state, State::Active { .. }) && !u.exec_stop.is_empty() {
                     self.spawn(name, &u, &u.exec_stop[0].argv, Proc::Stop, &[]);
+                } else if u.kill_mode == KillMode::None {
+                    // Nothing is signalled: the processes are left to themselves.
+                    self.forget(name);
+                    return self.wind_down(name, outcome);
                 } else {
                     self.signal(name, main, u.kill_signal, false);
                 }

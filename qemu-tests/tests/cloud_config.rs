@@ -110,6 +110,17 @@ coreos:
     - name: echo@1.service
       enable: true
       command: start
+    - name: tried.service
+      command: try-restart
+      content: |
+        [Service]
+        ExecStart=/usr/bin/sleep 1000000
+    - name: reloaded.service
+      command: reload-or-restart
+      content: |
+        [Service]
+        ExecStart=/usr/bin/sh -c 'echo reloaded-up; exec sleep 1000000'
+        ExecReload=/usr/bin/echo reload-ran
 store:
   seed:
     /cloud-config/greeting: hello-store
@@ -146,6 +157,10 @@ fn user_data_from_fw_cfg_applies_once_per_instance() {
     assert!(out.starts_with("core\nfwcfg-node\n"), "{out}");
     assert!(unit_line(&out, "basalt-cloud-config.service").contains("exited"), "{out}");
     assert!(unit_line(&out, "hello.service").contains("active"), "{out}");
+    // The commands reach init as it runs them: try-restart leaves a unit
+    // that is not running alone, reload-or-restart starts one that is not.
+    let state = |unit: &str| unit_line(&out, unit).split_whitespace().nth(1).unwrap_or_default().to_string();
+    assert_eq!((state("tried.service"), state("reloaded.service")), ("inactive".into(), "active".into()), "{out}");
     let out = ssh_ok(&key, port, "alice", "id; cat /etc/hello/greeting.txt; stat -c '%a %U' /etc/hello/greeting.txt; cat /var/lib/hello/blob");
     assert!(out.starts_with("uid=1000(alice) gid=1000(alice) groups=10(wheel),1000(alice)\n"), "{out}");
     assert!(out.contains("hello from fw_cfg\n640 alice\nbinary blob"), "{out}");

@@ -312,6 +312,10 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     assert_eq!(seen, ["Max open files 123 8192 files", "0::/system.slice/limited.service", "67108864", "16", "20000 100000"]);
     vm.run_ok("basaltctl stop limited", CMD).unwrap();
 
+    // systemctl, with systemctl's words and exit codes.
+    let out = ssh(&key, port, "sleep 2; systemctl is-active sshd; echo rc=$?; systemctl is-active limited; echo rc=$?; systemctl is-enabled sshd limited; systemctl show -p ActiveState,SubState limited; systemctl status nosuch; echo rc=$?").1;
+    assert_eq!(out, "active\nrc=0\ninactive\nrc=3\nenabled\nstatic\nActiveState=inactive\nSubState=dead\nUnit nosuch.service could not be found.\nrc=4\n");
+
     // A service that runs is restarted on request: a new PID.
     let pid_of = |s: &str| s.lines().find(|l| l.starts_with("sshd.service")).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();
     let before = pid_of(&ssh(&key, port, "basaltctl status").1);

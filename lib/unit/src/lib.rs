@@ -16,6 +16,7 @@
 //! cannot be understood at all is an error for that unit only.
 
 pub mod calendar;
+pub mod install;
 pub mod limits;
 pub mod name;
 pub mod socket;

@@ -5,7 +5,7 @@ use super::root::Root;
 use super::Log;
 use crate::config::Unit;
 
-const ETC_UNITS: &str = "/etc/systemd/system";
+use basalt_unit::install::ETC_UNITS;
 const RUN_UNITS: &str = "/run/systemd/system";
 const ETC_NETWORK: &str = "/etc/systemd/network";
 const RUN_NETWORK: &str = "/run/systemd/network";
@@ -82,41 +82,4 @@ fn enable(root: &Root, unit: &Unit, log: &mut Log) -> bool {
     changed
 }
 
-/// (`wants` or `requires`, target) pairs from a unit's `[Install]` section.
-pub fn install_targets(content: &str) -> Vec<(&'static str, String)> {
-    let mut targets = Vec::new();
-    let mut in_install = false;
-    for line in content.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_install = line == "[Install]";
-            continue;
-        }
-        if !in_install {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else { continue };
-        let kind = match key.trim() {
-            "WantedBy" => "wants",
-            "RequiredBy" => "requires",
-            _ => continue,
-        };
-        for target in value.split_whitespace() {
-            if !targets.iter().any(|(k, t)| *k == kind && t == target) {
-                targets.push((kind, target.to_string()));
-            }
-        }
-    }
-    targets
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn install_sections_name_their_targets() {
-        let content = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target default.target\nRequiredBy=web.target\n";
-        assert_eq!(install_targets(content), [("wants", "multi-user.target".to_string()), ("wants", "default.target".to_string()), ("requires", "web.target".to_string())]);
-        assert!(install_targets("[Service]\nWantedBy=x.target\n").is_empty());
-    }
-}
+pub use basalt_unit::install::install_targets;
