@@ -313,7 +313,7 @@ fn ssh_as_core_basaltctl_restarts_backoff_logs_reboot_poweroff() {
     vm.run_ok("basaltctl stop limited", CMD).unwrap();
 
     // systemctl, with systemctl's words and exit codes.
-    let out = ssh(&key, port, "sleep 2; systemctl is-active sshd; echo rc=$?; systemctl is-active limited; echo rc=$?; systemctl is-enabled sshd limited; systemctl show -p ActiveState,SubState limited; systemctl status nosuch; echo rc=$?").1;
+    let out = ssh(&key, port, "sleep 2; systemctl is-active sshd; echo rc=$?; systemctl is-active limited; echo rc=$?; systemctl is-enabled sshd limited; systemctl show -p ActiveState,SubState limited; systemctl status nosuch 2>&1; echo rc=$?").1;
     assert_eq!(out, "active\nrc=0\ninactive\nrc=3\nenabled\nstatic\nActiveState=inactive\nSubState=dead\nUnit nosuch.service could not be found.\nrc=4\n");
 
     // A service that runs is restarted on request: a new PID.
