@@ -92,6 +92,10 @@ pub enum StartTimeout {
     Never,
 }
 
+/// `TimeoutStopSec=0` or `infinity`: a stop waits as long as it takes
+/// (the same span `parse_duration` gives `infinity`).
+pub const NO_STOP_LIMIT: Duration = Duration::from_secs(u32::MAX as u64);
+
 /// systemd's DefaultTimeoutStartSec=.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -487,9 +491,11 @@ impl Unit {
             ("Service", "ExecStopPost") => extend_or_reset(&mut self.exec_stop_post, value, vec![parse_command(value)?]),
             ("Service", "TimeoutStartSec" | "TimeoutSec") => {
                 let span = parse_duration(value).ok_or_else(|| format!("{key}={value}: expected a time span, 0 or infinity"))?;
-                self.timeout_start = if span.is_zero() || value == "infinity" { StartTimeout::Never } else { StartTimeout::Limit(span) };
+                let never = span.is_zero() || value == "infinity";
+                self.timeout_start = if never { StartTimeout::Never } else { StartTimeout::Limit(span) };
                 if key == "TimeoutSec" {
-                    self.timeout_stop = span;
+                    // As TimeoutStopSec=: 0 is no limit, not an instant SIGKILL.
+                    self.timeout_stop = if never { NO_STOP_LIMIT } else { span };
                 }
             }
             ("Service", "KillMode") => {
@@ -556,7 +562,10 @@ impl Unit {
                     }
                 }
             }
-            ("Service", "TimeoutStopSec") => self.timeout_stop = parse_duration(value).ok_or_else(|| format!("TimeoutStopSec={value}: expected a time span"))?,
+            ("Service", "TimeoutStopSec") => {
+                let span = parse_duration(value).ok_or_else(|| format!("TimeoutStopSec={value}: expected a time span"))?;
+                self.timeout_stop = if span.is_zero() { NO_STOP_LIMIT } else { span };
+            }
             ("Service", "Environment") => {
                 if value.is_empty() {
                     self.environment.clear();
@@ -1094,6 +1103,10 @@ mod tests {
         }
         let u = Unit::parse("s.service", "[Service]\nExecStart=/bin/app\nTimeoutSec=7\nNotifyAccess=all\n", &[]).unwrap();
         assert_eq!((u.start_limit(), u.timeout_stop, u.notify()), (Some(Duration::from_secs(7)), Duration::from_secs(7), NotifyAccess::All));
+        for never in ["TimeoutSec=0", "TimeoutSec=infinity", "TimeoutStopSec=0"] {
+            let u = Unit::parse("s.service", &format!("[Service]\nExecStart=/bin/app\n{never}\n"), &[]).unwrap();
+            assert_eq!(u.timeout_stop, NO_STOP_LIMIT, "{never}");
+        }
         let u = Unit::parse("f.service", "[Service]\nType=forking\nPIDFile=app.pid\nExecStart=/bin/app\n", &[]).unwrap();
         assert_eq!((u.service_type, u.pid_file.as_deref()), (ServiceType::Forking, Some("/run/app.pid")));
         let err = |text: &str| Unit::parse("x.service", text, &[]).unwrap_err().to_string();
